@@ -1,0 +1,251 @@
+//! Check and reload commands.
+//!
+//! A command is a string run with `sh -c`, or an array run as argv with no
+//! shell. `{{ staged }}` and `{{ destination }}` in it are replaced by the
+//! staged file and the destination. Each command runs in its own process
+//! group so a timeout kills everything it started (a reload that forks a
+//! helper must not outlive its deadline), and its stdout and stderr go to an
+//! unnamed temporary file rather than a pipe: a backgrounded grandchild that
+//! keeps a pipe open would otherwise hang stencil after the command exits.
+
+use std::fmt;
+use std::io::{Read, Seek, SeekFrom};
+use std::os::unix::process::{CommandExt, ExitStatusExt};
+use std::process::{Command, ExitStatus, Stdio};
+use std::time::Duration;
+
+use anyhow::{Context, Result, bail};
+use serde::{Deserialize, Serialize};
+use wait_timeout::ChildExt;
+
+/// How much of a command's output is kept for the error message.
+const OUTPUT_LIMIT: u64 = 16 * 1024;
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Deserialize, Serialize)]
+#[serde(untagged)]
+pub enum CommandSpec {
+    /// Run with `sh -c`.
+    Shell(String),
+    /// Run as argv, no shell.
+    Argv(Vec<String>),
+}
+
+impl CommandSpec {
+    pub fn validate(&self) -> Result<(), String> {
+        match self {
+            CommandSpec::Shell(s) if s.trim().is_empty() => Err("the command is empty".into()),
+            CommandSpec::Argv(v) if v.is_empty() || v[0].is_empty() => {
+                Err("the command array is empty".into())
+            }
+            _ => Ok(()),
+        }
+    }
+
+    /// The command with `{{ name }}` placeholders replaced. In a shell string
+    /// the value is shell-quoted when it needs to be; argv elements get it
+    /// verbatim.
+    pub fn substitute(&self, vars: &[(&str, &str)]) -> CommandSpec {
+        match self {
+            CommandSpec::Shell(s) => CommandSpec::Shell(replace_placeholders(s, vars, true)),
+            CommandSpec::Argv(v) => CommandSpec::Argv(
+                v.iter()
+                    .map(|a| replace_placeholders(a, vars, false))
+                    .collect(),
+            ),
+        }
+    }
+}
+
+impl fmt::Display for CommandSpec {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            CommandSpec::Shell(s) => f.write_str(s),
+            CommandSpec::Argv(v) => {
+                let quoted: Vec<String> = v
+                    .iter()
+                    .map(|a| shlex::try_quote(a).map_or_else(|_| a.clone(), |q| q.into_owned()))
+                    .collect();
+                f.write_str(&quoted.join(" "))
+            }
+        }
+    }
+}
+
+fn replace_placeholders(s: &str, vars: &[(&str, &str)], quote: bool) -> String {
+    let mut out = String::with_capacity(s.len());
+    let mut rest = s;
+    while let Some(start) = rest.find("{{") {
+        let Some(len) = rest[start..].find("}}") else {
+            break;
+        };
+        let name = rest[start + 2..start + len].trim();
+        match vars.iter().find(|(k, _)| *k == name) {
+            Some((_, value)) => {
+                out.push_str(&rest[..start]);
+                if quote {
+                    match shlex::try_quote(value) {
+                        Ok(q) => out.push_str(&q),
+                        Err(_) => out.push_str(value),
+                    }
+                } else {
+                    out.push_str(value);
+                }
+            }
+            // Not ours: leave it for the command (it may be a Go template
+            // or similar).
+            None => out.push_str(&rest[..start + len + 2]),
+        }
+        rest = &rest[start + len + 2..];
+    }
+    out.push_str(rest);
+    out
+}
+
+/// What a finished command printed.
+#[derive(Debug)]
+pub struct Finished {
+    pub output: String,
+}
+
+/// Runs `spec` to completion or until `timeout`, then kills its process group.
+///
+/// `what` names the command in errors ("check command", "reload command").
+/// A non-zero exit, a signal or a timeout is an error carrying the command's
+/// output.
+pub fn run(spec: &CommandSpec, what: &str, timeout: Duration) -> Result<Finished> {
+    let mut cmd = match spec {
+        CommandSpec::Shell(s) => {
+            let mut c = Command::new("/bin/sh");
+            c.arg("-c").arg(s);
+            c
+        }
+        CommandSpec::Argv(v) => {
+            let mut c = Command::new(&v[0]);
+            c.args(&v[1..]);
+            c
+        }
+    };
+    let mut out = tempfile::tempfile().context("cannot create a file for the command's output")?;
+    cmd.stdin(Stdio::null())
+        .stdout(out.try_clone()?)
+        .stderr(out.try_clone()?)
+        .process_group(0);
+    let mut child = cmd
+        .spawn()
+        .with_context(|| format!("{what} `{spec}` could not be started"))?;
+    let pgid = nix::unistd::Pid::from_raw(child.id() as i32);
+    let status = match child.wait_timeout(timeout)? {
+        // A daemon the command started and left running is its business
+        // (`service foo start`); only a timeout kills the group.
+        Some(status) => status,
+        None => {
+            let _ = nix::sys::signal::killpg(pgid, nix::sys::signal::Signal::SIGKILL);
+            let _ = child.wait();
+            let output = read_output(&mut out);
+            bail!(
+                "{what} `{spec}` timed out after {}; its process group was killed{}",
+                humantime::format_duration(timeout),
+                format_output(&output)
+            );
+        }
+    };
+    let output = read_output(&mut out);
+    if !status.success() {
+        bail!(
+            "{what} `{spec}` failed ({}){}",
+            describe(status),
+            format_output(&output)
+        );
+    }
+    Ok(Finished { output })
+}
+
+fn describe(status: ExitStatus) -> String {
+    match (status.code(), status.signal()) {
+        (Some(code), _) => format!("exit status {code}"),
+        (None, Some(sig)) => match nix::sys::signal::Signal::try_from(sig) {
+            Ok(s) => format!("killed by {s}"),
+            Err(_) => format!("killed by signal {sig}"),
+        },
+        _ => status.to_string(),
+    }
+}
+
+fn read_output(f: &mut std::fs::File) -> String {
+    let len = f.seek(SeekFrom::End(0)).unwrap_or(0);
+    let start = len.saturating_sub(OUTPUT_LIMIT);
+    let _ = f.seek(SeekFrom::Start(start));
+    let mut buf = Vec::new();
+    let _ = f.read_to_end(&mut buf);
+    let mut s = String::from_utf8_lossy(&buf).into_owned();
+    if start > 0 {
+        s.insert_str(0, "[…earlier output cut…]\n");
+    }
+    s
+}
+
+fn format_output(output: &str) -> String {
+    let trimmed = output.trim_end();
+    if trimmed.is_empty() {
+        "; it printed nothing".into()
+    } else {
+        let indented: Vec<String> = trimmed.lines().map(|l| format!("    {l}")).collect();
+        format!("; its output:\n{}", indented.join("\n"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn placeholders_are_quoted_in_shell_strings_only_when_needed() {
+        let spec = CommandSpec::Shell("nginx -t -c {{ staged }} && echo {{destination}}".into());
+        let got = spec.substitute(&[("staged", "/etc/a b"), ("destination", "/etc/x")]);
+        assert_eq!(
+            got,
+            CommandSpec::Shell("nginx -t -c '/etc/a b' && echo /etc/x".into())
+        );
+    }
+
+    #[test]
+    fn unknown_placeholders_are_left_alone() {
+        let spec = CommandSpec::Argv(vec!["x".into(), "{{ other }}-{{ staged }}".into()]);
+        assert_eq!(
+            spec.substitute(&[("staged", "/a b")]),
+            CommandSpec::Argv(vec!["x".into(), "{{ other }}-/a b".into()])
+        );
+    }
+
+    #[test]
+    fn failing_command_reports_status_and_output() {
+        let err = run(
+            &CommandSpec::Shell("echo broken config >&2; exit 3".into()),
+            "check command",
+            Duration::from_secs(10),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("exit status 3"), "{err}");
+        assert!(err.contains("broken config"), "{err}");
+    }
+
+    #[test]
+    fn timeout_kills_the_process_group() {
+        let dir = tempfile::tempdir().unwrap();
+        let marker = dir.path().join("survived");
+        // The background sleep would create the marker if it outlived the
+        // group kill.
+        let script = format!("(sleep 1; touch {}) & sleep 30", marker.display());
+        let err = run(
+            &CommandSpec::Shell(script),
+            "reload command",
+            Duration::from_millis(200),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("timed out"), "{err}");
+        std::thread::sleep(Duration::from_millis(1500));
+        assert!(!marker.exists(), "a process of the group outlived the timeout");
+    }
+}

@@ -1,0 +1,517 @@
+//! Config file + environment + flags -> one validated [`Config`].
+//!
+//! Parsing and validation are two steps, as in ripgrep's LowArgs -> HiArgs:
+//! the TOML is deserialized strictly (an unknown or mistyped key is an error
+//! with its line and column), then flags are merged in and everything is
+//! checked once, so the rest of stencil never sees an unvalidated value.
+//! Precedence: defaults < config file < environment < flags (clap already
+//! folds `STENCIL_*` variables into the flags).
+
+use std::collections::{BTreeMap, HashMap};
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use serde::{Deserialize, Deserializer, Serialize};
+
+use crate::cli::TemplateArgs;
+use crate::command::CommandSpec;
+use crate::error::{UsageContext, usage};
+
+/// The default time a check or reload command may run.
+pub const DEFAULT_COMMAND_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// The validated configuration every command works from.
+#[derive(Debug, Clone, Serialize)]
+pub struct Config {
+    /// The config file, when one was given.
+    pub file: Option<PathBuf>,
+    pub sources: BTreeMap<String, SourceSpec>,
+    pub templates: Vec<TemplateSpec>,
+}
+
+/// A data source, by name.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(tag = "kind", rename_all = "lowercase")]
+pub enum SourceSpec {
+    /// A JSON, TOML, YAML or dotenv file.
+    File {
+        path: PathBuf,
+        /// Keys in templates are relative to this prefix.
+        prefix: String,
+    },
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Destination {
+    Stdout,
+    File(PathBuf),
+}
+
+impl fmt::Display for Destination {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Destination::Stdout => f.write_str("stdout"),
+            Destination::File(p) => write!(f, "{}", p.display()),
+        }
+    }
+}
+
+/// One template to render and where its output goes.
+#[derive(Debug, Clone, Serialize)]
+pub struct TemplateSpec {
+    pub source: PathBuf,
+    pub destination: Destination,
+    /// Default source for key()/ls()/...; may be omitted when there is one.
+    pub data: Option<String>,
+    pub mode: Option<u32>,
+    pub owner: Option<String>,
+    pub group: Option<String>,
+    pub check: Option<CommandSpec>,
+    pub reload: Option<CommandSpec>,
+    #[serde(with = "humantime_serde_compat")]
+    pub command_timeout: Duration,
+    pub backup: bool,
+    pub create_dirs: bool,
+    pub wait: Option<WaitSpec>,
+    /// Where this template was declared, for error messages:
+    /// `stencil.toml:12` or `-t flag`.
+    pub origin: String,
+}
+
+/// Quiescence before acting on changes (watch mode).
+#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+pub struct WaitSpec {
+    #[serde(with = "humantime_serde_compat")]
+    pub min: Duration,
+    #[serde(with = "humantime_serde_compat")]
+    pub max: Duration,
+}
+
+mod humantime_serde_compat {
+    use std::time::Duration;
+    pub fn serialize<S: serde::Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&humantime::format_duration(*d).to_string())
+    }
+}
+
+// ---------------------------------------------------------------------------
+// The TOML file as written.
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileConfig {
+    #[serde(default)]
+    sources: BTreeMap<String, toml::Spanned<SourceToml>>,
+    #[serde(default)]
+    templates: Vec<toml::Spanned<TemplateToml>>,
+}
+
+/// One flat table for every kind, so a misspelt key is reported at its own
+/// line and column (serde's internally tagged enums lose the position).
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SourceToml {
+    kind: toml::Spanned<String>,
+    path: Option<PathBuf>,
+    prefix: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct TemplateToml {
+    source: PathBuf,
+    destination: Option<String>,
+    data: Option<String>,
+    #[serde(default, deserialize_with = "de_mode")]
+    mode: Option<u32>,
+    owner: Option<String>,
+    group: Option<String>,
+    #[serde(default, deserialize_with = "de_command")]
+    check: Option<CommandSpec>,
+    #[serde(default, deserialize_with = "de_command")]
+    reload: Option<CommandSpec>,
+    #[serde(default, deserialize_with = "de_duration")]
+    command_timeout: Option<Duration>,
+    #[serde(default)]
+    backup: bool,
+    #[serde(default)]
+    create_dirs: bool,
+    wait: Option<WaitToml>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct WaitToml {
+    #[serde(deserialize_with = "de_duration_req")]
+    min: Duration,
+    #[serde(default, deserialize_with = "de_duration")]
+    max: Option<Duration>,
+}
+
+/// `mode = "0640"` (octal string, as in chmod) or `mode = 0o640`.
+fn de_mode<'de, D: Deserializer<'de>>(d: D) -> Result<Option<u32>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Raw {
+        Str(String),
+        Int(i64),
+    }
+    let mode = match Raw::deserialize(d)? {
+        Raw::Str(s) => u32::from_str_radix(s.trim_start_matches("0o"), 8).map_err(|_| {
+            serde::de::Error::custom(format!(
+                "invalid mode {s:?}: expected an octal string such as \"0644\""
+            ))
+        })?,
+        Raw::Int(i) => u32::try_from(i).map_err(|_| serde::de::Error::custom("invalid mode"))?,
+    };
+    if mode > 0o7777 {
+        return Err(serde::de::Error::custom(format!(
+            "invalid mode {mode:o}: at most 4 octal digits (e.g. \"0644\")"
+        )));
+    }
+    Ok(Some(mode))
+}
+
+fn de_duration<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
+    de_duration_req(d).map(Some)
+}
+
+fn de_duration_req<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+    let s = String::deserialize(d)?;
+    crate::cli::parse_duration(&s).map_err(serde::de::Error::custom)
+}
+
+fn de_command<'de, D: Deserializer<'de>>(d: D) -> Result<Option<CommandSpec>, D::Error> {
+    let spec = CommandSpec::deserialize(d)?;
+    spec.validate().map_err(serde::de::Error::custom)?;
+    Ok(Some(spec))
+}
+
+// ---------------------------------------------------------------------------
+
+impl Config {
+    /// Reads the config file (if any) and merges the flags into it.
+    pub fn load(args: &TemplateArgs) -> Result<Config> {
+        let mut config = Config {
+            file: None,
+            sources: BTreeMap::new(),
+            templates: Vec::new(),
+        };
+        if let Some(path) = &args.config {
+            config.file = Some(path.clone());
+            let text = std::fs::read_to_string(path)
+                .with_context(|| format!("cannot read config file {}", path.display()))
+                .usage_context(|| "invalid configuration".into())?;
+            config
+                .merge_toml(path, &text)
+                .usage_context(|| format!("invalid config file {}", path.display()))?;
+        }
+        for data in &args.data {
+            let (name, path) = match data.split_once('=') {
+                Some((name, path)) if valid_name(name) => (name.to_string(), path),
+                _ => {
+                    let name = Path::new(data)
+                        .file_stem()
+                        .and_then(|s| s.to_str())
+                        .unwrap_or("data")
+                        .to_string();
+                    (name, data.as_str())
+                }
+            };
+            config.add_source(
+                &name,
+                SourceSpec::File {
+                    path: PathBuf::from(path),
+                    prefix: String::new(),
+                },
+                &format!("--data {data}"),
+            )?;
+        }
+        for source in &args.sources {
+            let (name, spec) = parse_source_flag(source)?;
+            config.add_source(&name, spec, &format!("--source {source}"))?;
+        }
+        for flag in &args.templates {
+            config.templates.push(parse_template_flag(flag)?);
+        }
+        config.validate()?;
+        Ok(config)
+    }
+
+    fn add_source(&mut self, name: &str, spec: SourceSpec, origin: &str) -> Result<()> {
+        if !valid_name(name) {
+            return Err(usage(format!(
+                "{origin}: invalid source name {name:?}: use letters, digits, '_' and '-'"
+            )));
+        }
+        if self.sources.contains_key(name) {
+            return Err(usage(format!(
+                "{origin}: a source named {name:?} is already defined; give this one another name (NAME=...)"
+            )));
+        }
+        self.sources.insert(name.to_string(), spec);
+        Ok(())
+    }
+
+    fn merge_toml(&mut self, path: &Path, text: &str) -> Result<()> {
+        let file: FileConfig = toml::from_str(text).map_err(|e| anyhow::anyhow!("{e}"))?;
+        let base = path.parent().unwrap_or(Path::new("")).to_path_buf();
+        let position = |span: std::ops::Range<usize>| {
+            let (line, col) = line_col(text, span.start);
+            format!("{}:{line}:{col}", path.display())
+        };
+        for (name, source) in file.sources {
+            let at = position(source.span());
+            let source = source.into_inner();
+            let spec = match source.kind.get_ref().as_str() {
+                "file" => SourceSpec::File {
+                    path: base.join(source.path.ok_or_else(|| {
+                        anyhow::anyhow!("{at}: source {name:?} of kind \"file\" needs `path`")
+                    })?),
+                    prefix: source.prefix.unwrap_or_default(),
+                },
+                other => {
+                    let (line, col) = line_col(text, source.kind.span().start);
+                    anyhow::bail!(
+                        "{}:{line}:{col}: source {name:?}: unknown kind {other:?}; \
+                         this version of stencil knows \"file\"",
+                        path.display()
+                    )
+                }
+            };
+            if !valid_name(&name) {
+                anyhow::bail!(
+                    "{at}: invalid source name {name:?}: use letters, digits, '_' and '-'"
+                );
+            }
+            self.sources.insert(name, spec);
+        }
+        for tmpl in file.templates {
+            let at = position(tmpl.span());
+            let t = tmpl.into_inner();
+            let destination = match t.destination.as_deref() {
+                None | Some("-") => Destination::Stdout,
+                Some(d) => Destination::File(base.join(d)),
+            };
+            let wait = t.wait.map(|w| WaitSpec {
+                min: w.min,
+                max: w.max.unwrap_or(w.min * 4).max(w.min),
+            });
+            self.templates.push(TemplateSpec {
+                source: base.join(t.source),
+                destination,
+                data: t.data,
+                mode: t.mode,
+                owner: t.owner,
+                group: t.group,
+                check: t.check,
+                reload: t.reload,
+                command_timeout: t.command_timeout.unwrap_or(DEFAULT_COMMAND_TIMEOUT),
+                backup: t.backup,
+                create_dirs: t.create_dirs,
+                wait,
+                origin: at,
+            });
+        }
+        Ok(())
+    }
+
+    /// Checks what only makes sense across the whole config.
+    fn validate(&self) -> Result<()> {
+        if self.templates.is_empty() {
+            return Err(usage(
+                "no templates: give -t SRC[:DEST] or a config file (-c) with [[templates]]",
+            ));
+        }
+        let mut seen: HashMap<PathBuf, &str> = HashMap::new();
+        for t in &self.templates {
+            if let Destination::File(dest) = &t.destination {
+                let key = normalize(dest);
+                if let Some(first) = seen.insert(key, &t.origin) {
+                    return Err(usage(format!(
+                        "{}: destination {} is also written by the template at {first}; \
+                         two templates cannot write one file",
+                        t.origin,
+                        dest.display()
+                    )));
+                }
+            }
+            if let Some(data) = &t.data {
+                if !self.sources.contains_key(data) {
+                    return Err(usage(format!(
+                        "{}: data = {data:?} names no source; defined: {}",
+                        t.origin,
+                        self.source_names()
+                    )));
+                }
+            }
+            if t.destination == Destination::Stdout && (t.check.is_some() || t.backup) {
+                return Err(usage(format!(
+                    "{}: check and backup need a destination file, not stdout",
+                    t.origin
+                )));
+            }
+        }
+        Ok(())
+    }
+
+    pub fn source_names(&self) -> String {
+        if self.sources.is_empty() {
+            "none".into()
+        } else {
+            self.sources
+                .keys()
+                .map(|k| format!("{k:?}"))
+                .collect::<Vec<_>>()
+                .join(", ")
+        }
+    }
+
+    /// The name of the source key()/ls()/... read when no `source=` is given.
+    pub fn default_source(&self, t: &TemplateSpec) -> Option<String> {
+        t.data.clone().or_else(|| {
+            (self.sources.len() == 1).then(|| self.sources.keys().next().cloned().unwrap_or_default())
+        })
+    }
+}
+
+/// `SRC[:DEST[:RELOAD]]`. RELOAD is everything after the second colon, so a
+/// reload command may contain colons itself.
+pub fn parse_template_flag(flag: &str) -> Result<TemplateSpec> {
+    let mut parts = flag.splitn(3, ':');
+    let source = parts.next().unwrap_or_default();
+    if source.is_empty() {
+        return Err(usage(format!(
+            "-t {flag:?}: missing template path; expected SRC[:DEST[:RELOAD]]"
+        )));
+    }
+    let destination = match parts.next() {
+        None | Some("") | Some("-") => Destination::Stdout,
+        Some(d) => Destination::File(PathBuf::from(d)),
+    };
+    let reload = match parts.next() {
+        None | Some("") => None,
+        Some(cmd) => Some(CommandSpec::Shell(cmd.to_string())),
+    };
+    if reload.is_some() && destination == Destination::Stdout {
+        return Err(usage(format!(
+            "-t {flag:?}: a reload command needs a destination file"
+        )));
+    }
+    Ok(TemplateSpec {
+        source: PathBuf::from(source),
+        destination,
+        data: None,
+        mode: None,
+        owner: None,
+        group: None,
+        check: None,
+        reload,
+        command_timeout: DEFAULT_COMMAND_TIMEOUT,
+        backup: false,
+        create_dirs: false,
+        wait: None,
+        origin: format!("-t {flag}"),
+    })
+}
+
+/// `NAME=URL`; for now `file://` URLs (and plain paths) only.
+fn parse_source_flag(flag: &str) -> Result<(String, SourceSpec)> {
+    let Some((name, url)) = flag.split_once('=') else {
+        return Err(usage(format!(
+            "--source {flag:?}: expected NAME=URL, e.g. data=file:///etc/app/data.json"
+        )));
+    };
+    let path = if let Some(rest) = url.strip_prefix("file://") {
+        rest
+    } else if let Some(rest) = url.strip_prefix("file:") {
+        rest
+    } else if let Some((scheme, _)) = url.split_once("://") {
+        return Err(usage(format!(
+            "--source {flag:?}: unsupported URL scheme {scheme:?}; this version of stencil reads file: sources"
+        )));
+    } else {
+        url
+    };
+    if path.is_empty() {
+        return Err(usage(format!("--source {flag:?}: the URL has no path")));
+    }
+    Ok((
+        name.to_string(),
+        SourceSpec::File {
+            path: PathBuf::from(path),
+            prefix: String::new(),
+        },
+    ))
+}
+
+fn valid_name(name: &str) -> bool {
+    !name.is_empty()
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
+}
+
+/// Lexical normalization, so `a/./b` and `a/b` count as one destination.
+fn normalize(p: &Path) -> PathBuf {
+    let abs = if p.is_absolute() {
+        p.to_path_buf()
+    } else {
+        std::env::current_dir().unwrap_or_default().join(p)
+    };
+    let mut out = PathBuf::new();
+    for c in abs.components() {
+        match c {
+            std::path::Component::CurDir => {}
+            std::path::Component::ParentDir => {
+                out.pop();
+            }
+            other => out.push(other),
+        }
+    }
+    out
+}
+
+/// 1-based line and column of a byte offset.
+pub fn line_col(text: &str, offset: usize) -> (usize, usize) {
+    let before = &text[..offset.min(text.len())];
+    let line = before.matches('\n').count() + 1;
+    let col = before.len() - before.rfind('\n').map_or(0, |i| i + 1) + 1;
+    (line, col)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn template_flag_keeps_colons_in_the_reload_command() {
+        let t = parse_template_flag("a.j2:/etc/a.conf:curl -X POST http://x:9/reload").unwrap();
+        assert_eq!(t.destination, Destination::File("/etc/a.conf".into()));
+        assert_eq!(
+            t.reload,
+            Some(CommandSpec::Shell("curl -X POST http://x:9/reload".into()))
+        );
+    }
+
+    #[test]
+    fn template_flag_without_dest_is_stdout() {
+        assert_eq!(
+            parse_template_flag("a.j2").unwrap().destination,
+            Destination::Stdout
+        );
+        assert_eq!(
+            parse_template_flag("a.j2:-").unwrap().destination,
+            Destination::Stdout
+        );
+    }
+
+    #[test]
+    fn line_col_counts_from_one() {
+        assert_eq!(line_col("ab\ncd", 0), (1, 1));
+        assert_eq!(line_col("ab\ncd", 4), (2, 2));
+    }
+}

@@ -1,0 +1,409 @@
+//! Installing a rendered file: stage, check, rename, fsync.
+//!
+//! The promise to the operator: at every instant the destination holds
+//! either the old bytes or the new bytes, never a mix and never an empty
+//! file, and a failed check leaves the old file as it was.
+//!
+//! 1. Equal bytes, mode and owner: nothing is written, no command runs.
+//! 2. The new content is staged next to the destination
+//!    (`.NAME.stencil-XXXXXX`, created with O_EXCL), its mode and owner set
+//!    before the first byte is written, then fsynced.
+//! 3. The check command runs against the staged path.
+//! 4. rename(2) replaces the destination; the directory is fsynced so the
+//!    rename survives a crash. A symlinked destination has its target
+//!    replaced (the link stays a link).
+//! 5. rename fails with EBUSY or EXDEV when the destination is a single
+//!    file bind-mounted into a container (consul-template's long-standing
+//!    bug): stencil warns once and writes in place instead, reporting any
+//!    failure.
+
+use std::fs::{self, File, OpenOptions, Permissions};
+use std::io::Write;
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use anyhow::{Context, Result, anyhow, bail};
+
+use crate::command::{self, CommandSpec};
+
+const STAGE_MARK: &str = ".stencil-";
+const DEFAULT_MODE: u32 = 0o644;
+
+/// Everything [`install`] needs to know about one file.
+#[derive(Debug, Clone)]
+pub struct Request<'a> {
+    pub destination: &'a Path,
+    pub content: &'a [u8],
+    pub mode: Option<u32>,
+    pub owner: Option<&'a str>,
+    pub group: Option<&'a str>,
+    pub check: Option<&'a CommandSpec>,
+    pub command_timeout: Duration,
+    pub backup: bool,
+    pub create_dirs: bool,
+}
+
+/// What the destination holds now, and what installing would change.
+#[derive(Debug)]
+pub struct Plan {
+    /// The file actually written: the destination, or its symlink target.
+    pub target: PathBuf,
+    /// Its current content, if it exists.
+    pub current: Option<Vec<u8>>,
+    pub mode: u32,
+    pub uid: Option<u32>,
+    pub gid: Option<u32>,
+    pub changed: bool,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    Unchanged,
+    Written,
+}
+
+/// Compares the wanted file with the current one without writing anything.
+pub fn plan(req: &Request) -> Result<Plan> {
+    let target = resolve_symlinks(req.destination)?;
+    let dir = parent(&target);
+    if !dir.is_dir() && !req.create_dirs {
+        bail!(
+            "destination directory {} does not exist (set create_dirs = true to create it)",
+            dir.display()
+        );
+    }
+    let (current, meta) = match fs::read(&target) {
+        Ok(bytes) => (Some(bytes), Some(fs::metadata(&target)?)),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => (None, None),
+        Err(e) => return Err(e).with_context(|| format!("cannot read {}", target.display())),
+    };
+    let mode = req
+        .mode
+        .or_else(|| meta.as_ref().map(|m| m.mode() & 0o7777))
+        .unwrap_or(DEFAULT_MODE);
+    let uid = match req.owner {
+        Some(owner) => Some(lookup_user(owner)?),
+        None => meta.as_ref().map(|m| m.uid()),
+    };
+    let gid = match req.group {
+        Some(group) => Some(lookup_group(group)?),
+        None => meta.as_ref().map(|m| m.gid()),
+    };
+    let changed = match (&current, &meta) {
+        (Some(bytes), Some(m)) => {
+            bytes.as_slice() != req.content
+                || m.mode() & 0o7777 != mode
+                || uid.is_some_and(|u| u != m.uid())
+                || gid.is_some_and(|g| g != m.gid())
+        }
+        _ => true,
+    };
+    Ok(Plan {
+        target,
+        current,
+        mode,
+        uid,
+        gid,
+        changed,
+    })
+}
+
+/// Installs one file as the module documentation describes.
+pub fn install(req: &Request) -> Result<Outcome> {
+    let plan = plan(req)?;
+    if !plan.changed {
+        return Ok(Outcome::Unchanged);
+    }
+    let target = &plan.target;
+    let dir = parent(target);
+    if req.create_dirs && !dir.is_dir() {
+        fs::create_dir_all(dir)
+            .with_context(|| format!("cannot create directory {}", dir.display()))?;
+    }
+    let staged = stage(req, &plan)?;
+
+    if let Some(check) = req.check {
+        let staged_path = staged.path().to_string_lossy().into_owned();
+        let dest = req.destination.to_string_lossy().into_owned();
+        let spec = check.substitute(&[("staged", &staged_path), ("destination", &dest)]);
+        // On failure `staged` is dropped, which removes it: the old file
+        // was never touched.
+        command::run(&spec, "check command", req.command_timeout)?;
+    }
+
+    if req.backup && plan.current.is_some() {
+        backup(target)?;
+    }
+
+    match staged.persist(target) {
+        Ok(_) => {}
+        Err(e) if is_busy_or_cross_device(&e.error) => {
+            warn_in_place_once(target, &e.error);
+            let staged = e.file;
+            write_in_place(target, req.content, &plan).with_context(|| {
+                format!(
+                    "rename over {} failed ({}) and writing it in place failed too",
+                    target.display(),
+                    e.error
+                )
+            })?;
+            drop(staged);
+        }
+        Err(e) => {
+            return Err(anyhow!(e.error)).with_context(|| {
+                format!("cannot rename the staged file over {}", target.display())
+            });
+        }
+    }
+    sync_dir(dir)?;
+    Ok(Outcome::Written)
+}
+
+/// Writes the content to a new file beside the destination, mode and owner
+/// set before the first byte.
+fn stage(req: &Request, plan: &Plan) -> Result<tempfile::NamedTempFile> {
+    let target = &plan.target;
+    let dir = parent(target);
+    let name = target
+        .file_name()
+        .ok_or_else(|| anyhow!("destination {} has no file name", target.display()))?;
+    let prefix = format!(".{}{STAGE_MARK}", name.to_string_lossy());
+    let mut staged = tempfile::Builder::new()
+        .prefix(&prefix)
+        .rand_bytes(6)
+        .tempfile_in(dir)
+        .with_context(|| format!("cannot create a staged file in {}", dir.display()))?;
+    staged
+        .as_file()
+        .set_permissions(Permissions::from_mode(plan.mode))
+        .with_context(|| format!("cannot set mode {:o} on {}", plan.mode, staged.path().display()))?;
+    chown(staged.as_file(), staged.path(), plan, req)?;
+    staged
+        .write_all(req.content)
+        .and_then(|()| staged.as_file().sync_all())
+        .with_context(|| format!("cannot write {}", staged.path().display()))?;
+    Ok(staged)
+}
+
+/// Sets the owner the plan asks for. An owner stencil only carries over
+/// from the old file (not configured) is best effort: a non-root stencil
+/// cannot give files away, and says so.
+fn chown(file: &File, path: &Path, plan: &Plan, req: &Request) -> Result<()> {
+    let meta = file.metadata()?;
+    let uid = plan.uid.filter(|u| *u != meta.uid());
+    let gid = plan.gid.filter(|g| *g != meta.gid());
+    if uid.is_none() && gid.is_none() {
+        return Ok(());
+    }
+    let result = nix::unistd::fchown(
+        file,
+        uid.map(nix::unistd::Uid::from_raw),
+        gid.map(nix::unistd::Gid::from_raw),
+    );
+    match result {
+        Ok(()) => Ok(()),
+        Err(e) if req.owner.is_none() && req.group.is_none() => {
+            tracing::warn!(
+                path = %req.destination.display(),
+                "cannot keep the previous owner {}:{} ({e}); the file will belong to stencil's user",
+                plan.uid.unwrap_or_default(),
+                plan.gid.unwrap_or_default()
+            );
+            Ok(())
+        }
+        Err(e) => Err(anyhow!(e)).with_context(|| {
+            format!(
+                "cannot set owner {}:{} on {}",
+                req.owner.unwrap_or("-"),
+                req.group.unwrap_or("-"),
+                path.display()
+            )
+        }),
+    }
+}
+
+/// Keeps the current file as DEST.bak: a hard link when possible (atomic,
+/// no copy), else a copy.
+fn backup(target: &Path) -> Result<()> {
+    let mut bak = target.as_os_str().to_owned();
+    bak.push(".bak");
+    let bak = PathBuf::from(bak);
+    match fs::remove_file(&bak) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(e).with_context(|| format!("cannot replace backup {}", bak.display())),
+    }
+    if fs::hard_link(target, &bak).is_err() {
+        fs::copy(target, &bak).with_context(|| format!("cannot write backup {}", bak.display()))?;
+    }
+    Ok(())
+}
+
+fn is_busy_or_cross_device(e: &std::io::Error) -> bool {
+    matches!(e.raw_os_error(), Some(code) if code == nix::libc::EBUSY || code == nix::libc::EXDEV)
+}
+
+fn warn_in_place_once(target: &Path, e: &std::io::Error) {
+    static WARNED: AtomicBool = AtomicBool::new(false);
+    if !WARNED.swap(true, Ordering::Relaxed) {
+        tracing::warn!(
+            path = %target.display(),
+            "rename failed ({e}); is it a single file bind-mounted into a container? \
+             Writing in place instead: readers may briefly see a partial file"
+        );
+    }
+}
+
+/// The fallback when rename cannot work. Not atomic, but never silent.
+fn write_in_place(target: &Path, content: &[u8], plan: &Plan) -> Result<()> {
+    let mut f = OpenOptions::new()
+        .write(true)
+        .truncate(true)
+        .open(target)
+        .with_context(|| format!("cannot open {} for writing", target.display()))?;
+    f.write_all(content)?;
+    f.set_permissions(Permissions::from_mode(plan.mode))?;
+    f.sync_all()?;
+    Ok(())
+}
+
+fn sync_dir(dir: &Path) -> Result<()> {
+    File::open(dir)
+        .and_then(|d| d.sync_all())
+        .with_context(|| format!("cannot fsync directory {}", dir.display()))
+}
+
+fn parent(p: &Path) -> &Path {
+    match p.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d,
+        _ => Path::new("."),
+    }
+}
+
+/// Follows a chain of symlinks to the file that will actually be replaced.
+fn resolve_symlinks(dest: &Path) -> Result<PathBuf> {
+    let mut path = dest.to_path_buf();
+    for _ in 0..40 {
+        match fs::symlink_metadata(&path) {
+            Ok(m) if m.file_type().is_symlink() => {
+                let link = fs::read_link(&path)
+                    .with_context(|| format!("cannot read symlink {}", path.display()))?;
+                path = parent(&path).join(link);
+            }
+            _ => return Ok(path),
+        }
+    }
+    bail!("too many levels of symbolic links at {}", dest.display())
+}
+
+/// Removes staged files a crashed run left beside `destination`.
+pub fn remove_stale(destination: &Path) {
+    let Ok(target) = resolve_symlinks(destination) else {
+        return;
+    };
+    let Some(name) = target.file_name() else {
+        return;
+    };
+    let prefix = format!(".{}{STAGE_MARK}", name.to_string_lossy());
+    let Ok(entries) = fs::read_dir(parent(&target)) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let file_name = entry.file_name();
+        let file_name = file_name.to_string_lossy();
+        if file_name.len() == prefix.len() + 6 && file_name.starts_with(&prefix) {
+            match fs::remove_file(entry.path()) {
+                Ok(()) => tracing::info!(path = %entry.path().display(), "removed a staged file left by an earlier run"),
+                Err(e) => tracing::warn!(path = %entry.path().display(), "cannot remove a stale staged file: {e}"),
+            }
+        }
+    }
+}
+
+fn lookup_user(name: &str) -> Result<u32> {
+    if let Ok(uid) = name.parse::<u32>() {
+        return Ok(uid);
+    }
+    match nix::unistd::User::from_name(name) {
+        Ok(Some(u)) => Ok(u.uid.as_raw()),
+        Ok(None) => bail!("owner {name:?}: no such user"),
+        Err(e) => bail!("owner {name:?}: cannot look up the user: {e}"),
+    }
+}
+
+fn lookup_group(name: &str) -> Result<u32> {
+    if let Ok(gid) = name.parse::<u32>() {
+        return Ok(gid);
+    }
+    match nix::unistd::Group::from_name(name) {
+        Ok(Some(g)) => Ok(g.gid.as_raw()),
+        Ok(None) => bail!("group {name:?}: no such group"),
+        Err(e) => bail!("group {name:?}: cannot look up the group: {e}"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn request<'a>(dest: &'a Path, content: &'a [u8]) -> Request<'a> {
+        Request {
+            destination: dest,
+            content,
+            mode: None,
+            owner: None,
+            group: None,
+            check: None,
+            command_timeout: Duration::from_secs(10),
+            backup: false,
+            create_dirs: false,
+        }
+    }
+
+    #[test]
+    fn unchanged_content_is_not_rewritten() {
+        let dir = tempfile::tempdir().unwrap();
+        let dest = dir.path().join("a.conf");
+        assert_eq!(install(&request(&dest, b"x\n")).unwrap(), Outcome::Written);
+        let inode = fs::metadata(&dest).unwrap().ino();
+        assert_eq!(install(&request(&dest, b"x\n")).unwrap(), Outcome::Unchanged);
+        assert_eq!(fs::metadata(&dest).unwrap().ino(), inode);
+    }
+
+    #[test]
+    fn symlink_target_is_replaced_and_link_kept() {
+        let dir = tempfile::tempdir().unwrap();
+        let real = dir.path().join("real.conf");
+        fs::write(&real, "old").unwrap();
+        let link = dir.path().join("link.conf");
+        std::os::unix::fs::symlink("real.conf", &link).unwrap();
+        install(&request(&link, b"new")).unwrap();
+        assert!(fs::symlink_metadata(&link).unwrap().file_type().is_symlink());
+        assert_eq!(fs::read_to_string(&real).unwrap(), "new");
+    }
+
+    #[test]
+    fn mode_defaults_to_the_existing_files() {
+        let dir = tempfile::tempdir().unwrap();
+        let dest = dir.path().join("a.conf");
+        fs::write(&dest, "old").unwrap();
+        fs::set_permissions(&dest, Permissions::from_mode(0o600)).unwrap();
+        install(&request(&dest, b"new")).unwrap();
+        assert_eq!(fs::metadata(&dest).unwrap().mode() & 0o7777, 0o600);
+    }
+
+    #[test]
+    fn stale_staged_files_are_removed() {
+        let dir = tempfile::tempdir().unwrap();
+        let dest = dir.path().join("a.conf");
+        let stale = dir.path().join(".a.conf.stencil-AbC123");
+        let other = dir.path().join(".b.conf.stencil-AbC123");
+        fs::write(&stale, "x").unwrap();
+        fs::write(&other, "x").unwrap();
+        remove_stale(&dest);
+        assert!(!stale.exists());
+        assert!(other.exists(), "only this destination's staged files go");
+    }
+}

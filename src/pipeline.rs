@@ -1,0 +1,289 @@
+//! The one pipeline every command shares: snapshot -> render -> install ->
+//! commands.
+//!
+//! `render` runs it once; watch and exec (later) run it again for the
+//! templates a change affects. There is no second code path for one-shot
+//! rendering, so what the tests prove about `render` holds for the daemon.
+
+use std::io::Write;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, anyhow};
+
+use crate::command::{self, CommandSpec};
+use crate::config::{Config, Destination, TemplateSpec};
+use crate::install::{self, Outcome};
+use crate::source::Sources;
+use crate::template::{Deps, Scope, Template};
+
+/// How a batch treats its output.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Options {
+    /// Print what would be written; write nothing, run nothing.
+    pub dry_run: bool,
+    /// Print a unified diff of each changed file.
+    pub diff: bool,
+    /// Install, but run no reload command.
+    pub no_reload: bool,
+    /// How long to wait for missing data before giving up.
+    pub wait_for_data: Option<Duration>,
+}
+
+/// One template with its configuration.
+#[derive(Debug)]
+pub struct Unit {
+    pub spec: TemplateSpec,
+    pub template: Template,
+    pub default_source: Option<String>,
+}
+
+/// The loaded configuration: sources opened, templates parsed.
+#[derive(Debug)]
+pub struct Pipeline {
+    pub config: Config,
+    pub units: Vec<Unit>,
+    pub sources: Sources,
+}
+
+/// What happened to one template in a batch.
+#[derive(Debug)]
+pub struct UnitReport {
+    pub index: usize,
+    pub result: Result<Outcome>,
+    pub deps: Deps,
+}
+
+/// What a batch did.
+#[derive(Debug, Default)]
+pub struct Report {
+    pub units: Vec<UnitReport>,
+    /// Failed reload commands, after every file was installed.
+    pub commands: Vec<anyhow::Error>,
+}
+
+impl Report {
+    pub fn errors(&self) -> impl Iterator<Item = &anyhow::Error> {
+        self.units
+            .iter()
+            .filter_map(|u| u.result.as_ref().err())
+            .chain(self.commands.iter())
+    }
+
+    pub fn ok(&self) -> bool {
+        self.errors().next().is_none()
+    }
+}
+
+impl Pipeline {
+    /// Parses every template and opens every source, collecting every error
+    /// rather than stopping at the first.
+    pub fn load(config: Config) -> Result<Pipeline, Vec<anyhow::Error>> {
+        let mut errors = Vec::new();
+        let mut units = Vec::new();
+        for spec in &config.templates {
+            match Template::load(&spec.source) {
+                Ok(template) => units.push(Unit {
+                    default_source: config.default_source(spec),
+                    spec: spec.clone(),
+                    template,
+                }),
+                Err(e) => errors.push(e.context(format!("template at {}", spec.origin))),
+            }
+        }
+        let sources = match Sources::open(&config.sources) {
+            Ok(s) => s,
+            Err(e) => {
+                errors.push(e);
+                Sources::default()
+            }
+        };
+        if errors.is_empty() {
+            Ok(Pipeline {
+                config,
+                units,
+                sources,
+            })
+        } else {
+            Err(errors)
+        }
+    }
+
+    /// Renders, installs and runs the commands for the given templates.
+    ///
+    /// Each template stands alone: one that fails keeps its old file and is
+    /// reported, the others are installed. Reload commands run after every
+    /// file of the batch is in place, each distinct command once.
+    pub fn run(&mut self, which: &[usize], opts: &Options, out: &mut dyn Write) -> Report {
+        let rendered = self.render_waiting(which, opts);
+        let mut report = Report::default();
+        let mut reloads: Vec<(CommandSpec, Duration)> = Vec::new();
+        for (index, result, deps) in rendered {
+            let unit = &self.units[index];
+            let result = result.and_then(|text| {
+                let outcome = deliver(unit, text.as_bytes(), opts, out)?;
+                if outcome == Outcome::Written {
+                    if let (Some(reload), Destination::File(dest)) = (&unit.spec.reload, &unit.spec.destination) {
+                        let dest = dest.to_string_lossy();
+                        let spec = reload.substitute(&[("destination", &dest)]);
+                        if !reloads.iter().any(|(r, _)| *r == spec) {
+                            reloads.push((spec, unit.spec.command_timeout));
+                        }
+                    }
+                }
+                Ok(outcome)
+            });
+            if let Err(e) = &result {
+                tracing::debug!("{e:#}");
+            }
+            report.units.push(UnitReport {
+                index,
+                result,
+                deps,
+            });
+        }
+        if !opts.dry_run && !opts.no_reload {
+            for (spec, timeout) in reloads {
+                tracing::info!(command = %spec, "running reload command");
+                if let Err(e) = command::run(&spec, "reload command", timeout) {
+                    report.commands.push(e);
+                }
+            }
+        }
+        report
+    }
+
+    /// Renders the templates; while some lack data and `wait_for_data`
+    /// allows, re-reads the sources with backoff and renders those again.
+    fn render_waiting(&mut self, which: &[usize], opts: &Options) -> Vec<(usize, Result<String>, Deps)> {
+        let deadline = opts.wait_for_data.map(|d| Instant::now() + d);
+        let mut delay = Duration::from_millis(250);
+        loop {
+            let results: Vec<_> = which
+                .iter()
+                .map(|&i| {
+                    let unit = &self.units[i];
+                    let scope = Scope {
+                        sources: self.sources.clone(),
+                        default_source: unit.default_source.clone(),
+                    };
+                    let r = unit.template.render(&scope);
+                    (i, r.result, r.deps)
+                })
+                .collect();
+            let waiting: Vec<_> = results
+                .iter()
+                .filter(|(_, r, deps)| r.is_err() && !deps.missing.is_empty())
+                .collect();
+            let Some(deadline) = deadline else {
+                return results;
+            };
+            let now = Instant::now();
+            if waiting.is_empty() || now >= deadline {
+                return results;
+            }
+            for (i, _, deps) in &waiting {
+                let missing: Vec<String> = deps.missing.iter().map(|d| d.to_string()).collect();
+                tracing::info!(
+                    template = %self.units[*i].spec.source.display(),
+                    "waiting for data: {}",
+                    missing.join(", ")
+                );
+            }
+            std::thread::sleep(jitter(delay).min(deadline - now));
+            delay = (delay * 2).min(Duration::from_secs(60));
+            match Sources::open(&self.config.sources) {
+                Ok(s) => self.sources = s,
+                Err(e) => tracing::warn!("cannot re-read the sources: {e:#}"),
+            }
+        }
+    }
+
+    /// Removes staged files left beside the destinations by a crashed run.
+    pub fn remove_stale(&self) {
+        for unit in &self.units {
+            if let Destination::File(dest) = &unit.spec.destination {
+                install::remove_stale(dest);
+            }
+        }
+    }
+}
+
+/// Up to 20% less than `d`, so many stencils do not retry in step.
+fn jitter(d: Duration) -> Duration {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|t| t.subsec_nanos())
+        .unwrap_or(0);
+    d.mul_f64(1.0 - f64::from(nanos % 200) / 1000.0)
+}
+
+/// Puts one rendered template where it goes: stdout, the dry-run report,
+/// or the destination file.
+fn deliver(unit: &Unit, content: &[u8], opts: &Options, out: &mut dyn Write) -> Result<Outcome> {
+    let spec = &unit.spec;
+    let dest = match &spec.destination {
+        Destination::Stdout => {
+            write_stdout(out, content)?;
+            return Ok(Outcome::Written);
+        }
+        Destination::File(p) => p,
+    };
+    let req = install::Request {
+        destination: dest,
+        content,
+        mode: spec.mode,
+        owner: spec.owner.as_deref(),
+        group: spec.group.as_deref(),
+        check: spec.check.as_ref(),
+        command_timeout: spec.command_timeout,
+        backup: spec.backup,
+        create_dirs: spec.create_dirs,
+    };
+    let context = || format!("cannot install {}", dest.display());
+    if opts.dry_run || opts.diff {
+        let plan = install::plan(&req).with_context(context)?;
+        if !plan.changed {
+            tracing::debug!(path = %dest.display(), "unchanged");
+            return Ok(Outcome::Unchanged);
+        }
+        if opts.diff {
+            write_stdout(out, diff(dest, plan.current.as_deref(), content).as_bytes())?;
+        } else {
+            let header = format!("==> {} (mode {:04o}) <==\n", dest.display(), plan.mode);
+            write_stdout(out, header.as_bytes())?;
+            write_stdout(out, content)?;
+        }
+        if opts.dry_run {
+            return Ok(Outcome::Written);
+        }
+    }
+    let outcome = install::install(&req).with_context(context)?;
+    match outcome {
+        Outcome::Written => tracing::info!(path = %dest.display(), "wrote"),
+        Outcome::Unchanged => tracing::debug!(path = %dest.display(), "unchanged"),
+    }
+    Ok(outcome)
+}
+
+/// A broken stdout pipe (`stencil render … | head`) is not a failure.
+fn write_stdout(out: &mut dyn Write, bytes: &[u8]) -> Result<()> {
+    match out.write_all(bytes).and_then(|()| out.flush()) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Ok(()),
+        Err(e) => Err(anyhow!(e).context("cannot write to stdout")),
+    }
+}
+
+fn diff(dest: &std::path::Path, current: Option<&[u8]>, new: &[u8]) -> String {
+    let old = current.map(String::from_utf8_lossy).unwrap_or_default();
+    let new = String::from_utf8_lossy(new);
+    let old_name = if current.is_some() {
+        dest.display().to_string()
+    } else {
+        "/dev/null".into()
+    };
+    similar::TextDiff::from_lines(old.as_ref(), new.as_ref())
+        .unified_diff()
+        .header(&old_name, &dest.display().to_string())
+        .to_string()
+}

@@ -1,0 +1,230 @@
+//! Data files as sources: JSON, TOML, YAML and dotenv.
+//!
+//! Nested objects become `/`-separated keys and array items are numbered,
+//! so `{"db": {"hosts": ["a", "b"]}}` holds `db/hosts/0` and `db/hosts/1`.
+//! Scalars become strings (`true`, `42`, `""` for null), as a KV store would
+//! hold them; templates convert with `| int` or `| fromjson` when needed.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result, anyhow, bail};
+
+use super::{Source, is_under, normalize_key};
+
+#[derive(Debug)]
+pub struct FileSource {
+    path: PathBuf,
+    prefix: String,
+    data: BTreeMap<String, String>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Format {
+    Json,
+    Toml,
+    Yaml,
+    Dotenv,
+}
+
+impl Format {
+    pub fn from_path(path: &Path) -> Result<Format> {
+        let name = path
+            .file_name()
+            .and_then(|n| n.to_str())
+            .unwrap_or_default();
+        let ext = path
+            .extension()
+            .and_then(|e| e.to_str())
+            .unwrap_or_default()
+            .to_ascii_lowercase();
+        Ok(match ext.as_str() {
+            "json" => Format::Json,
+            "toml" => Format::Toml,
+            "yaml" | "yml" => Format::Yaml,
+            "env" => Format::Dotenv,
+            _ if name == ".env" || name.starts_with(".env.") => Format::Dotenv,
+            _ => bail!(
+                "cannot tell the format of {}: name it .json, .toml, .yaml, .yml or .env",
+                path.display()
+            ),
+        })
+    }
+}
+
+impl FileSource {
+    pub fn load(path: &Path, prefix: &str) -> Result<FileSource> {
+        let format = Format::from_path(path)?;
+        let bytes =
+            std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;
+        let text = String::from_utf8(bytes)
+            .map_err(|e| anyhow!("{} is not valid UTF-8 (at byte {})", path.display(), e.utf8_error().valid_up_to()))?;
+        let data = parse(format, &text).with_context(|| format!("invalid {} in {}", format.name(), path.display()))?;
+        Ok(FileSource {
+            path: path.to_path_buf(),
+            prefix: normalize_key(prefix).to_string(),
+            data,
+        })
+    }
+
+    fn full(&self, key: &str) -> String {
+        let key = normalize_key(key);
+        match (self.prefix.is_empty(), key.is_empty()) {
+            (true, _) => key.to_string(),
+            (false, true) => self.prefix.clone(),
+            (false, false) => format!("{}/{key}", self.prefix),
+        }
+    }
+}
+
+impl Format {
+    fn name(self) -> &'static str {
+        match self {
+            Format::Json => "JSON",
+            Format::Toml => "TOML",
+            Format::Yaml => "YAML",
+            Format::Dotenv => "dotenv",
+        }
+    }
+}
+
+impl Source for FileSource {
+    fn describe(&self) -> String {
+        format!("file {}", self.path.display())
+    }
+
+    fn get(&self, key: &str) -> Result<Option<String>> {
+        Ok(self.data.get(&self.full(key)).cloned())
+    }
+
+    fn list(&self, prefix: &str) -> Result<Vec<(String, String)>> {
+        let full = self.full(prefix);
+        let strip = if self.prefix.is_empty() { 0 } else { self.prefix.len() + 1 };
+        let start = if full.is_empty() { String::new() } else { format!("{full}/") };
+        Ok(self
+            .data
+            .range(start..)
+            .take_while(|(k, _)| is_under(k, &full))
+            .map(|(k, v)| (k[strip..].to_string(), v.clone()))
+            .collect())
+    }
+}
+
+/// Parses a data file's text into flat keys.
+pub fn parse(format: Format, text: &str) -> Result<BTreeMap<String, String>> {
+    let value: serde_json::Value = match format {
+        Format::Json => serde_json::from_str(text).map_err(|e| anyhow!("{e}"))?,
+        Format::Toml => toml::from_str(text).map_err(|e| anyhow!("{}", e.to_string().trim_end()))?,
+        Format::Yaml => {
+            let yaml: serde_norway::Value =
+                serde_norway::from_str(text).map_err(|e| anyhow!("{e}"))?;
+            serde_json::to_value(yaml).map_err(|e| anyhow!("{e}"))?
+        }
+        Format::Dotenv => return parse_dotenv(text),
+    };
+    let mut out = BTreeMap::new();
+    match value {
+        serde_json::Value::Object(_) | serde_json::Value::Array(_) => {
+            flatten(&value, &mut String::new(), &mut out)
+        }
+        serde_json::Value::Null => {}
+        _ => bail!("the top level must be an object (a table, a mapping), not a single value"),
+    }
+    Ok(out)
+}
+
+fn flatten(value: &serde_json::Value, path: &mut String, out: &mut BTreeMap<String, String>) {
+    let mut child = |name: &str, v: &serde_json::Value, path: &mut String| {
+        let len = path.len();
+        if !path.is_empty() {
+            path.push('/');
+        }
+        path.push_str(name.trim_matches('/'));
+        flatten(v, path, out);
+        path.truncate(len);
+    };
+    match value {
+        serde_json::Value::Object(map) => {
+            for (k, v) in map {
+                child(k, v, path);
+            }
+        }
+        serde_json::Value::Array(items) => {
+            for (i, v) in items.iter().enumerate() {
+                child(&i.to_string(), v, path);
+            }
+        }
+        serde_json::Value::String(s) => {
+            out.insert(path.clone(), s.clone());
+        }
+        serde_json::Value::Null => {
+            out.insert(path.clone(), String::new());
+        }
+        other => {
+            out.insert(path.clone(), other.to_string());
+        }
+    }
+}
+
+fn parse_dotenv(text: &str) -> Result<BTreeMap<String, String>> {
+    let mut out = BTreeMap::new();
+    for item in dotenvy::from_read_iter(text.as_bytes()) {
+        match item {
+            Ok((k, v)) => {
+                out.insert(k, v);
+            }
+            Err(dotenvy::Error::LineParse(line, index)) => {
+                let number = text
+                    .lines()
+                    .position(|l| l.trim_end() == line.trim_end())
+                    .map_or_else(String::new, |n| format!("line {}, ", n + 1));
+                bail!("{number}column {}: cannot parse {line:?}", index + 1)
+            }
+            Err(e) => bail!("{e}"),
+        }
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn nested_objects_and_arrays_flatten_to_slash_keys() {
+        let data = parse(
+            Format::Json,
+            r#"{"db": {"host": "h", "port": 5432, "tls": true, "x": null}, "hosts": ["a", "b"]}"#,
+        )
+        .unwrap();
+        let got: Vec<_> = data.iter().map(|(k, v)| format!("{k}={v}")).collect();
+        assert_eq!(
+            got,
+            ["db/host=h", "db/port=5432", "db/tls=true", "db/x=", "hosts/0=a", "hosts/1=b"]
+        );
+    }
+
+    #[test]
+    fn yaml_toml_and_dotenv_agree() {
+        let yaml = parse(Format::Yaml, "db:\n  host: h\n  port: 5432\n").unwrap();
+        let toml = parse(Format::Toml, "[db]\nhost = \"h\"\nport = 5432\n").unwrap();
+        assert_eq!(yaml, toml);
+        let env = parse(Format::Dotenv, "# c\nA=1\nB=\"two words\"\n").unwrap();
+        assert_eq!(env.get("B").map(String::as_str), Some("two words"));
+    }
+
+    #[test]
+    fn list_uses_directory_semantics_and_the_prefix() {
+        let src = FileSource {
+            path: "x.json".into(),
+            prefix: "app".into(),
+            data: parse(Format::Json, r#"{"app": {"a": {"b": "1"}, "ab": "2"}, "other": "3"}"#).unwrap(),
+        };
+        assert_eq!(src.get("/a/b").unwrap().as_deref(), Some("1"));
+        assert_eq!(
+            src.list("a").unwrap(),
+            vec![("a/b".to_string(), "1".to_string())]
+        );
+        assert_eq!(src.list("").unwrap().len(), 2);
+    }
+}

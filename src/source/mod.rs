@@ -1,0 +1,103 @@
+//! Data sources: what `key()`, `ls()`, `kv()` and `tree()` read.
+//!
+//! Every source is a flat map of `/`-separated keys to UTF-8 string values,
+//! whatever it is underneath (a JSON file's nested objects, etcd's key
+//! space, Consul's KV store). Templates ask for one key or for everything
+//! under a prefix; a source answers a prefix with one read, so a template
+//! that loops over a thousand keys costs one request, not a thousand.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::sync::Arc;
+
+use anyhow::Result;
+
+use crate::config::SourceSpec;
+
+pub mod file;
+
+/// A source of keys and values. Keys are relative to the source's prefix,
+/// without leading or trailing `/`.
+pub trait Source: Send + Sync + fmt::Debug {
+    /// How the source is named in messages: `file /etc/app/data.json`.
+    fn describe(&self) -> String;
+
+    /// The value of one key, or `None` when it does not exist.
+    fn get(&self, key: &str) -> Result<Option<String>>;
+
+    /// Every key strictly under `prefix` (directory semantics: `a` covers
+    /// `a/b` and `a/b/c`, not `ab`), sorted by key. An empty prefix is the
+    /// whole source. Keys are returned in full, not relative to `prefix`.
+    fn list(&self, prefix: &str) -> Result<Vec<(String, String)>>;
+}
+
+/// The sources of one configuration, by name.
+#[derive(Debug, Default, Clone)]
+pub struct Sources {
+    map: BTreeMap<String, Arc<dyn Source>>,
+}
+
+impl Sources {
+    /// Opens every source. File sources are read and parsed here, so a
+    /// malformed data file fails before anything is rendered.
+    pub fn open(specs: &BTreeMap<String, SourceSpec>) -> Result<Sources> {
+        let mut map: BTreeMap<String, Arc<dyn Source>> = BTreeMap::new();
+        for (name, spec) in specs {
+            let source: Arc<dyn Source> = match spec {
+                SourceSpec::File { path, prefix } => {
+                    Arc::new(file::FileSource::load(path, prefix).map_err(|e| {
+                        e.context(format!("cannot load source {name:?}"))
+                    })?)
+                }
+            };
+            map.insert(name.clone(), source);
+        }
+        Ok(Sources { map })
+    }
+
+    pub fn get(&self, name: &str) -> Option<&Arc<dyn Source>> {
+        self.map.get(name)
+    }
+
+    pub fn names(&self) -> impl Iterator<Item = &str> {
+        self.map.keys().map(String::as_str)
+    }
+}
+
+/// Normalizes a key or prefix as written in a template: `/a/b/` -> `a/b`.
+pub fn normalize_key(key: &str) -> &str {
+    key.trim_matches('/')
+}
+
+/// Whether `key` is strictly under `prefix` (both normalized).
+pub fn is_under(key: &str, prefix: &str) -> bool {
+    prefix.is_empty()
+        || (key.len() > prefix.len()
+            && key.starts_with(prefix)
+            && key.as_bytes()[prefix.len()] == b'/')
+}
+
+/// `key` relative to `prefix` (both normalized, `key` under `prefix`).
+pub fn relative<'a>(key: &'a str, prefix: &str) -> &'a str {
+    if prefix.is_empty() {
+        key
+    } else {
+        &key[prefix.len() + 1..]
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn prefixes_have_directory_semantics() {
+        assert!(is_under("a/b", "a"));
+        assert!(is_under("a/b/c", "a"));
+        assert!(!is_under("ab", "a"));
+        assert!(!is_under("a", "a"));
+        assert!(is_under("a", ""));
+        assert_eq!(relative("a/b/c", "a"), "b/c");
+        assert_eq!(normalize_key("/a/b/"), "a/b");
+    }
+}
