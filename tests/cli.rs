@@ -1,0 +1,62 @@
+//! The command line itself: help, version, man pages, exit codes for usage
+//! errors.
+
+use crate::support::Test;
+
+#[test]
+fn man_pages_are_up_to_date() {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("man");
+    for (name, text) in stencil::man::pages().unwrap() {
+        let committed = std::fs::read(dir.join(&name)).unwrap_or_default();
+        assert!(
+            committed == text,
+            "man/{name} is stale: run `cargo run -- man man/` and commit the result"
+        );
+    }
+}
+
+#[test]
+fn help_shows_examples() {
+    Test::new()
+        .args(["render", "--help"])
+        .run()
+        .success();
+    let out = Test::new().args(["--help"]).run().success();
+    assert!(out.stdout_str().contains("Examples:"), "{}", out.stdout_str());
+}
+
+#[test]
+fn version_prints_the_crate_version() {
+    let out = Test::new().args(["--version"]).run().success();
+    assert_eq!(out.stdout_str(), format!("stencil {}\n", env!("CARGO_PKG_VERSION")));
+}
+
+#[test]
+fn unknown_flag_is_a_usage_error() {
+    Test::new()
+        .args(["render", "--no-such-flag"])
+        .run()
+        .code(2)
+        .stderr_has("--no-such-flag");
+}
+
+#[test]
+fn render_without_templates_is_a_usage_error() {
+    Test::new()
+        .args(["render"])
+        .run()
+        .code(2)
+        .stderr_has("no templates");
+}
+
+#[test]
+fn options_can_come_from_stencil_environment_variables() {
+    Test::new()
+        .file("a.j2", "x={{ env.X }}\n")
+        .env("X", "1")
+        .env("STENCIL_TEMPLATE", "a.j2:out.conf")
+        .args(["render"])
+        .run()
+        .success()
+        .file_is("out.conf", "x=1\n");
+}

@@ -1,0 +1,1 @@
+//! The runnable examples under templates-examples/ render to their expected output.

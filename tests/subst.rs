@@ -1,0 +1,1 @@
+//! `stencil subst`: byte-for-byte GNU envsubst, and the extensions.

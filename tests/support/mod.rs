@@ -1,0 +1,214 @@
+//! The integration tests' builder: a temp directory with files, an
+//! environment, arguments; run the real binary; assert on what a user sees.
+//!
+//! ```ignore
+//! Test::new()
+//!     .file("a.j2", "port {{ env.PORT }}\n")
+//!     .env("PORT", "80")
+//!     .args(["render", "-t", "a.j2:out.conf"])
+//!     .run()
+//!     .success()
+//!     .file_is("out.conf", "port 80\n");
+//! ```
+//!
+//! The child's environment is cleared except PATH, so the host's variables
+//! never leak into a render.
+
+#![allow(dead_code)]
+
+use std::ffi::OsString;
+use std::io::Write;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+
+pub const BIN: &str = env!("CARGO_BIN_EXE_stencil");
+
+pub struct Test {
+    dir: tempfile::TempDir,
+    args: Vec<OsString>,
+    env: Vec<(OsString, OsString)>,
+    stdin: Option<Vec<u8>>,
+}
+
+impl Default for Test {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Test {
+    pub fn new() -> Test {
+        Test {
+            dir: tempfile::tempdir().expect("temp dir"),
+            args: Vec::new(),
+            env: Vec::new(),
+            stdin: None,
+        }
+    }
+
+    /// Writes a file (creating its directories) relative to the test dir.
+    pub fn file(self, rel: &str, content: impl AsRef<[u8]>) -> Test {
+        let path = self.path(rel);
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        std::fs::write(&path, content).unwrap();
+        self
+    }
+
+    pub fn mode(self, rel: &str, mode: u32) -> Test {
+        std::fs::set_permissions(self.path(rel), std::fs::Permissions::from_mode(mode)).unwrap();
+        self
+    }
+
+    pub fn dir_path(&self) -> &Path {
+        self.dir.path()
+    }
+
+    pub fn path(&self, rel: &str) -> PathBuf {
+        self.dir.path().join(rel)
+    }
+
+    pub fn env(mut self, k: impl Into<OsString>, v: impl Into<OsString>) -> Test {
+        self.env.push((k.into(), v.into()));
+        self
+    }
+
+    pub fn args<I, S>(mut self, args: I) -> Test
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<OsString>,
+    {
+        self.args = args.into_iter().map(Into::into).collect();
+        self
+    }
+
+    pub fn stdin(mut self, input: impl Into<Vec<u8>>) -> Test {
+        self.stdin = Some(input.into());
+        self
+    }
+
+    /// Runs `stencil` with the args in the test dir.
+    pub fn run(&self) -> Output {
+        let mut cmd = Command::new(BIN);
+        cmd.args(&self.args)
+            .current_dir(self.dir.path())
+            .env_clear()
+            .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        for (k, v) in &self.env {
+            cmd.env(k, v);
+        }
+        let mut child = cmd.spawn().expect("spawn stencil");
+        let input = self.stdin.clone().unwrap_or_default();
+        let mut stdin = child.stdin.take().unwrap();
+        let writer = std::thread::spawn(move || {
+            let _ = stdin.write_all(&input);
+        });
+        let out = child.wait_with_output().expect("wait for stencil");
+        writer.join().unwrap();
+        Output {
+            code: out.status.code().unwrap_or(-1),
+            stdout: out.stdout,
+            stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+            dir: self.dir.path().to_path_buf(),
+            args: self.args.clone(),
+        }
+    }
+}
+
+pub struct Output {
+    pub code: i32,
+    pub stdout: Vec<u8>,
+    pub stderr: String,
+    pub dir: PathBuf,
+    args: Vec<OsString>,
+}
+
+impl Output {
+    fn describe(&self) -> String {
+        format!(
+            "stencil {:?}\nexit code: {}\n--- stdout\n{}\n--- stderr\n{}",
+            self.args,
+            self.code,
+            String::from_utf8_lossy(&self.stdout),
+            self.stderr
+        )
+    }
+
+    pub fn stdout_str(&self) -> String {
+        String::from_utf8_lossy(&self.stdout).into_owned()
+    }
+
+    #[track_caller]
+    pub fn success(self) -> Output {
+        assert_eq!(self.code, 0, "expected success\n{}", self.describe());
+        self
+    }
+
+    #[track_caller]
+    pub fn code(self, code: i32) -> Output {
+        assert_eq!(self.code, code, "unexpected exit code\n{}", self.describe());
+        self
+    }
+
+    #[track_caller]
+    pub fn stdout_is(self, expected: &str) -> Output {
+        assert_eq!(self.stdout_str(), expected, "stdout differs\n{}", self.describe());
+        self
+    }
+
+    #[track_caller]
+    pub fn stderr_has(self, needle: &str) -> Output {
+        assert!(
+            self.stderr.contains(needle),
+            "stderr lacks {needle:?}\n{}",
+            self.describe()
+        );
+        self
+    }
+
+    #[track_caller]
+    pub fn stderr_lacks(self, needle: &str) -> Output {
+        assert!(
+            !self.stderr.contains(needle),
+            "stderr has {needle:?}\n{}",
+            self.describe()
+        );
+        self
+    }
+
+    #[track_caller]
+    pub fn file_is(self, rel: &str, expected: &str) -> Output {
+        let path = self.dir.join(rel);
+        let got = std::fs::read_to_string(&path)
+            .unwrap_or_else(|e| panic!("cannot read {}: {e}\n{}", path.display(), self.describe()));
+        assert_eq!(got, expected, "{rel} differs\n{}", self.describe());
+        self
+    }
+
+    #[track_caller]
+    pub fn no_file(self, rel: &str) -> Output {
+        assert!(
+            !self.dir.join(rel).exists(),
+            "{rel} should not exist\n{}",
+            self.describe()
+        );
+        self
+    }
+
+    /// No staged file (`.NAME.stencil-XXXXXX`) is left in `rel_dir`.
+    #[track_caller]
+    pub fn no_staged_files(self, rel_dir: &str) -> Output {
+        let dir = self.dir.join(rel_dir);
+        let left: Vec<String> = std::fs::read_dir(&dir)
+            .unwrap()
+            .flatten()
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .filter(|n| n.contains(".stencil-"))
+            .collect();
+        assert!(left.is_empty(), "staged files left: {left:?}\n{}", self.describe());
+        self
+    }
+}
