@@ -246,6 +246,9 @@ mod tests {
         .to_string();
         assert!(err.contains("timed out"), "{err}");
         std::thread::sleep(Duration::from_millis(1500));
-        assert!(!marker.exists(), "a process of the group outlived the timeout");
+        assert!(
+            !marker.exists(),
+            "a process of the group outlived the timeout"
+        );
     }
 }

@@ -373,7 +373,8 @@ impl Config {
     /// The name of the source key()/ls()/... read when no `source=` is given.
     pub fn default_source(&self, t: &TemplateSpec) -> Option<String> {
         t.data.clone().or_else(|| {
-            (self.sources.len() == 1).then(|| self.sources.keys().next().cloned().unwrap_or_default())
+            (self.sources.len() == 1)
+                .then(|| self.sources.keys().next().cloned().unwrap_or_default())
         })
     }
 }

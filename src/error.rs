@@ -32,7 +32,11 @@ impl Exit {
 
     /// The worse of two outcomes, so a batch reports its worst failure.
     pub fn max(self, other: Exit) -> Exit {
-        if other.code() > self.code() { other } else { self }
+        if other.code() > self.code() {
+            other
+        } else {
+            self
+        }
     }
 }
 
@@ -79,7 +83,11 @@ pub fn is_usage(err: &anyhow::Error) -> bool {
 
 /// The exit status an error maps to.
 pub fn exit_for(err: &anyhow::Error) -> Exit {
-    if is_usage(err) { Exit::Usage } else { Exit::Failure }
+    if is_usage(err) {
+        Exit::Usage
+    } else {
+        Exit::Failure
+    }
 }
 
 /// Prints `error: …` and the cause chain to stderr. A template error also

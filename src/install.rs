@@ -178,7 +178,13 @@ fn stage(req: &Request, plan: &Plan) -> Result<tempfile::NamedTempFile> {
     staged
         .as_file()
         .set_permissions(Permissions::from_mode(plan.mode))
-        .with_context(|| format!("cannot set mode {:o} on {}", plan.mode, staged.path().display()))?;
+        .with_context(|| {
+            format!(
+                "cannot set mode {:o} on {}",
+                plan.mode,
+                staged.path().display()
+            )
+        })?;
     chown(staged.as_file(), staged.path(), plan, req)?;
     staged
         .write_all(req.content)
@@ -233,7 +239,9 @@ fn backup(target: &Path) -> Result<()> {
     match fs::remove_file(&bak) {
         Ok(()) => {}
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-        Err(e) => return Err(e).with_context(|| format!("cannot replace backup {}", bak.display())),
+        Err(e) => {
+            return Err(e).with_context(|| format!("cannot replace backup {}", bak.display()));
+        }
     }
     if fs::hard_link(target, &bak).is_err() {
         fs::copy(target, &bak).with_context(|| format!("cannot write backup {}", bak.display()))?;
@@ -315,8 +323,12 @@ pub fn remove_stale(destination: &Path) {
         let file_name = file_name.to_string_lossy();
         if file_name.len() == prefix.len() + 6 && file_name.starts_with(&prefix) {
             match fs::remove_file(entry.path()) {
-                Ok(()) => tracing::info!(path = %entry.path().display(), "removed a staged file left by an earlier run"),
-                Err(e) => tracing::warn!(path = %entry.path().display(), "cannot remove a stale staged file: {e}"),
+                Ok(()) => {
+                    tracing::info!(path = %entry.path().display(), "removed a staged file left by an earlier run")
+                }
+                Err(e) => {
+                    tracing::warn!(path = %entry.path().display(), "cannot remove a stale staged file: {e}")
+                }
             }
         }
     }
@@ -368,7 +380,10 @@ mod tests {
         let dest = dir.path().join("a.conf");
         assert_eq!(install(&request(&dest, b"x\n")).unwrap(), Outcome::Written);
         let inode = fs::metadata(&dest).unwrap().ino();
-        assert_eq!(install(&request(&dest, b"x\n")).unwrap(), Outcome::Unchanged);
+        assert_eq!(
+            install(&request(&dest, b"x\n")).unwrap(),
+            Outcome::Unchanged
+        );
         assert_eq!(fs::metadata(&dest).unwrap().ino(), inode);
     }
 
@@ -380,7 +395,12 @@ mod tests {
         let link = dir.path().join("link.conf");
         std::os::unix::fs::symlink("real.conf", &link).unwrap();
         install(&request(&link, b"new")).unwrap();
-        assert!(fs::symlink_metadata(&link).unwrap().file_type().is_symlink());
+        assert!(
+            fs::symlink_metadata(&link)
+                .unwrap()
+                .file_type()
+                .is_symlink()
+        );
         assert_eq!(fs::read_to_string(&real).unwrap(), "new");
     }
 

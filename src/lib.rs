@@ -64,7 +64,11 @@ where
         Err(e) => {
             // --help and --version are "errors" to clap; they print to stdout.
             let _ = e.print();
-            return Ok(if e.use_stderr() { Exit::Usage } else { Exit::Success });
+            return Ok(if e.use_stderr() {
+                Exit::Usage
+            } else {
+                Exit::Success
+            });
         }
     };
     logging::init(cli.global.log_level, cli.global.log_format);
@@ -72,9 +76,18 @@ where
         Command::Render(args) => render(&args.templates, &args.output.into()),
         Command::Check(args) => check(&args.templates),
         Command::Deps(args) => deps(&args.templates, args.json),
-        Command::Subst(args) => subst::run(&args, &mut std::io::stdin().lock(), &mut std::io::stdout().lock()),
+        Command::Subst(args) => subst::run(
+            &args,
+            &mut std::io::stdin().lock(),
+            &mut std::io::stdout().lock(),
+        ),
         Command::Completions { shell } => {
-            clap_complete::generate(shell, &mut Cli::command(), "stencil", &mut std::io::stdout());
+            clap_complete::generate(
+                shell,
+                &mut Cli::command(),
+                "stencil",
+                &mut std::io::stdout(),
+            );
             Ok(Exit::Success)
         }
         Command::Man { dir } => {
@@ -134,7 +147,11 @@ fn render(args: &TemplateArgs, opts: &Options) -> Result<Exit> {
         .filter_map(|u| u.result.err())
         .chain(report.commands)
         .collect();
-    Ok(print_all(&errors).max(if errors.is_empty() { Exit::Success } else { Exit::Failure }))
+    Ok(print_all(&errors).max(if errors.is_empty() {
+        Exit::Success
+    } else {
+        Exit::Failure
+    }))
 }
 
 fn check(args: &TemplateArgs) -> Result<Exit> {
@@ -187,9 +204,18 @@ fn deps(args: &TemplateArgs, json: bool) -> Result<Exit> {
                 "missing": rendered.deps.missing,
             }));
         } else {
-            writeln!(out, "{} -> {}", unit.spec.source.display(), unit.spec.destination)?;
+            writeln!(
+                out,
+                "{} -> {}",
+                unit.spec.source.display(),
+                unit.spec.destination
+            )?;
             for dep in &rendered.deps.read {
-                let mark = if rendered.deps.missing.contains(dep) { "  (missing)" } else { "" };
+                let mark = if rendered.deps.missing.contains(dep) {
+                    "  (missing)"
+                } else {
+                    ""
+                };
                 writeln!(out, "  {dep}{mark}")?;
             }
         }

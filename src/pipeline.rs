@@ -122,7 +122,9 @@ impl Pipeline {
             let result = result.and_then(|text| {
                 let outcome = deliver(unit, text.as_bytes(), opts, out)?;
                 if outcome == Outcome::Written {
-                    if let (Some(reload), Destination::File(dest)) = (&unit.spec.reload, &unit.spec.destination) {
+                    if let (Some(reload), Destination::File(dest)) =
+                        (&unit.spec.reload, &unit.spec.destination)
+                    {
                         let dest = dest.to_string_lossy();
                         let spec = reload.substitute(&[("destination", &dest)]);
                         if !reloads.iter().any(|(r, _)| *r == spec) {
@@ -154,7 +156,11 @@ impl Pipeline {
 
     /// Renders the templates; while some lack data and `wait_for_data`
     /// allows, re-reads the sources with backoff and renders those again.
-    fn render_waiting(&mut self, which: &[usize], opts: &Options) -> Vec<(usize, Result<String>, Deps)> {
+    fn render_waiting(
+        &mut self,
+        which: &[usize],
+        opts: &Options,
+    ) -> Vec<(usize, Result<String>, Deps)> {
         let deadline = opts.wait_for_data.map(|d| Instant::now() + d);
         let mut delay = Duration::from_millis(250);
         loop {

@@ -82,7 +82,9 @@ pub struct Template {
 
 impl fmt::Debug for Template {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Template").field("path", &self.path).finish()
+        f.debug_struct("Template")
+            .field("path", &self.path)
+            .finish()
     }
 }
 
@@ -144,7 +146,12 @@ impl Template {
             .undeclared_variables(false)
             .into_iter()
             .filter(|n| !globals.contains(n.as_str()))
-            .filter(|n| !matches!(n.as_str(), "loop" | "self" | "super" | "caller" | "varargs" | "kwargs"))
+            .filter(|n| {
+                !matches!(
+                    n.as_str(),
+                    "loop" | "self" | "super" | "caller" | "varargs" | "kwargs"
+                )
+            })
             .collect();
         unknown.sort();
         unknown
@@ -160,10 +167,7 @@ impl Template {
         let name = self.path.display().to_string();
         let result = CURRENT.with(|current| {
             let previous = current.replace(Some(state.clone()));
-            let result = self
-                .env
-                .get_template(&name)
-                .and_then(|t| t.render(()));
+            let result = self.env.get_template(&name).and_then(|t| t.render(()));
             current.replace(previous);
             result
         });
@@ -230,9 +234,12 @@ thread_local! {
 }
 
 fn current() -> Result<Arc<RenderState>, Error> {
-    CURRENT
-        .with(|c| c.borrow().clone())
-        .ok_or_else(|| Error::new(ErrorKind::InvalidOperation, "stencil function called outside a render"))
+    CURRENT.with(|c| c.borrow().clone()).ok_or_else(|| {
+        Error::new(
+            ErrorKind::InvalidOperation,
+            "stencil function called outside a render",
+        )
+    })
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -286,7 +293,7 @@ impl RenderState {
         }
     }
 
-    fn get(&self, key: &str, kwargs: &Kwargs) -> Result<(Option<String>, String, Arc<dyn Source>), Error> {
+    fn get(&self, key: &str, kwargs: &Kwargs) -> Result<Lookup, Error> {
         let (name, src) = self.source(kwargs)?;
         let key = source::normalize_key(key).to_string();
         let value = src.get(&key).map_err(|e| source_error(&name, &src, e))?;
@@ -299,19 +306,32 @@ impl RenderState {
         } else {
             self.record_missing(dep);
         }
-        Ok((value, name, src))
+        Ok(Lookup { value, name, src })
     }
 
-    fn list(&self, prefix: &str, kwargs: &Kwargs) -> Result<(String, Vec<(String, String)>), Error> {
+    fn list(
+        &self,
+        prefix: &str,
+        kwargs: &Kwargs,
+    ) -> Result<(String, Vec<(String, String)>), Error> {
         let (name, src) = self.source(kwargs)?;
         let prefix = source::normalize_key(prefix).to_string();
-        let items = src.list(&prefix).map_err(|e| source_error(&name, &src, e))?;
+        let items = src
+            .list(&prefix)
+            .map_err(|e| source_error(&name, &src, e))?;
         self.record(Dep::Prefix {
             source: name,
             prefix: prefix.clone(),
         });
         Ok((prefix, items))
     }
+}
+
+/// One key read: its value, and which source answered (for messages).
+struct Lookup {
+    value: Option<String>,
+    name: String,
+    src: Arc<dyn Source>,
 }
 
 fn source_error(name: &str, src: &Arc<dyn Source>, err: anyhow::Error) -> Error {
@@ -348,6 +368,15 @@ fn new_environment() -> Environment<'static> {
     env.set_auto_escape_callback(|_| AutoEscape::None);
     env.set_debug(true);
     env.set_auto_reload(false);
+    // Booleans print as `true`/`false`, not Python's `True`/`False`: the
+    // output is YAML, TOML, JSON, nginx, where only the lowercase form is
+    // valid, and it is what confd and consul-template print.
+    env.set_formatter(|out, state, value| match value.kind() {
+        minijinja::value::ValueKind::Bool => out
+            .write_str(if value.is_true() { "true" } else { "false" })
+            .map_err(|e| Error::new(ErrorKind::WriteFailure, e.to_string())),
+        _ => minijinja::escape_formatter(out, state, value),
+    });
 
     env.add_global("env", Value::from_object(EnvObject));
     env.add_function("env_or_file", env_or_file);
@@ -386,9 +415,11 @@ fn new_environment() -> Environment<'static> {
 /// change.
 fn process_env() -> &'static HashMap<String, String> {
     static ENV: OnceLock<HashMap<String, String>> = OnceLock::new();
-    ENV.get_or_init(|| std::env::vars_os()
-        .filter_map(|(k, v)| Some((k.into_string().ok()?, v.into_string().ok()?)))
-        .collect())
+    ENV.get_or_init(|| {
+        std::env::vars_os()
+            .filter_map(|(k, v)| Some((k.into_string().ok()?, v.into_string().ok()?)))
+            .collect()
+    })
 }
 
 /// `env.NAME`: records the read; an unset variable is undefined, so strict
@@ -401,7 +432,9 @@ impl Object for EnvObject {
         let name = key.as_str()?;
         let value = process_env().get(name);
         if let Ok(state) = current() {
-            let dep = Dep::Env { name: name.to_string() };
+            let dep = Dep::Env {
+                name: name.to_string(),
+            };
             if value.is_some() {
                 state.record(dep);
             } else {
@@ -424,7 +457,9 @@ fn env_or_file(name: &str) -> Result<Value, Error> {
     let file_var = format!("{name}_FILE");
     let env = process_env();
     if let Some(path) = env.get(&file_var) {
-        state.record(Dep::Env { name: file_var.clone() });
+        state.record(Dep::Env {
+            name: file_var.clone(),
+        });
         let path = PathBuf::from(path);
         state.record(Dep::File { path: path.clone() });
         let mut text = std::fs::read_to_string(&path).map_err(|e| {
@@ -441,14 +476,20 @@ fn env_or_file(name: &str) -> Result<Value, Error> {
         }
         return Ok(Value::from(text));
     }
-    state.record_missing(Dep::Env { name: file_var.clone() });
+    state.record_missing(Dep::Env {
+        name: file_var.clone(),
+    });
     match env.get(name) {
         Some(v) => {
-            state.record(Dep::Env { name: name.to_string() });
+            state.record(Dep::Env {
+                name: name.to_string(),
+            });
             Ok(Value::from(v.as_str()))
         }
         None => {
-            state.record_missing(Dep::Env { name: name.to_string() });
+            state.record_missing(Dep::Env {
+                name: name.to_string(),
+            });
             Err(Error::new(
                 ErrorKind::InvalidOperation,
                 format!("neither ${file_var} nor ${name} is set"),
@@ -462,30 +503,33 @@ fn file(path: &str) -> Result<Value, Error> {
     let state = current()?;
     let full = state.dir.join(path);
     state.record(Dep::File { path: full.clone() });
-    std::fs::read_to_string(&full).map(Value::from).map_err(|e| {
-        Error::new(
-            ErrorKind::InvalidOperation,
-            format!("cannot read {}: {e}", full.display()),
-        )
-    })
+    std::fs::read_to_string(&full)
+        .map(Value::from)
+        .map_err(|e| {
+            Error::new(
+                ErrorKind::InvalidOperation,
+                format!("cannot read {}: {e}", full.display()),
+            )
+        })
 }
 
 fn key(path: &str, kwargs: Kwargs) -> Result<Value, Error> {
     let state = current()?;
-    match state.get(path, &kwargs)? {
-        (Some(v), _, _) => Ok(Value::from(v)),
-        (None, name, src) => Err(missing_key(path, &name, &src)),
+    let found = state.get(path, &kwargs)?;
+    match found.value {
+        Some(v) => Ok(Value::from(v)),
+        None => Err(missing_key(path, &found.name, &found.src)),
     }
 }
 
 fn key_or(path: &str, default: Value, kwargs: Kwargs) -> Result<Value, Error> {
     let state = current()?;
-    Ok(state.get(path, &kwargs)?.0.map_or(default, Value::from))
+    Ok(state.get(path, &kwargs)?.value.map_or(default, Value::from))
 }
 
 fn key_exists(path: &str, kwargs: Kwargs) -> Result<bool, Error> {
     let state = current()?;
-    Ok(state.get(path, &kwargs)?.0.is_some())
+    Ok(state.get(path, &kwargs)?.value.is_some())
 }
 
 /// confd's `getv(key[, default])`.
@@ -587,19 +631,26 @@ fn glob_read(pattern: &str, kwargs: &Kwargs) -> Result<Vec<(String, String)>, Er
     let state = current()?;
     let pattern = source::normalize_key(pattern);
     let compiled = glob::Pattern::new(pattern).map_err(|e| {
-        Error::new(ErrorKind::InvalidOperation, format!("invalid pattern {pattern:?}: {e}"))
+        Error::new(
+            ErrorKind::InvalidOperation,
+            format!("invalid pattern {pattern:?}: {e}"),
+        )
     })?;
     // Read the deepest folder that has no wildcard in it: one read.
     let literal_end = pattern.find(['*', '?', '[']).unwrap_or(pattern.len());
-    let folder = pattern[..literal_end].rfind('/').map_or("", |i| &pattern[..i]);
+    let folder = pattern[..literal_end]
+        .rfind('/')
+        .map_or("", |i| &pattern[..i]);
     let options = glob::MatchOptions {
         case_sensitive: true,
         require_literal_separator: true,
         require_literal_leading_dot: false,
     };
     if literal_end == pattern.len() {
-        let (value, _, _) = state.get(pattern, kwargs)?;
-        return Ok(value.map(|v| vec![(pattern.to_string(), v)]).unwrap_or_default());
+        let value = state.get(pattern, kwargs)?.value;
+        return Ok(value
+            .map(|v| vec![(pattern.to_string(), v)])
+            .unwrap_or_default());
     }
     let (_, items) = state.list(folder, kwargs)?;
     Ok(items
@@ -654,7 +705,11 @@ fn b64decode(s: &str) -> Result<String, Error> {
 fn basename(s: &str) -> String {
     let trimmed = s.trim_end_matches('/');
     if trimmed.is_empty() {
-        return if s.is_empty() { String::new() } else { "/".into() };
+        return if s.is_empty() {
+            String::new()
+        } else {
+            "/".into()
+        };
     }
     trimmed.rsplit('/').next().unwrap_or(trimmed).to_string()
 }
@@ -673,9 +728,12 @@ fn dirname(s: &str) -> String {
 /// Quotes a value for a POSIX shell.
 fn shell_quote(v: Value) -> Result<String, Error> {
     let s = v.as_str().map_or_else(|| v.to_string(), str::to_string);
-    shlex::try_quote(&s)
-        .map(|q| q.into_owned())
-        .map_err(|_| Error::new(ErrorKind::InvalidOperation, "shell_quote: the value contains a NUL byte"))
+    shlex::try_quote(&s).map(|q| q.into_owned()).map_err(|_| {
+        Error::new(
+            ErrorKind::InvalidOperation,
+            "shell_quote: the value contains a NUL byte",
+        )
+    })
 }
 
 /// `value | required("message")`: an error when the value is undefined,

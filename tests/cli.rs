@@ -17,18 +17,22 @@ fn man_pages_are_up_to_date() {
 
 #[test]
 fn help_shows_examples() {
-    Test::new()
-        .args(["render", "--help"])
-        .run()
-        .success();
+    Test::new().args(["render", "--help"]).run().success();
     let out = Test::new().args(["--help"]).run().success();
-    assert!(out.stdout_str().contains("Examples:"), "{}", out.stdout_str());
+    assert!(
+        out.stdout_str().contains("Examples:"),
+        "{}",
+        out.stdout_str()
+    );
 }
 
 #[test]
 fn version_prints_the_crate_version() {
     let out = Test::new().args(["--version"]).run().success();
-    assert_eq!(out.stdout_str(), format!("stencil {}\n", env!("CARGO_PKG_VERSION")));
+    assert_eq!(
+        out.stdout_str(),
+        format!("stencil {}\n", env!("CARGO_PKG_VERSION"))
+    );
 }
 
 #[test]

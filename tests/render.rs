@@ -1,11 +1,16 @@
 //! `stencil render`: the one-shot job.
 
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
+
 use crate::support::Test;
 
 #[test]
 fn renders_env_to_a_file() {
     Test::new()
-        .file("app.conf.j2", "host={{ env.HOST }}\nport={{ env.PORT | default('8080') }}\n")
+        .file(
+            "app.conf.j2",
+            "host={{ env.HOST }}\nport={{ env.PORT | default('8080') }}\n",
+        )
         .env("HOST", "db.internal")
         .args(["render", "-t", "app.conf.j2:app.conf"])
         .run()
@@ -22,4 +27,500 @@ fn renders_to_stdout_without_dest() {
         .run()
         .success()
         .stdout_is("0\n1\n2\n");
+    Test::new()
+        .file("a.j2", "x\n")
+        .args(["render", "-t", "a.j2:-"])
+        .run()
+        .success()
+        .stdout_is("x\n");
+}
+
+#[test]
+fn new_files_get_mode_0644_and_configured_modes_apply() {
+    let t = Test::new()
+        .file("a.j2", "a\n")
+        .file(
+            "stencil.toml",
+            "[[templates]]\nsource = \"a.j2\"\ndestination = \"secret.conf\"\nmode = \"0600\"\n",
+        )
+        .args(["render", "-c", "stencil.toml", "-t", "a.j2:plain.conf"]);
+    t.run().success();
+    let mode = |p: &str| std::fs::metadata(t.path(p)).unwrap().mode() & 0o7777;
+    assert_eq!(mode("secret.conf"), 0o600);
+    assert_eq!(mode("plain.conf"), 0o644);
+}
+
+#[test]
+fn unchanged_output_writes_nothing_and_runs_no_reload() {
+    let t = Test::new()
+        .file("a.j2", "same\n")
+        .file("out.conf", "same\n")
+        .mode("out.conf", 0o644)
+        .args(["render", "-t", "a.j2:out.conf:echo reloaded >> reloads"]);
+    let before = std::fs::metadata(t.path("out.conf")).unwrap();
+    t.run().success().no_file("reloads");
+    let after = std::fs::metadata(t.path("out.conf")).unwrap();
+    assert_eq!(before.ino(), after.ino(), "the file was replaced");
+    assert_eq!(before.mtime_nsec(), after.mtime_nsec());
+}
+
+#[test]
+fn reload_runs_after_a_change() {
+    Test::new()
+        .file("a.j2", "new\n")
+        .file("out.conf", "old\n")
+        .args([
+            "render",
+            "-t",
+            "a.j2:out.conf:cat out.conf > seen-by-reload",
+        ])
+        .run()
+        .success()
+        .file_is("out.conf", "new\n")
+        // The reload sees the installed file, not the old one.
+        .file_is("seen-by-reload", "new\n");
+}
+
+#[test]
+fn identical_reloads_of_a_batch_run_once_after_every_file_is_installed() {
+    Test::new()
+        .file("a.j2", "a\n")
+        .file("b.j2", "b\n")
+        .file(
+            "stencil.toml",
+            r#"
+[[templates]]
+source = "a.j2"
+destination = "a.conf"
+reload = "cat a.conf b.conf >> reloads"
+
+[[templates]]
+source = "b.j2"
+destination = "b.conf"
+reload = "cat a.conf b.conf >> reloads"
+"#,
+        )
+        .args(["render", "-c", "stencil.toml"])
+        .run()
+        .success()
+        .file_is("reloads", "a\nb\n");
+}
+
+#[test]
+fn reload_as_an_array_runs_without_a_shell() {
+    Test::new()
+        .file("a.j2", "a\n")
+        .file(
+            "stencil.toml",
+            r#"
+[[templates]]
+source = "a.j2"
+destination = "a.conf"
+reload = ["touch", "reloaded; not a shell"]
+"#,
+        )
+        .args(["render", "-c", "stencil.toml"])
+        .run()
+        .success()
+        .file_is("reloaded; not a shell", "");
+}
+
+#[test]
+fn no_reload_installs_but_runs_nothing() {
+    Test::new()
+        .file("a.j2", "a\n")
+        .args(["render", "--no-reload", "-t", "a.j2:a.conf:touch reloaded"])
+        .run()
+        .success()
+        .file_is("a.conf", "a\n")
+        .no_file("reloaded");
+}
+
+#[test]
+fn check_runs_on_the_staged_file_before_install() {
+    Test::new()
+        .file("a.j2", "new\n")
+        .file("a.conf", "old\n")
+        .file(
+            "stencil.toml",
+            r#"
+[[templates]]
+source = "a.j2"
+destination = "a.conf"
+check = "cp {{ staged }} checked && test {{ destination }} = a.conf && grep -q old a.conf"
+"#,
+        )
+        .args(["render", "-c", "stencil.toml"])
+        .run()
+        .success()
+        .file_is("checked", "new\n")
+        .file_is("a.conf", "new\n")
+        .no_staged_files(".");
+}
+
+#[test]
+fn dry_run_prints_and_writes_nothing() {
+    Test::new()
+        .file("a.j2", "new\n")
+        .file("a.conf", "old\n")
+        .args(["render", "--dry-run", "-t", "a.j2:a.conf:touch reloaded"])
+        .run()
+        .success()
+        .stdout_is("==> a.conf (mode 0644) <==\nnew\n")
+        .file_is("a.conf", "old\n")
+        .no_file("reloaded")
+        .no_staged_files(".");
+}
+
+#[test]
+fn diff_shows_a_unified_diff_and_installs() {
+    let out = Test::new()
+        .file("a.j2", "one\ntwo\n")
+        .file("a.conf", "one\n")
+        .args(["render", "--diff", "-t", "a.j2:a.conf"])
+        .run()
+        .success()
+        .file_is("a.conf", "one\ntwo\n");
+    let stdout = out.stdout_str();
+    assert!(stdout.contains("--- a.conf\n+++ a.conf\n"), "{stdout}");
+    assert!(stdout.contains("\n one\n+two\n"), "{stdout}");
+}
+
+#[test]
+fn dry_run_with_diff_only_shows_the_diff() {
+    let out = Test::new()
+        .file("a.j2", "two\n")
+        .args(["render", "--dry-run", "--diff", "-t", "a.j2:a.conf"])
+        .run()
+        .success()
+        .no_file("a.conf");
+    assert!(
+        out.stdout_str()
+            .contains("--- /dev/null\n+++ a.conf\n@@ -0,0 +1 @@\n+two\n"),
+        "{}",
+        out.stdout_str()
+    );
+}
+
+#[test]
+fn backup_keeps_the_previous_version() {
+    Test::new()
+        .file("a.j2", "new\n")
+        .file("a.conf", "old\n")
+        .file(
+            "stencil.toml",
+            "[[templates]]\nsource = \"a.j2\"\ndestination = \"a.conf\"\nbackup = true\n",
+        )
+        .args(["render", "-c", "stencil.toml"])
+        .run()
+        .success()
+        .file_is("a.conf", "new\n")
+        .file_is("a.conf.bak", "old\n");
+}
+
+#[test]
+fn a_symlinked_destination_has_its_target_replaced() {
+    let t = Test::new()
+        .file("real/a.conf", "old\n")
+        .file("a.j2", "new\n")
+        .args(["render", "-t", "a.j2:link.conf"]);
+    std::os::unix::fs::symlink("real/a.conf", t.path("link.conf")).unwrap();
+    t.run()
+        .success()
+        .file_is("real/a.conf", "new\n")
+        .no_staged_files(".")
+        .no_staged_files("real");
+    assert!(
+        std::fs::symlink_metadata(t.path("link.conf"))
+            .unwrap()
+            .file_type()
+            .is_symlink()
+    );
+}
+
+#[test]
+fn create_dirs_creates_the_destination_directory() {
+    Test::new()
+        .file("a.j2", "a\n")
+        .file(
+            "stencil.toml",
+            "[[templates]]\nsource = \"a.j2\"\ndestination = \"deep/er/a.conf\"\ncreate_dirs = true\n",
+        )
+        .args(["render", "-c", "stencil.toml"])
+        .run()
+        .success()
+        .file_is("deep/er/a.conf", "a\n");
+}
+
+#[test]
+fn stale_staged_files_from_a_crash_are_removed() {
+    Test::new()
+        .file("a.j2", "a\n")
+        .file(".a.conf.stencil-x1Y2z3", "half a file")
+        .args(["render", "-t", "a.j2:a.conf"])
+        .run()
+        .success()
+        .no_file(".a.conf.stencil-x1Y2z3")
+        .file_is("a.conf", "a\n");
+}
+
+#[test]
+fn config_paths_are_relative_to_the_config_file() {
+    Test::new()
+        .file("etc/tpl/a.j2", "{{ key('x') }}\n")
+        .file("etc/data.json", r#"{"x": "from data"}"#)
+        .file(
+            "etc/stencil.toml",
+            r#"
+[sources.d]
+kind = "file"
+path = "data.json"
+
+[[templates]]
+source = "tpl/a.j2"
+destination = "out/a.conf"
+create_dirs = true
+"#,
+        )
+        .args(["render", "-c", "etc/stencil.toml"])
+        .run()
+        .success()
+        .file_is("etc/out/a.conf", "from data\n");
+}
+
+#[test]
+fn data_files_in_every_format_read_the_same() {
+    let tpl = "{{ key('db/host') }}:{{ key('db/port') }}\n";
+    for (name, text) in [
+        ("d.json", r#"{"db": {"host": "h", "port": 5432}}"#),
+        ("d.toml", "[db]\nhost = \"h\"\nport = 5432\n"),
+        ("d.yaml", "db:\n  host: h\n  port: 5432\n"),
+    ] {
+        Test::new()
+            .file("a.j2", tpl)
+            .file(name, text)
+            .args(["render", "--data", name, "-t", "a.j2"])
+            .run()
+            .success()
+            .stdout_is("h:5432\n");
+    }
+    Test::new()
+        .file("a.j2", "{{ key('DB_HOST') }}\n")
+        .file("app.env", "# comment\nDB_HOST=h\n")
+        .args(["render", "--data", "app.env", "-t", "a.j2"])
+        .run()
+        .success()
+        .stdout_is("h\n");
+}
+
+const KV_DATA: &str = r#"{
+  "upstreams": {"web1": "10.0.0.1:80", "web2": "10.0.0.2:80"},
+  "db": {"primary": {"host": "p", "port": "5432"}, "replica": {"host": "r"}},
+  "flag": "on"
+}"#;
+
+#[test]
+fn kv_functions_read_keys_prefixes_and_trees() {
+    let tpl = r#"{{ key("flag") }} {{ key_or("nope", "dflt") }} {{ key_exists("flag") }} {{ key_exists("nope") }}
+{{ ls("upstreams") | join(",") }}
+{% for k, v in kv("db") | items %}{{ k }}={{ v }};{% endfor %}
+
+{{ tree("db").primary.host }} {{ tree("db").replica.host }}
+{{ ls("/db/") | join(",") }}
+"#;
+    Test::new()
+        .file("a.j2", tpl)
+        .file("d.json", KV_DATA)
+        .args(["render", "--data", "d.json", "-t", "a.j2"])
+        .run()
+        .success()
+        .stdout_is("on dflt true false\nweb1,web2\nprimary/host=p;primary/port=5432;replica/host=r;\np r\nprimary,replica\n");
+}
+
+#[test]
+fn confd_and_consul_template_aliases_work() {
+    let tpl = r#"{{ getv("/flag") }} {{ getv("/nope", "d") }} {{ exists("/flag") }}
+{% for kv in gets("/upstreams/*") %}{{ kv.Key }}={{ kv.Value }};{% endfor %}
+
+{{ getvs("/db/*/host") | join(",") }}
+{{ lsdir("/db") | join(",") }} {{ lsdir("/") | join(",") }}
+{{ keyOrDefault("nope", "x") }} {{ keyExists("flag") }}
+"#;
+    Test::new()
+        .file("a.j2", tpl)
+        .file("d.json", KV_DATA)
+        .args(["render", "--data", "d.json", "-t", "a.j2"])
+        .run()
+        .success()
+        .stdout_is("on d true\n/upstreams/web1=10.0.0.1:80;/upstreams/web2=10.0.0.2:80;\np,r\nprimary,replica db,upstreams\nx true\n");
+}
+
+#[test]
+fn several_sources_are_chosen_with_source_or_data() {
+    Test::new()
+        .file("a.j2", "{{ key('x') }} {{ key('x', source='two') }}\n")
+        .file("one.json", r#"{"x": "1"}"#)
+        .file("two.yaml", "x: 2\n")
+        .file(
+            "stencil.toml",
+            r#"
+[sources.one]
+kind = "file"
+path = "one.json"
+
+[sources.two]
+kind = "file"
+path = "two.yaml"
+
+[[templates]]
+source = "a.j2"
+data = "one"
+"#,
+        )
+        .args(["render", "-c", "stencil.toml"])
+        .run()
+        .success()
+        .stdout_is("1 2\n");
+}
+
+#[test]
+fn file_source_prefix_makes_keys_relative() {
+    Test::new()
+        .file("a.j2", "{{ key('host') }} {{ ls() | join(',') }}\n")
+        .file("d.json", r#"{"apps": {"web": {"host": "h", "port": "1"}}}"#)
+        .file(
+            "stencil.toml",
+            "[sources.d]\nkind = \"file\"\npath = \"d.json\"\nprefix = \"apps/web/\"\n\n[[templates]]\nsource = \"a.j2\"\n",
+        )
+        .args(["render", "-c", "stencil.toml"])
+        .run()
+        .success()
+        .stdout_is("h host,port\n");
+}
+
+#[test]
+fn filters_do_what_the_table_says() {
+    let tpl = r#"{{ '{"a": [1, 2]}' | fromjson | tojson }}
+{{ "a: [1, 2]" | fromyaml | tojson }}
+{{ {"b": "x"} | toyaml }}{{ "hello" | b64encode }} {{ "aGVsbG8=" | b64decode }}
+{{ "/etc/nginx/nginx.conf" | basename }} {{ "/etc/nginx/nginx.conf" | dirname }}
+{{ "it's" | shell_quote }} {{ "plain" | shell_quote }}
+{{ "x" | required("need x") }}
+"#;
+    Test::new()
+        .file("a.j2", tpl)
+        .args(["render", "-t", "a.j2"])
+        .run()
+        .success()
+        .stdout_is("{\"a\": [1, 2]}\n{\"a\": [1, 2]}\nb: x\naGVsbG8= hello\nnginx.conf /etc/nginx\n\"it's\" plain\nx\n");
+}
+
+#[test]
+fn required_fails_with_its_message() {
+    Test::new()
+        .file(
+            "a.j2",
+            "{{ env.X | default('') | required('X must be set') }}\n",
+        )
+        .args(["render", "-t", "a.j2"])
+        .run()
+        .code(1)
+        .stderr_has("X must be set")
+        .stderr_has("a.j2:1");
+}
+
+#[test]
+fn env_or_file_prefers_the_file() {
+    Test::new()
+        .file(
+            "a.j2",
+            "{{ env_or_file('DB_PASSWORD') }}|{{ env_or_file('USER') }}\n",
+        )
+        .file("secret", "s3cret\n")
+        .env("DB_PASSWORD", "ignored")
+        .env("DB_PASSWORD_FILE", "secret")
+        .env("USER", "app")
+        .args(["render", "-t", "a.j2"])
+        .run()
+        .success()
+        .stdout_is("s3cret|app\n");
+}
+
+#[test]
+fn file_and_include_resolve_relative_to_the_template() {
+    Test::new()
+        .file("tpl/a.j2", "{% include 'part.j2' %}{{ file('raw.txt') }}")
+        .file("tpl/part.j2", "part {{ env.X }}\n")
+        .file("tpl/raw.txt", "raw {{ not rendered }}\n")
+        .env("X", "1")
+        .args(["render", "-t", "tpl/a.j2"])
+        .run()
+        .success()
+        .stdout_is("part 1\nraw {{ not rendered }}\n");
+}
+
+#[test]
+fn deps_lists_what_each_template_read() {
+    Test::new()
+        .file("tpl/a.j2", "{% include 'part.j2' %}{{ key('flag') }}{{ key_or('nope', '') }}{% for u in ls('upstreams') %}{% endfor %}{{ env.HOME | default('') }}")
+        .file("tpl/part.j2", "{{ env.X }}")
+        .file("d.json", KV_DATA)
+        .env("X", "1")
+        .args(["deps", "--data", "d.json", "-t", "tpl/a.j2:out.conf"])
+        .run()
+        .success()
+        .stdout_is(
+            "tpl/a.j2 -> out.conf\n  env     HOME  (missing)\n  env     X\n  key     d:flag\n  key     d:nope  (missing)\n  prefix  d:upstreams/\n  file    tpl/a.j2\n  file    tpl/part.j2\n",
+        );
+}
+
+#[test]
+fn print_config_shows_the_merged_configuration() {
+    let out = Test::new()
+        .file(
+            "stencil.toml",
+            "[[templates]]\nsource = \"a.j2\"\ndestination = \"a.conf\"\nmode = \"0640\"\n",
+        )
+        .args([
+            "render",
+            "-c",
+            "stencil.toml",
+            "-t",
+            "b.j2:b.conf",
+            "--print-config",
+        ])
+        .run()
+        .success();
+    let config: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(config["templates"][0]["mode"], 0o640);
+    assert_eq!(config["templates"][1]["source"], "b.j2");
+}
+
+#[test]
+fn a_failing_template_does_not_stop_the_others() {
+    Test::new()
+        .file("good.j2", "good\n")
+        .file("bad.j2", "{{ env.MISSING }}\n")
+        .file("bad.conf", "old\n")
+        .args(["render", "-t", "bad.j2:bad.conf", "-t", "good.j2:good.conf"])
+        .run()
+        .code(1)
+        .file_is("good.conf", "good\n")
+        .file_is("bad.conf", "old\n");
+}
+
+#[test]
+fn keeps_the_existing_files_mode_when_none_is_configured() {
+    let t = Test::new()
+        .file("a.j2", "new\n")
+        .file("a.conf", "old\n")
+        .mode("a.conf", 0o640)
+        .args(["render", "-t", "a.j2:a.conf"]);
+    t.run().success().file_is("a.conf", "new\n");
+    let mode = std::fs::metadata(t.path("a.conf"))
+        .unwrap()
+        .permissions()
+        .mode()
+        & 0o7777;
+    assert_eq!(mode, 0o640);
 }

@@ -57,9 +57,15 @@ impl FileSource {
         let format = Format::from_path(path)?;
         let bytes =
             std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;
-        let text = String::from_utf8(bytes)
-            .map_err(|e| anyhow!("{} is not valid UTF-8 (at byte {})", path.display(), e.utf8_error().valid_up_to()))?;
-        let data = parse(format, &text).with_context(|| format!("invalid {} in {}", format.name(), path.display()))?;
+        let text = String::from_utf8(bytes).map_err(|e| {
+            anyhow!(
+                "{} is not valid UTF-8 (at byte {})",
+                path.display(),
+                e.utf8_error().valid_up_to()
+            )
+        })?;
+        let data = parse(format, &text)
+            .with_context(|| format!("invalid {} in {}", format.name(), path.display()))?;
         Ok(FileSource {
             path: path.to_path_buf(),
             prefix: normalize_key(prefix).to_string(),
@@ -99,8 +105,16 @@ impl Source for FileSource {
 
     fn list(&self, prefix: &str) -> Result<Vec<(String, String)>> {
         let full = self.full(prefix);
-        let strip = if self.prefix.is_empty() { 0 } else { self.prefix.len() + 1 };
-        let start = if full.is_empty() { String::new() } else { format!("{full}/") };
+        let strip = if self.prefix.is_empty() {
+            0
+        } else {
+            self.prefix.len() + 1
+        };
+        let start = if full.is_empty() {
+            String::new()
+        } else {
+            format!("{full}/")
+        };
         Ok(self
             .data
             .range(start..)
@@ -114,7 +128,9 @@ impl Source for FileSource {
 pub fn parse(format: Format, text: &str) -> Result<BTreeMap<String, String>> {
     let value: serde_json::Value = match format {
         Format::Json => serde_json::from_str(text).map_err(|e| anyhow!("{e}"))?,
-        Format::Toml => toml::from_str(text).map_err(|e| anyhow!("{}", e.to_string().trim_end()))?,
+        Format::Toml => {
+            toml::from_str(text).map_err(|e| anyhow!("{}", e.to_string().trim_end()))?
+        }
         Format::Yaml => {
             let yaml: serde_norway::Value =
                 serde_norway::from_str(text).map_err(|e| anyhow!("{e}"))?;
@@ -200,7 +216,14 @@ mod tests {
         let got: Vec<_> = data.iter().map(|(k, v)| format!("{k}={v}")).collect();
         assert_eq!(
             got,
-            ["db/host=h", "db/port=5432", "db/tls=true", "db/x=", "hosts/0=a", "hosts/1=b"]
+            [
+                "db/host=h",
+                "db/port=5432",
+                "db/tls=true",
+                "db/x=",
+                "hosts/0=a",
+                "hosts/1=b"
+            ]
         );
     }
 
@@ -218,7 +241,11 @@ mod tests {
         let src = FileSource {
             path: "x.json".into(),
             prefix: "app".into(),
-            data: parse(Format::Json, r#"{"app": {"a": {"b": "1"}, "ab": "2"}, "other": "3"}"#).unwrap(),
+            data: parse(
+                Format::Json,
+                r#"{"app": {"a": {"b": "1"}, "ab": "2"}, "other": "3"}"#,
+            )
+            .unwrap(),
         };
         assert_eq!(src.get("/a/b").unwrap().as_deref(), Some("1"));
         assert_eq!(

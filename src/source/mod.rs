@@ -44,11 +44,10 @@ impl Sources {
         let mut map: BTreeMap<String, Arc<dyn Source>> = BTreeMap::new();
         for (name, spec) in specs {
             let source: Arc<dyn Source> = match spec {
-                SourceSpec::File { path, prefix } => {
-                    Arc::new(file::FileSource::load(path, prefix).map_err(|e| {
-                        e.context(format!("cannot load source {name:?}"))
-                    })?)
-                }
+                SourceSpec::File { path, prefix } => Arc::new(
+                    file::FileSource::load(path, prefix)
+                        .map_err(|e| e.context(format!("cannot load source {name:?}")))?,
+                ),
             };
             map.insert(name.clone(), source);
         }

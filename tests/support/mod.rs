@@ -25,10 +25,13 @@ use std::process::{Command, Stdio};
 pub const BIN: &str = env!("CARGO_BIN_EXE_stencil");
 
 pub struct Test {
-    dir: tempfile::TempDir,
+    // Shared with every Output, so the directory outlives the Test
+    // temporary in `Test::new()...run()` chains.
+    dir: std::rc::Rc<tempfile::TempDir>,
     args: Vec<OsString>,
     env: Vec<(OsString, OsString)>,
     stdin: Option<Vec<u8>>,
+    unprivileged: bool,
 }
 
 impl Default for Test {
@@ -40,11 +43,20 @@ impl Default for Test {
 impl Test {
     pub fn new() -> Test {
         Test {
-            dir: tempfile::tempdir().expect("temp dir"),
+            dir: std::rc::Rc::new(tempfile::tempdir().expect("temp dir")),
             args: Vec::new(),
             env: Vec::new(),
             stdin: None,
+            unprivileged: false,
         }
+    }
+
+    /// Runs stencil as an ordinary user even when the tests run as root
+    /// (CI does), so permission errors are real: root ignores file modes.
+    pub fn unprivileged(mut self) -> Test {
+        self.unprivileged = true;
+        std::fs::set_permissions(self.dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+        self
     }
 
     /// Writes a file (creating its directories) relative to the test dir.
@@ -100,6 +112,10 @@ impl Test {
         for (k, v) in &self.env {
             cmd.env(k, v);
         }
+        if self.unprivileged && nix::unistd::geteuid().is_root() {
+            use std::os::unix::process::CommandExt;
+            cmd.uid(65534).gid(65534);
+        }
         let mut child = cmd.spawn().expect("spawn stencil");
         let input = self.stdin.clone().unwrap_or_default();
         let mut stdin = child.stdin.take().unwrap();
@@ -113,6 +129,7 @@ impl Test {
             stdout: out.stdout,
             stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
             dir: self.dir.path().to_path_buf(),
+            _keep: self.dir.clone(),
             args: self.args.clone(),
         }
     }
@@ -123,6 +140,7 @@ pub struct Output {
     pub stdout: Vec<u8>,
     pub stderr: String,
     pub dir: PathBuf,
+    _keep: std::rc::Rc<tempfile::TempDir>,
     args: Vec<OsString>,
 }
 
@@ -155,7 +173,12 @@ impl Output {
 
     #[track_caller]
     pub fn stdout_is(self, expected: &str) -> Output {
-        assert_eq!(self.stdout_str(), expected, "stdout differs\n{}", self.describe());
+        assert_eq!(
+            self.stdout_str(),
+            expected,
+            "stdout differs\n{}",
+            self.describe()
+        );
         self
     }
 
@@ -208,7 +231,11 @@ impl Output {
             .map(|e| e.file_name().to_string_lossy().into_owned())
             .filter(|n| n.contains(".stencil-"))
             .collect();
-        assert!(left.is_empty(), "staged files left: {left:?}\n{}", self.describe());
+        assert!(
+            left.is_empty(),
+            "staged files left: {left:?}\n{}",
+            self.describe()
+        );
         self
     }
 }
