@@ -244,14 +244,67 @@ pub struct DepsArgs {
 }
 
 #[derive(Debug, Clone, Args)]
+#[command(after_long_help = "\
+Examples:
+  # Replace every variable (GNU envsubst's default):
+  stencil subst < in.conf > out.conf
+
+  # Only $HOST and $PORT; leaves nginx's $host and $remote_addr alone:
+  stencil subst '$HOST $PORT' < nginx.conf.tmpl > nginx.conf
+
+  # Which variables does a format name?
+  stencil subst --variables '$HOST ${PORT}'
+
+  # Defaults, and refuse to write a file with a blank in it:
+  stencil subst --extended --no-empty -i app.conf.tmpl -o /etc/app.conf
+
+Migrating from envsubst:
+  Replace `envsubst` with `stencil subst`; arguments, input and output stay
+  the same, byte for byte. The exit status of a usage error (missing
+  SHELL-FORMAT for -v, too many arguments) is 2 where envsubst exits 1.
+  --extended adds ${VAR:-default}, ${VAR-default}, ${VAR:=default},
+  ${VAR=default}, ${VAR:?message}, ${VAR?message}, ${VAR:+alt} and
+  ${VAR+alt} as in a POSIX shell (quotes in the word are kept as written;
+  \\$, \\} and \\\\ escape). --no-unset and --no-empty turn a silent blank into
+  exit status 1 naming every such variable, with nothing written.")]
 pub struct SubstArgs {
     /// Only replace the variables named in this string, e.g. '$HOST ${PORT}'.
+    ///
+    /// Any other $NAME or ${NAME} passes through as written, so nginx's
+    /// $host stays $host.
     #[arg(value_name = "SHELL-FORMAT")]
-    pub shell_format: Option<String>,
+    pub shell_format: Option<std::ffi::OsString>,
 
     /// Print the variables named in SHELL-FORMAT, one per line, and exit.
     #[arg(short = 'v', long)]
     pub variables: bool,
+
+    /// Also expand ${VAR:-default}, ${VAR:=default}, ${VAR:?message},
+    /// ${VAR:+alt} and their forms without the colon, as a POSIX shell does.
+    ///
+    /// Off by default, so plain `stencil subst` stays GNU-identical (envsubst
+    /// copies these forms unchanged).
+    #[arg(long, env = "STENCIL_SUBST_EXTENDED")]
+    pub extended: bool,
+
+    /// Fail (exit 1, write nothing) if a referenced variable is unset,
+    /// naming every such variable.
+    #[arg(long, env = "STENCIL_SUBST_NO_UNSET")]
+    pub no_unset: bool,
+
+    /// Fail (exit 1, write nothing) if a referenced variable is empty or
+    /// unset, naming every such variable. Implies --no-unset.
+    #[arg(long, env = "STENCIL_SUBST_NO_EMPTY")]
+    pub no_empty: bool,
+
+    /// Read this file instead of standard input ("-": standard input).
+    #[arg(short = 'i', long, env = "STENCIL_SUBST_INPUT", value_name = "FILE")]
+    pub input: Option<PathBuf>,
+
+    /// Write this file instead of standard output, atomically like render:
+    /// staged beside it, fsynced, renamed over it; unchanged if equal.
+    #[arg(short = 'o', long, env = "STENCIL_SUBST_OUTPUT", value_name = "FILE")]
+    pub output: Option<PathBuf>,
 }
 
 /// Parses "500ms", "30s", "2m", "1h30m".
