@@ -378,6 +378,10 @@ fn new_environment() -> Environment<'static> {
         _ => minijinja::escape_formatter(out, state, value),
     });
 
+    // Jinja2 templates call Python methods (`d.items()`, `s.split(',')`);
+    // people porting templates from Python tools expect them to work.
+    env.set_unknown_method_callback(minijinja_contrib::pycompat::unknown_method_callback);
+
     env.add_global("env", Value::from_object(EnvObject));
     env.add_function("env_or_file", env_or_file);
     env.add_function("file", file);
@@ -400,6 +404,7 @@ fn new_environment() -> Environment<'static> {
     env.add_function("keyExists", key_exists);
 
     env.add_filter("fromjson", fromjson);
+    env.add_filter("tojson", tojson);
     env.add_filter("fromyaml", fromyaml);
     env.add_filter("toyaml", toyaml);
     env.add_filter("b64encode", b64encode);
@@ -549,7 +554,21 @@ fn ls(prefix: Option<&str>, kwargs: Kwargs) -> Result<Value, Error> {
         .filter_map(|(k, _)| source::relative(k, &prefix).split('/').next())
         .filter(|n| !n.is_empty())
         .collect();
-    Ok(names.into_iter().map(Value::from).collect())
+    Ok(natural_order(names))
+}
+
+/// Names sorted with numbers first, by value: a data file's list items are
+/// keys `0`, `1`, … `10`, and must come back in list order, not `0, 1, 10, 2`.
+fn natural_order(names: BTreeSet<&str>) -> Value {
+    let mut names: Vec<&str> = names.into_iter().collect();
+    names.sort_by_key(|n| {
+        (
+            n.parse::<u64>().map_or(1, |_| 0),
+            n.parse::<u64>().unwrap_or(0),
+            *n,
+        )
+    });
+    names.into_iter().map(Value::from).collect()
 }
 
 /// confd's `lsdir`: names of the children that have children themselves.
@@ -561,7 +580,7 @@ fn lsdir(prefix: Option<&str>, kwargs: Kwargs) -> Result<Value, Error> {
         .filter_map(|(k, _)| source::relative(k, &prefix).split_once('/').map(|(d, _)| d))
         .filter(|n| !n.is_empty())
         .collect();
-    Ok(names.into_iter().map(Value::from).collect())
+    Ok(natural_order(names))
 }
 
 /// Every key under a prefix, relative to it, at any depth.
@@ -575,8 +594,10 @@ fn kv(prefix: Option<&str>, kwargs: Kwargs) -> Result<Value, Error> {
     Ok(Value::from(Serde(map)))
 }
 
-/// The keys under a prefix as nested dicts. Where a key is both a value and
-/// a folder (`a` and `a/b`, possible in Consul and etcd), the folder wins.
+/// The keys under a prefix as nested dicts. A folder whose children are
+/// exactly `0`, `1`, … `n-1` becomes a list, so a data file's lists come
+/// back as lists, in order. Where a key is both a value and a folder (`a`
+/// and `a/b`, possible in Consul and etcd), the folder wins.
 fn tree(prefix: Option<&str>, kwargs: Kwargs) -> Result<Value, Error> {
     let state = current()?;
     let (prefix, items) = state.list(prefix.unwrap_or(""), &kwargs)?;
@@ -601,7 +622,25 @@ fn tree(prefix: Option<&str>, kwargs: Kwargs) -> Result<Value, Error> {
             node.insert(last.to_string(), serde_json::Value::String(v));
         }
     }
+    let mut root = serde_json::Value::Object(root);
+    lists_from_numbered_folders(&mut root);
     Ok(Value::from(Serde(root)))
+}
+
+fn lists_from_numbered_folders(v: &mut serde_json::Value) {
+    let serde_json::Value::Object(map) = v else {
+        return;
+    };
+    for child in map.values_mut() {
+        lists_from_numbered_folders(child);
+    }
+    let numbered = !map.is_empty() && (0..map.len()).all(|i| map.contains_key(&i.to_string()));
+    if numbered {
+        let items = (0..map.len())
+            .map(|i| map.remove(&i.to_string()).unwrap_or_default())
+            .collect();
+        *v = serde_json::Value::Array(items);
+    }
 }
 
 /// confd's `gets(pattern)`: `[{Key, Value}]` for the keys matching a glob,
@@ -666,6 +705,30 @@ fn fromjson(s: &str) -> Result<Value, Error> {
     serde_json::from_str::<serde_json::Value>(s)
         .map(|v| Value::from(Serde(v)))
         .map_err(|e| Error::new(ErrorKind::InvalidOperation, format!("fromjson: {e}")))
+}
+
+/// Plain JSON. minijinja's own `tojson` escapes `<`, `>`, `&` and `'` for
+/// embedding in HTML, which only makes config files harder to read.
+fn tojson(v: Value, indent: Option<usize>, kwargs: Kwargs) -> Result<Value, Error> {
+    let indent = match indent {
+        Some(n) => Some(n),
+        None => kwargs.get::<Option<usize>>("indent")?,
+    };
+    kwargs.assert_all_used()?;
+    let result = match indent {
+        None => serde_json::to_string(&v),
+        Some(n) => {
+            let indent = " ".repeat(n);
+            let mut out = Vec::new();
+            let fmt = serde_json::ser::PrettyFormatter::with_indent(indent.as_bytes());
+            let mut ser = serde_json::Serializer::with_formatter(&mut out, fmt);
+            serde::Serialize::serialize(&v, &mut ser)
+                .map(|()| String::from_utf8(out).unwrap_or_default())
+        }
+    };
+    result
+        .map(Value::from)
+        .map_err(|e| Error::new(ErrorKind::InvalidOperation, format!("tojson: {e}")))
 }
 
 fn fromyaml(s: &str) -> Result<Value, Error> {

@@ -412,7 +412,7 @@ fn filters_do_what_the_table_says() {
         .args(["render", "-t", "a.j2"])
         .run()
         .success()
-        .stdout_is("{\"a\": [1, 2]}\n{\"a\": [1, 2]}\nb: x\naGVsbG8= hello\nnginx.conf /etc/nginx\n\"it's\" plain\nx\n");
+        .stdout_is("{\"a\":[1,2]}\n{\"a\":[1,2]}\nb: x\naGVsbG8= hello\nnginx.conf /etc/nginx\n\"it's\" plain\nx\n");
 }
 
 #[test]
@@ -523,4 +523,52 @@ fn keeps_the_existing_files_mode_when_none_is_configured() {
         .mode()
         & 0o7777;
     assert_eq!(mode, 0o640);
+}
+
+#[test]
+fn a_bind_mounted_single_file_is_written_in_place_with_a_warning() {
+    // Docker and Kubernetes mount single files with a bind mount; rename(2)
+    // over a mount point fails with EBUSY. A private mount namespace makes
+    // the same situation here (the tests run as root, as CI does).
+    let out = Test::new()
+        .file("a.j2", "new\n")
+        .file("mounted.conf", "old\n")
+        .file("app/f.conf", "placeholder\n")
+        .via([
+            "unshare",
+            "-m",
+            "sh",
+            "-c",
+            "mount --bind mounted.conf app/f.conf && exec \"$0\" \"$@\"",
+        ])
+        .args(["render", "-t", "a.j2:app/f.conf"])
+        .run();
+    out.success()
+        .stderr_has("rename failed")
+        .stderr_has("bind-mounted")
+        .file_is("mounted.conf", "new\n")
+        .no_staged_files("app");
+}
+
+#[test]
+fn data_file_lists_keep_their_order() {
+    let servers: Vec<String> = (0..12).map(|i| format!("s{i}")).collect();
+    let data = serde_json::json!({ "servers": servers, "pools": { "a": [{"host": "x"}] } });
+    Test::new()
+        .file("a.j2", "{{ ls('servers') | join(',') }}\n{{ tree('servers') | join(',') }}\n{{ tree('pools').a[0].host }}\n")
+        .file("d.json", data.to_string())
+        .args(["render", "--data", "d.json", "-t", "a.j2"])
+        .run()
+        .success()
+        .stdout_is("0,1,2,3,4,5,6,7,8,9,10,11\ns0,s1,s2,s3,s4,s5,s6,s7,s8,s9,s10,s11\nx\n");
+}
+
+#[test]
+fn tojson_is_plain_json_and_python_methods_work() {
+    Test::new()
+        .file("a.j2", "{{ \"it's <b> & c\" | tojson }} {{ {'a': [1]} | tojson(indent=2) }}\n{{ 'a,b'.split(',') | join(' ') }} {{ {'k': 'v'}.items() | list | length }}\n")
+        .args(["render", "-t", "a.j2"])
+        .run()
+        .success()
+        .stdout_is("\"it's <b> & c\" {\n  \"a\": [\n    1\n  ]\n}\na b 1\n");
 }

@@ -32,6 +32,7 @@ pub struct Test {
     env: Vec<(OsString, OsString)>,
     stdin: Option<Vec<u8>>,
     unprivileged: bool,
+    via: Vec<OsString>,
 }
 
 impl Default for Test {
@@ -48,7 +49,19 @@ impl Test {
             env: Vec::new(),
             stdin: None,
             unprivileged: false,
+            via: Vec::new(),
         }
+    }
+
+    /// Runs stencil through a wrapper: `via(["sh", "-c", "…; exec \"$0\" \"$@\""])`
+    /// runs the wrapper with stencil's path and arguments appended.
+    pub fn via<I, S>(mut self, wrapper: I) -> Test
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<OsString>,
+    {
+        self.via = wrapper.into_iter().map(Into::into).collect();
+        self
     }
 
     /// Runs stencil as an ordinary user even when the tests run as root
@@ -101,7 +114,14 @@ impl Test {
 
     /// Runs `stencil` with the args in the test dir.
     pub fn run(&self) -> Output {
-        let mut cmd = Command::new(BIN);
+        let mut cmd = match self.via.split_first() {
+            Some((program, rest)) => {
+                let mut c = Command::new(program);
+                c.args(rest).arg(BIN);
+                c
+            }
+            None => Command::new(BIN),
+        };
         cmd.args(&self.args)
             .current_dir(self.dir.path())
             .env_clear()
