@@ -101,7 +101,9 @@ pub fn run(args: &SubstArgs, stdin: &mut dyn Read, stdout: &mut dyn Write) -> Re
     }
 
     let mut data = Vec::new();
-    input.read_to_end(&mut data).context("cannot read the input")?;
+    input
+        .read_to_end(&mut data)
+        .context("cannot read the input")?;
     let mut out = Vec::with_capacity(data.len() + data.len() / 8);
     subst.feed(&data, true, &mut out)?;
     subst.check()?;
@@ -336,7 +338,10 @@ impl<'e> Substituter<'e> {
     }
 
     fn selected(&self, name: &[u8]) -> bool {
-        self.options.only.as_ref().is_none_or(|only| only.contains(name))
+        self.options
+            .only
+            .as_ref()
+            .is_none_or(|only| only.contains(name))
     }
 
     fn lookup(&self, name: &[u8]) -> Option<&[u8]> {
@@ -390,7 +395,11 @@ impl<'e> Substituter<'e> {
                 self.expand(buf, word, &mut w)?;
                 let name = String::from_utf8_lossy(name);
                 if w.is_empty() {
-                    let what = if op.colon { "null or not set" } else { "not set" };
+                    let what = if op.colon {
+                        "null or not set"
+                    } else {
+                        "not set"
+                    };
                     bail!("{name}: parameter {what}");
                 }
                 bail!("{name}: {}", String::from_utf8_lossy(&w));
@@ -429,7 +438,11 @@ impl Names {
     }
 
     fn join(&self) -> String {
-        let names: Vec<_> = self.list.iter().map(|n| String::from_utf8_lossy(n)).collect();
+        let names: Vec<_> = self
+            .list
+            .iter()
+            .map(|n| String::from_utf8_lossy(n))
+            .collect();
         names.join(", ")
     }
 }
@@ -523,10 +536,18 @@ pub fn parse_ref(buf: &[u8], d: usize, eof: bool, extended: bool, depth: usize) 
     }
     let name = name_start..k;
     if !brace {
-        return Ok(Parsed::Ref(Ref { raw: d..k, name, op: None }));
+        return Ok(Parsed::Ref(Ref {
+            raw: d..k,
+            name,
+            op: None,
+        }));
     }
     if k < len && buf[k] == b'}' {
-        return Ok(Parsed::Ref(Ref { raw: d..k + 1, name, op: None }));
+        return Ok(Parsed::Ref(Ref {
+            raw: d..k + 1,
+            name,
+            op: None,
+        }));
     }
     if extended && k < len {
         let colon = buf[k] == b':';
@@ -573,7 +594,13 @@ enum Word {
 
 /// Reads an operator's WORD up to its closing brace.
 fn parse_word(buf: &[u8], start: usize, eof: bool, depth: usize) -> Result<Word> {
-    let end_of_input = || if eof { Word::Unterminated } else { Word::Incomplete };
+    let end_of_input = || {
+        if eof {
+            Word::Unterminated
+        } else {
+            Word::Incomplete
+        }
+    };
     let mut parts = Vec::new();
     let mut literal = start;
     let mut p = start;
@@ -657,7 +684,10 @@ mod tests {
     }
 
     fn ext(input: &str) -> Result<String> {
-        let options = Options { extended: true, ..Options::default() };
+        let options = Options {
+            extended: true,
+            ..Options::default()
+        };
         Ok(String::from_utf8(substitute(input.as_bytes(), &env(), options)?).unwrap())
     }
 
@@ -692,7 +722,10 @@ mod tests {
         let input = b"x $HOST ${A} ${U:-d} $$ ${A".repeat(50);
         let env = env();
         for extended in [false, true] {
-            let options = Options { extended, ..Options::default() };
+            let options = Options {
+                extended,
+                ..Options::default()
+            };
             let whole = substitute(&input, &env, options.clone()).unwrap();
             for step in [1, 2, 3, 7, 64] {
                 let mut subst = Substituter::new(&env, options.clone());
