@@ -4,6 +4,7 @@ mod support;
 
 mod bad_input;
 mod cli;
+mod consul_server;
 mod examples;
 mod render;
 mod subst;

@@ -16,6 +16,7 @@
 
 #![allow(dead_code)]
 
+pub mod consul;
 use std::ffi::OsString;
 use std::io::Write;
 use std::os::unix::fs::PermissionsExt;

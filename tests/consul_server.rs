@@ -1,0 +1,1 @@
+//! The Consul KV test server's own tests.
