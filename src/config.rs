@@ -18,6 +18,8 @@ use serde::{Deserialize, Deserializer, Serialize};
 use crate::cli::TemplateArgs;
 use crate::command::CommandSpec;
 use crate::error::{UsageContext, usage};
+use crate::runtime::Tls;
+use crate::source::etcd::EtcdConfig;
 
 /// The default time a check or reload command may run.
 pub const DEFAULT_COMMAND_TIMEOUT: Duration = Duration::from_secs(30);
@@ -41,6 +43,8 @@ pub enum SourceSpec {
         /// Keys in templates are relative to this prefix.
         prefix: String,
     },
+    /// etcd v3 through its HTTP/JSON gateway.
+    Etcd(EtcdConfig),
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -71,7 +75,7 @@ pub struct TemplateSpec {
     pub group: Option<String>,
     pub check: Option<CommandSpec>,
     pub reload: Option<CommandSpec>,
-    #[serde(with = "humantime_serde_compat")]
+    #[serde(with = "duration_str")]
     pub command_timeout: Duration,
     pub backup: bool,
     pub create_dirs: bool,
@@ -84,13 +88,14 @@ pub struct TemplateSpec {
 /// Quiescence before acting on changes (watch mode).
 #[derive(Debug, Clone, Copy, PartialEq, Serialize)]
 pub struct WaitSpec {
-    #[serde(with = "humantime_serde_compat")]
+    #[serde(with = "duration_str")]
     pub min: Duration,
-    #[serde(with = "humantime_serde_compat")]
+    #[serde(with = "duration_str")]
     pub max: Duration,
 }
 
-mod humantime_serde_compat {
+/// Durations printed as `30s` in `--print-config`.
+pub mod duration_str {
     use std::time::Duration;
     pub fn serialize<S: serde::Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
         s.serialize_str(&humantime::format_duration(*d).to_string())
@@ -117,6 +122,39 @@ struct SourceToml {
     kind: toml::Spanned<String>,
     path: Option<PathBuf>,
     prefix: Option<String>,
+    endpoints: Option<Vec<String>>,
+    username: Option<String>,
+    password: Option<String>,
+    password_file: Option<PathBuf>,
+    ca_file: Option<PathBuf>,
+    cert_file: Option<PathBuf>,
+    key_file: Option<PathBuf>,
+    #[serde(default, deserialize_with = "de_duration")]
+    timeout: Option<Duration>,
+}
+
+impl SourceToml {
+    /// The keys set in this table that `kind` does not use, for an error.
+    fn foreign_keys(&self, kind: &str) -> Vec<&'static str> {
+        let mut set = Vec::new();
+        let etcd = kind == "etcd";
+        let file = kind == "file";
+        let mut check = |present: bool, name: &'static str, allowed: bool| {
+            if present && !allowed {
+                set.push(name);
+            }
+        };
+        check(self.path.is_some(), "path", file);
+        check(self.endpoints.is_some(), "endpoints", etcd);
+        check(self.username.is_some(), "username", etcd);
+        check(self.password.is_some(), "password", etcd);
+        check(self.password_file.is_some(), "password_file", etcd);
+        check(self.ca_file.is_some(), "ca_file", etcd);
+        check(self.cert_file.is_some(), "cert_file", etcd);
+        check(self.key_file.is_some(), "key_file", etcd);
+        check(self.timeout.is_some(), "timeout", etcd);
+        set
+    }
 }
 
 #[derive(Debug, Deserialize)]
@@ -266,18 +304,63 @@ impl Config {
         for (name, source) in file.sources {
             let at = position(source.span());
             let source = source.into_inner();
-            let spec = match source.kind.get_ref().as_str() {
+            let kind = source.kind.get_ref().clone();
+            let foreign = source.foreign_keys(&kind);
+            if !foreign.is_empty() {
+                anyhow::bail!(
+                    "{at}: source {name:?} of kind {kind:?} does not take {}",
+                    foreign.join(", ")
+                );
+            }
+            let spec = match kind.as_str() {
                 "file" => SourceSpec::File {
                     path: base.join(source.path.ok_or_else(|| {
                         anyhow::anyhow!("{at}: source {name:?} of kind \"file\" needs `path`")
                     })?),
                     prefix: source.prefix.unwrap_or_default(),
                 },
+                "etcd" => {
+                    // The variables etcdctl reads are the defaults; what the
+                    // file says wins.
+                    let mut etcd = EtcdConfig::from_env();
+                    if let Some(e) = source.endpoints {
+                        if e.is_empty() {
+                            anyhow::bail!("{at}: source {name:?}: endpoints is empty");
+                        }
+                        etcd.endpoints = e;
+                    }
+                    if let Some(p) = source.prefix {
+                        etcd.prefix = p;
+                    }
+                    if source.username.is_some() {
+                        etcd.username = source.username;
+                        etcd.password = None;
+                    }
+                    if source.password.is_some() {
+                        etcd.password = source.password;
+                    }
+                    if let Some(f) = source.password_file {
+                        etcd.password_file = Some(base.join(f));
+                        etcd.password = None;
+                    }
+                    let tls = Tls {
+                        ca_file: source.ca_file.map(|f| base.join(f)),
+                        cert_file: source.cert_file.map(|f| base.join(f)),
+                        key_file: source.key_file.map(|f| base.join(f)),
+                    };
+                    if tls != Tls::default() {
+                        etcd.tls = tls;
+                    }
+                    if let Some(t) = source.timeout {
+                        etcd.timeout = t;
+                    }
+                    SourceSpec::Etcd(etcd)
+                }
                 other => {
                     let (line, col) = line_col(text, source.kind.span().start);
                     anyhow::bail!(
                         "{}:{line}:{col}: source {name:?}: unknown kind {other:?}; \
-                         this version of stencil knows \"file\"",
+                         this version of stencil knows \"file\" and \"etcd\"",
                         path.display()
                     )
                 }
@@ -419,34 +502,77 @@ pub fn parse_template_flag(flag: &str) -> Result<TemplateSpec> {
     })
 }
 
-/// `NAME=URL`; for now `file://` URLs (and plain paths) only.
+/// `NAME=URL`. The URL's scheme says the kind: `file:///path`,
+/// `etcd+http://host:port` (or `etcd+https`, endpoints separated by commas);
+/// a plain `http(s)://` URL is taken as the kind the name says, so
+/// `--source etcd=http://127.0.0.1:2379?prefix=/apps/web/` works as written
+/// in the design. Query parameters: `prefix`, `timeout`.
 fn parse_source_flag(flag: &str) -> Result<(String, SourceSpec)> {
     let Some((name, url)) = flag.split_once('=') else {
         return Err(usage(format!(
             "--source {flag:?}: expected NAME=URL, e.g. data=file:///etc/app/data.json"
         )));
     };
-    let path = if let Some(rest) = url.strip_prefix("file://") {
-        rest
-    } else if let Some(rest) = url.strip_prefix("file:") {
-        rest
-    } else if let Some((scheme, _)) = url.split_once("://") {
-        return Err(usage(format!(
-            "--source {flag:?}: unsupported URL scheme {scheme:?}; this version of stencil reads file: sources"
-        )));
-    } else {
-        url
-    };
-    if path.is_empty() {
-        return Err(usage(format!("--source {flag:?}: the URL has no path")));
+    let bad = |why: String| usage(format!("--source {flag:?}: {why}"));
+    if url.is_empty() {
+        return Err(bad("the URL is empty".into()));
     }
-    Ok((
-        name.to_string(),
-        SourceSpec::File {
-            path: PathBuf::from(path),
-            prefix: String::new(),
-        },
-    ))
+    let (scheme, rest) = match url.split_once("://") {
+        Some((scheme, rest)) => (scheme, rest),
+        None if url.starts_with("file:") => ("file", &url[5..]),
+        None => ("file", url),
+    };
+    let (location, query) = rest.split_once('?').unwrap_or((rest, ""));
+    let mut params: BTreeMap<&str, &str> = BTreeMap::new();
+    for pair in query.split('&').filter(|p| !p.is_empty()) {
+        let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+        params.insert(k, v);
+    }
+    let kind = match scheme {
+        "file" => "file",
+        "etcd+http" | "etcd+https" => "etcd",
+        "http" | "https" if name == "etcd" || name.starts_with("etcd") => "etcd",
+        "http" | "https" => {
+            return Err(bad(format!(
+                "say which kind of server this is: etcd+{scheme}://… (the name alone cannot tell)"
+            )));
+        }
+        other => return Err(bad(format!("unsupported URL scheme {other:?}"))),
+    };
+    let spec = match kind {
+        "file" => {
+            if location.is_empty() {
+                return Err(bad("the URL has no path".into()));
+            }
+            SourceSpec::File {
+                path: PathBuf::from(location),
+                prefix: params.remove("prefix").unwrap_or_default().to_string(),
+            }
+        }
+        _ => {
+            let http = scheme.trim_start_matches("etcd+");
+            let mut etcd = EtcdConfig::from_env();
+            etcd.endpoints = location
+                .split(',')
+                .filter(|e| !e.is_empty())
+                .map(|e| format!("{http}://{e}"))
+                .collect();
+            if etcd.endpoints.is_empty() {
+                return Err(bad("no endpoint in the URL".into()));
+            }
+            if let Some(p) = params.remove("prefix") {
+                etcd.prefix = p.to_string();
+            }
+            if let Some(t) = params.remove("timeout") {
+                etcd.timeout = crate::cli::parse_duration(t).map_err(bad)?;
+            }
+            SourceSpec::Etcd(etcd)
+        }
+    };
+    if let Some(k) = params.keys().next() {
+        return Err(bad(format!("unknown URL parameter {k:?}")));
+    }
+    Ok((name.to_string(), spec))
 }
 
 fn valid_name(name: &str) -> bool {

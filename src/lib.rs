@@ -28,6 +28,7 @@ pub mod install;
 mod logging;
 pub mod man;
 pub mod pipeline;
+pub mod runtime;
 pub mod source;
 pub mod subst;
 pub mod template;

@@ -162,7 +162,7 @@ impl Pipeline {
         opts: &Options,
     ) -> Vec<(usize, Result<String>, Deps)> {
         let deadline = opts.wait_for_data.map(|d| Instant::now() + d);
-        let mut delay = Duration::from_millis(250);
+        let mut backoff = crate::runtime::Backoff::default();
         loop {
             let results: Vec<_> = which
                 .iter()
@@ -178,7 +178,9 @@ impl Pipeline {
                 .collect();
             let waiting: Vec<_> = results
                 .iter()
-                .filter(|(_, r, deps)| r.is_err() && !deps.missing.is_empty())
+                .filter(|(_, r, deps)| {
+                    r.is_err() && (!deps.missing.is_empty() || !deps.failed.is_empty())
+                })
                 .collect();
             let Some(deadline) = deadline else {
                 return results;
@@ -188,15 +190,20 @@ impl Pipeline {
                 return results;
             }
             for (i, _, deps) in &waiting {
-                let missing: Vec<String> = deps.missing.iter().map(|d| d.to_string()).collect();
+                let mut waiting_for: Vec<String> =
+                    deps.missing.iter().map(|d| d.to_string()).collect();
+                waiting_for.extend(
+                    deps.failed
+                        .iter()
+                        .map(|s| format!("source {s:?} to answer")),
+                );
                 tracing::info!(
                     template = %self.units[*i].spec.source.display(),
                     "waiting for data: {}",
-                    missing.join(", ")
+                    waiting_for.join(", ")
                 );
             }
-            std::thread::sleep(jitter(delay).min(deadline - now));
-            delay = (delay * 2).min(Duration::from_secs(60));
+            std::thread::sleep(backoff.next_delay().min(deadline - now));
             match Sources::open(&self.config.sources) {
                 Ok(s) => self.sources = s,
                 Err(e) => tracing::warn!("cannot re-read the sources: {e:#}"),
@@ -212,15 +219,6 @@ impl Pipeline {
             }
         }
     }
-}
-
-/// Up to 20% less than `d`, so many stencils do not retry in step.
-fn jitter(d: Duration) -> Duration {
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|t| t.subsec_nanos())
-        .unwrap_or(0);
-    d.mul_f64(1.0 - f64::from(nanos % 200) / 1000.0)
 }
 
 /// Puts one rendered template where it goes: stdout, the dry-run report,

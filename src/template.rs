@@ -54,6 +54,9 @@ impl fmt::Display for Dep {
 pub struct Deps {
     pub read: BTreeSet<Dep>,
     pub missing: BTreeSet<Dep>,
+    /// Sources that failed to answer (unreachable, refused): the render may
+    /// succeed once they are back.
+    pub failed: BTreeSet<String>,
 }
 
 /// The outcome of one render: the text, or the error, and always the reads
@@ -296,7 +299,7 @@ impl RenderState {
     fn get(&self, key: &str, kwargs: &Kwargs) -> Result<Lookup, Error> {
         let (name, src) = self.source(kwargs)?;
         let key = source::normalize_key(key).to_string();
-        let value = src.get(&key).map_err(|e| source_error(&name, &src, e))?;
+        let value = src.get(&key).map_err(|e| self.source_error(&name, &src, e))?;
         let dep = Dep::Key {
             source: name.clone(),
             key,
@@ -318,7 +321,7 @@ impl RenderState {
         let prefix = source::normalize_key(prefix).to_string();
         let items = src
             .list(&prefix)
-            .map_err(|e| source_error(&name, &src, e))?;
+            .map_err(|e| self.source_error(&name, &src, e))?;
         self.record(Dep::Prefix {
             source: name,
             prefix: prefix.clone(),
@@ -334,11 +337,14 @@ struct Lookup {
     src: Arc<dyn Source>,
 }
 
-fn source_error(name: &str, src: &Arc<dyn Source>, err: anyhow::Error) -> Error {
-    Error::new(
-        ErrorKind::InvalidOperation,
-        format!("source {name:?} ({}) failed: {err:#}", src.describe()),
-    )
+impl RenderState {
+    fn source_error(&self, name: &str, src: &Arc<dyn Source>, err: anyhow::Error) -> Error {
+        lock(&self.deps).failed.insert(name.to_string());
+        Error::new(
+            ErrorKind::InvalidOperation,
+            format!("source {name:?} ({}) failed: {err:#}", src.describe()),
+        )
+    }
 }
 
 fn missing_key(key: &str, name: &str, src: &Arc<dyn Source>) -> Error {
@@ -354,6 +360,41 @@ fn missing_key(key: &str, name: &str, src: &Arc<dyn Source>) -> Error {
 
 // ---------------------------------------------------------------------------
 // The environment.
+
+/// stencil's own template functions (and the `env` global), as registered
+/// in [`new_environment`]; stencil-templates(7) documents each (a test checks).
+pub const FUNCTIONS: &[&str] = &[
+    "env",
+    "env_or_file",
+    "file",
+    "key",
+    "key_or",
+    "key_exists",
+    "ls",
+    "kv",
+    "tree",
+    "getv",
+    "gets",
+    "getvs",
+    "exists",
+    "lsdir",
+    "keyOrDefault",
+    "keyExists",
+];
+
+/// stencil's own filters, as registered in [`new_environment`].
+pub const FILTERS: &[&str] = &[
+    "fromjson",
+    "tojson",
+    "fromyaml",
+    "toyaml",
+    "b64encode",
+    "b64decode",
+    "basename",
+    "dirname",
+    "shell_quote",
+    "required",
+];
 
 fn new_environment() -> Environment<'static> {
     let mut env = Environment::new();
@@ -817,6 +858,36 @@ fn required(v: Value, message: Rest<String>) -> Result<Value, Error> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn functions_and_filters_lists_match_the_environment() {
+        let env = new_environment();
+        let builtin: BTreeSet<String> = Environment::new()
+            .globals()
+            .map(|(name, _)| name.to_string())
+            .collect();
+        let ours: BTreeSet<&str> = env
+            .globals()
+            .map(|(name, _)| name)
+            .filter(|name| !builtin.contains(*name))
+            .collect();
+        assert_eq!(ours, FUNCTIONS.iter().copied().collect());
+        for name in FILTERS {
+            let result = env.render_str(&format!("{{{{ '' | {name} }}}}"), ());
+            assert!(
+                !matches!(result, Err(e) if e.kind() == ErrorKind::UnknownFilter),
+                "filter {name} is not registered"
+            );
+        }
+        // Filters cannot be listed through minijinja's API: read them here.
+        let source = include_str!("template.rs");
+        let registered: BTreeSet<&str> = source
+            .split("env.add_filter(\"")
+            .skip(1)
+            .filter_map(|rest| rest.split('"').next())
+            .collect();
+        assert_eq!(registered, FILTERS.iter().copied().collect());
+    }
 
     #[test]
     fn basename_and_dirname_follow_coreutils() {

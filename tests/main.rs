@@ -5,6 +5,7 @@ mod support;
 mod bad_input;
 mod cli;
 mod consul_server;
+mod etcd;
 mod examples;
 mod render;
 mod subst;

@@ -14,6 +14,7 @@ use anyhow::Result;
 
 use crate::config::SourceSpec;
 
+pub mod etcd;
 pub mod file;
 
 /// A source of keys and values. Keys are relative to the source's prefix,
@@ -29,6 +30,9 @@ pub trait Source: Send + Sync + fmt::Debug {
     /// `a/b` and `a/b/c`, not `ab`), sorted by key. An empty prefix is the
     /// whole source. Keys are returned in full, not relative to `prefix`.
     fn list(&self, prefix: &str) -> Result<Vec<(String, String)>>;
+
+    /// Starts a new snapshot: forget what earlier reads cached.
+    fn refresh(&self) {}
 }
 
 /// The sources of one configuration, by name.
@@ -48,6 +52,10 @@ impl Sources {
                     file::FileSource::load(path, prefix)
                         .map_err(|e| e.context(format!("cannot load source {name:?}")))?,
                 ),
+                SourceSpec::Etcd(config) => Arc::new(
+                    etcd::EtcdSource::new(name, config)
+                        .map_err(|e| e.context(format!("cannot set up source {name:?}")))?,
+                ),
             };
             map.insert(name.clone(), source);
         }
@@ -60,6 +68,14 @@ impl Sources {
 
     pub fn names(&self) -> impl Iterator<Item = &str> {
         self.map.keys().map(String::as_str)
+    }
+}
+
+impl FromIterator<(String, Arc<dyn Source>)> for Sources {
+    fn from_iter<I: IntoIterator<Item = (String, Arc<dyn Source>)>>(iter: I) -> Self {
+        Sources {
+            map: iter.into_iter().collect(),
+        }
     }
 }
 

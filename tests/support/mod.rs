@@ -17,6 +17,8 @@
 #![allow(dead_code)]
 
 pub mod consul;
+pub mod etcd;
+
 use std::ffi::OsString;
 use std::io::Write;
 use std::os::unix::fs::PermissionsExt;

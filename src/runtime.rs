@@ -1,0 +1,132 @@
+//! The async runtime and the HTTP client, built only when a network source
+//! (etcd, Consul) is configured: a render from env and files starts no
+//! threads and loads no TLS, so it stays at envsubst's start-up cost.
+
+use std::future::Future;
+use std::path::Path;
+use std::sync::OnceLock;
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+
+/// The process's runtime, created on first use. One worker thread: the work
+/// is waiting on sockets, not computing.
+pub fn get() -> &'static tokio::runtime::Runtime {
+    static RT: OnceLock<tokio::runtime::Runtime> = OnceLock::new();
+    RT.get_or_init(|| {
+        tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .thread_name("stencil-io")
+            .enable_all()
+            .build()
+            .expect("cannot start the async runtime")
+    })
+}
+
+/// Runs a future to completion from synchronous code (the template
+/// functions run inside minijinja, which is synchronous).
+pub fn block_on<F: Future>(f: F) -> F::Output {
+    match tokio::runtime::Handle::try_current() {
+        // Already on a runtime thread (tests driving the library from
+        // async code): block this thread without stalling the runtime.
+        Ok(handle) => tokio::task::block_in_place(|| handle.block_on(f)),
+        Err(_) => get().block_on(f),
+    }
+}
+
+/// TLS material for an HTTP client, as file paths.
+#[derive(Debug, Clone, Default, PartialEq, serde::Serialize)]
+pub struct Tls {
+    pub ca_file: Option<std::path::PathBuf>,
+    pub cert_file: Option<std::path::PathBuf>,
+    pub key_file: Option<std::path::PathBuf>,
+}
+
+/// An HTTP client with stencil's timeouts and TLS settings.
+///
+/// `timeout` bounds connecting and each request; long-lived watch streams
+/// are built with `for_streams` and rely on TCP keepalive instead.
+pub fn http_client(tls: &Tls, timeout: Duration, for_streams: bool) -> Result<reqwest::Client> {
+    static PROVIDER: OnceLock<()> = OnceLock::new();
+    PROVIDER.get_or_init(|| {
+        // Fails only if another provider was installed first, which is fine.
+        let _ = rustls::crypto::ring::default_provider().install_default();
+    });
+    let mut builder = reqwest::Client::builder()
+        .connect_timeout(timeout)
+        .tcp_keepalive(Duration::from_secs(15))
+        .no_proxy()
+        .user_agent(concat!("stencil/", env!("CARGO_PKG_VERSION")));
+    if !for_streams {
+        builder = builder.timeout(timeout);
+    }
+    if let Some(ca) = &tls.ca_file {
+        let pem = read(ca, "CA certificate")?;
+        let certs = reqwest::Certificate::from_pem_bundle(&pem)
+            .with_context(|| format!("cannot parse the CA certificate {}", ca.display()))?;
+        builder = builder.tls_certs_only(certs);
+    }
+    match (&tls.cert_file, &tls.key_file) {
+        (Some(cert), Some(key)) => {
+            let mut pem = read(cert, "client certificate")?;
+            pem.push(b'\n');
+            pem.extend(read(key, "client key")?);
+            let identity = reqwest::Identity::from_pem(&pem).with_context(|| {
+                format!(
+                    "cannot use the client certificate {} with key {}",
+                    cert.display(),
+                    key.display()
+                )
+            })?;
+            builder = builder.identity(identity);
+        }
+        (None, None) => {}
+        _ => anyhow::bail!("a client certificate needs both cert_file and key_file"),
+    }
+    builder.build().context("cannot build the HTTP client")
+}
+
+fn read(path: &Path, what: &str) -> Result<Vec<u8>> {
+    std::fs::read(path).with_context(|| format!("cannot read the {what} {}", path.display()))
+}
+
+/// Exponential backoff with jitter: 250 ms doubling up to 1 min, each
+/// delay up to 20% shorter so many clients do not retry in step.
+#[derive(Debug, Clone)]
+pub struct Backoff {
+    next: Duration,
+}
+
+impl Default for Backoff {
+    fn default() -> Self {
+        Backoff {
+            next: Duration::from_millis(250),
+        }
+    }
+}
+
+impl Backoff {
+    pub fn next_delay(&mut self) -> Duration {
+        let d = self.next;
+        self.next = (self.next * 2).min(Duration::from_secs(60));
+        d.mul_f64(1.0 - jitter_fraction() * 0.2)
+    }
+
+    pub fn reset(&mut self) {
+        *self = Backoff::default();
+    }
+}
+
+/// A number in [0, 1) that differs between calls and processes; good enough
+/// for spreading retries, not for anything secret.
+fn jitter_fraction() -> f64 {
+    use std::hash::{BuildHasher, Hasher};
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u128(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos())
+            .unwrap_or(0),
+    );
+    (h.finish() % 10_000) as f64 / 10_000.0
+}

