@@ -64,3 +64,26 @@ fn options_can_come_from_stencil_environment_variables() {
         .success()
         .file_is("out.conf", "x=1\n");
 }
+
+#[test]
+fn every_template_function_and_filter_is_documented() {
+    let pages = stencil::man::pages().unwrap();
+    let (_, page) = pages
+        .iter()
+        .find(|(name, _)| name == "stencil-templates.7")
+        .expect("stencil-templates.7 is generated");
+    let page = String::from_utf8_lossy(page);
+    let documented = |forms: &[String]| forms.iter().any(|f| page.contains(f.as_str()));
+    for name in stencil::template::FUNCTIONS {
+        assert!(
+            documented(&[format!("\\fB{name}("), format!("\\fB{name}.")]),
+            "template function {name} is not documented in doc/stencil-templates.7.md"
+        );
+    }
+    for name in stencil::template::FILTERS {
+        assert!(
+            documented(&[format!("\\fB{name}\\fR"), format!("\\fB{name}(")]),
+            "filter {name} is not documented in doc/stencil-templates.7.md"
+        );
+    }
+}
