@@ -1061,6 +1061,18 @@ struct Query {
 }
 
 impl Query {
+    /// conflictingFlags' body: "Conflicting flags: " and Go's
+    /// url.Values.Encode() (sorted by key).
+    fn conflicting(&self) -> String {
+        let mut pairs: Vec<String> = self
+            .params
+            .iter()
+            .map(|(k, v)| format!("{}={}", encode_key(k), encode_key(v)))
+            .collect();
+        pairs.sort();
+        format!("Conflicting flags: {}\n", pairs.join("&"))
+    }
+
     fn has(&self, name: &str) -> bool {
         self.params.iter().any(|(k, _)| k == name)
     }
@@ -1156,13 +1168,8 @@ async fn route(
     let Some(key) = path.strip_prefix("/v1/kv/") else {
         return Some(text(404, "404 page not found\n"));
     };
-    // agent/http.go parse(): dc, consistency, wait and index come first.
-    if let Some(dc) = q.get("dc")
-        && !dc.is_empty()
-        && dc != DATACENTER
-    {
-        return Some(text(500, "No path to datacenter"));
-    }
+    // agent/http.go parse(): consistency, then wait, then index; the
+    // datacenter and the token only matter once the RPC is made.
     if q.has("stale") && q.has("consistent") {
         return Some(text(
             400,
@@ -1183,6 +1190,12 @@ async fn route(
         },
         None => 0,
     };
+    if let Some(dc) = q.get("dc")
+        && !dc.is_empty()
+        && dc != DATACENTER
+    {
+        return Some(text(500, "No path to datacenter"));
+    }
     let authz = match lock(&srv.acl).as_ref() {
         None => Authz::All,
         Some(acl) => match acl.resolve(token.as_deref().unwrap_or("")) {
@@ -1271,7 +1284,7 @@ async fn route(
                 .filter(|f| q.has(f))
                 .count();
             if flagged > 1 {
-                return Some(text(400, "Conflicting flags"));
+                return Some(text(400, &q.conflicting()));
             }
             if q.has("acquire") || q.has("release") {
                 // Sessions are not modelled; Consul says this for an
@@ -1306,7 +1319,7 @@ async fn route(
         }
         Method::DELETE => {
             if q.has("recurse") && q.has("cas") {
-                return Some(text(400, "Conflicting flags"));
+                return Some(text(400, &q.conflicting()));
             }
             let recurse = q.has("recurse");
             if !recurse && key.is_empty() {
