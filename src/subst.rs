@@ -42,6 +42,7 @@
 use std::collections::{HashMap, HashSet};
 use std::ffi::OsStr;
 use std::fs::File;
+use std::hash::{BuildHasherDefault, Hasher};
 use std::io::{self, Read, Write};
 use std::ops::Range;
 use std::os::unix::ffi::{OsStrExt, OsStringExt};
@@ -54,8 +55,9 @@ use crate::cli::SubstArgs;
 use crate::error::{Exit, usage};
 use crate::install;
 
-/// How much input one streaming step reads.
-const CHUNK: usize = 128 * 1024;
+/// How much input one streaming step reads: at first, and at most.
+const FIRST_CHUNK: usize = 16 * 1024;
+const CHUNK: usize = 256 * 1024;
 
 /// How deep `${A:-${B:-...}}` may nest. The parser is recursive, and a
 /// fuzzer (or a hostile template) can nest a million levels.
@@ -118,40 +120,48 @@ pub fn run(args: &SubstArgs, stdin: &mut dyn Read, stdout: &mut dyn Write) -> Re
 
 /// Copies input to output chunk by chunk, substituting as it goes.
 fn stream(subst: &mut Substituter, input: &mut dyn Read, stdout: &mut dyn Write) -> Result<Exit> {
-    let mut buf: Vec<u8> = Vec::with_capacity(CHUNK);
-    let mut out: Vec<u8> = Vec::with_capacity(CHUNK + CHUNK / 4);
+    // The buffer starts small and doubles while reads fill it: zeroing a
+    // large buffer up front costs more than substituting a small config.
+    let mut buf = vec![0u8; FIRST_CHUNK];
+    let mut filled = 0;
+    let mut out: Vec<u8> = Vec::new();
     let mut eof = false;
     while !eof {
-        // A reference cut by the chunk boundary stays in `buf`. Reading
-        // until the buffer doubles keeps a pathologically long name (a 1 MB
-        // `$AAAA…`) from being rescanned once per pipe-sized read.
-        let target = buf.len() + CHUNK.max(buf.len());
-        let pending = !buf.is_empty();
-        loop {
-            let start = buf.len();
-            buf.resize(target, 0);
-            let n = match input.read(&mut buf[start..]) {
+        // A reference cut by the end of a read stays in `buf[..filled]`.
+        // Reading until the buffer doubles keeps a pathologically long name
+        // (a 1 MB `$AAAA…`) from being rescanned once per pipe-sized read.
+        let pending = filled > 0;
+        if pending {
+            let target = (2 * filled).max(filled + FIRST_CHUNK);
+            if buf.len() < target {
+                buf.resize(target, 0);
+            }
+        }
+        let mut last = 0;
+        while filled < buf.len() {
+            last = match input.read(&mut buf[filled..]) {
                 Ok(n) => n,
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => 0,
-                Err(e) => {
-                    buf.truncate(start);
-                    return Err(e).context("cannot read the input");
-                }
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => return Err(e).context("cannot read the input"),
             };
-            buf.truncate(start + n);
-            if n == 0 {
+            filled += last;
+            if last == 0 {
                 eof = true;
             }
-            if eof || !pending || buf.len() >= target {
+            if eof || !pending {
                 break;
             }
         }
-        let used = subst.feed(&buf, eof, &mut out)?;
+        let used = subst.feed(&buf[..filled], eof, &mut out)?;
         if let Err(e) = stdout.write_all(&out) {
             return finish_stdout(Err(e));
         }
         out.clear();
-        buf.drain(..used);
+        buf.copy_within(used..filled, 0);
+        filled -= used;
+        if last == buf.len() && buf.len() < CHUNK {
+            buf.resize(buf.len() * 2, 0);
+        }
     }
     finish_stdout(stdout.flush())
 }
@@ -186,7 +196,7 @@ fn write_file(path: &Path, content: &[u8]) -> Result<()> {
 /// The variables substitution reads: a snapshot of the environment.
 #[derive(Debug, Default, Clone)]
 pub struct Env {
-    vars: HashMap<Vec<u8>, Vec<u8>>,
+    vars: FastMap<Vec<u8>, Vec<u8>>,
 }
 
 impl Env {
@@ -203,7 +213,7 @@ impl Env {
         K: Into<Vec<u8>>,
         V: Into<Vec<u8>>,
     {
-        let mut vars = HashMap::new();
+        let mut vars = FastMap::default();
         for (k, v) in pairs {
             vars.entry(k.into()).or_insert_with(|| v.into());
         }
@@ -269,22 +279,62 @@ pub fn names(format: &[u8], extended: bool) -> Vec<Vec<u8>> {
     out
 }
 
+/// A hash map keyed by variable names, with FNV-1a instead of SipHash:
+/// names are short, and a 10 MB config makes hundreds of thousands of
+/// lookups. The keys come from the environment and the template, which
+/// whoever runs stencil controls, so collision attacks are not a concern.
+type FastMap<K, V> = HashMap<K, V, BuildHasherDefault<Fnv>>;
+
+struct Fnv(u64);
+
+impl Default for Fnv {
+    fn default() -> Fnv {
+        Fnv(0xcbf2_9ce4_8422_2325)
+    }
+}
+
+impl Hasher for Fnv {
+    fn write(&mut self, bytes: &[u8]) {
+        for &b in bytes {
+            self.0 = (self.0 ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3);
+        }
+    }
+
+    // The length prefix `[u8]`'s Hash writes: one step, not eight.
+    fn write_usize(&mut self, n: usize) {
+        self.0 = (self.0 ^ n as u64).wrapping_mul(0x0100_0000_01b3);
+    }
+
+    fn finish(&self) -> u64 {
+        self.0
+    }
+}
+
 /// A streaming substituter: feed it input, it appends output.
 pub struct Substituter<'e> {
     env: &'e Env,
     options: Options,
+    /// SHELL-FORMAT's names with their values, looked up once, so a
+    /// reference costs one hash lookup.
+    selected: Option<FastMap<Vec<u8>, Option<Vec<u8>>>>,
     /// Values set by `${NAME:=WORD}`, seen by later references.
-    assigned: HashMap<Vec<u8>, Vec<u8>>,
+    assigned: FastMap<Vec<u8>, Vec<u8>>,
     unset: Names,
     empty: Names,
 }
 
 impl<'e> Substituter<'e> {
     pub fn new(env: &'e Env, options: Options) -> Substituter<'e> {
+        let selected = options.only.as_ref().map(|only| {
+            only.iter()
+                .map(|name| (name.clone(), env.get(name).map(<[u8]>::to_vec)))
+                .collect()
+        });
         Substituter {
             env,
             options,
-            assigned: HashMap::new(),
+            selected,
+            assigned: FastMap::default(),
             unset: Names::default(),
             empty: Names::default(),
         }
@@ -337,44 +387,43 @@ impl<'e> Substituter<'e> {
         Ok(())
     }
 
-    fn selected(&self, name: &[u8]) -> bool {
-        self.options
-            .only
-            .as_ref()
-            .is_none_or(|only| only.contains(name))
-    }
-
-    fn lookup(&self, name: &[u8]) -> Option<&[u8]> {
+    /// `None` if SHELL-FORMAT leaves the name alone, else its value.
+    fn resolve(&self, name: &[u8]) -> Option<Option<&[u8]>> {
         // Most inputs assign nothing: skip hashing the name twice.
-        if self.assigned.is_empty() {
-            return self.env.get(name);
+        if !self.assigned.is_empty() {
+            // Only selected names are ever assigned.
+            if let Some(v) = self.assigned.get(name) {
+                return Some(Some(v));
+            }
         }
-        match self.assigned.get(name) {
-            Some(v) => Some(v),
-            None => self.env.get(name),
+        match &self.selected {
+            Some(selected) => selected.get(name).map(Option::as_deref),
+            None => Some(self.env.get(name)),
         }
     }
 
     fn eval(&mut self, buf: &[u8], r: &Ref, out: &mut Vec<u8>) -> Result<()> {
         let name = &buf[r.name.clone()];
-        if !self.selected(name) {
+        let Some(value) = self.resolve(name) else {
             out.extend_from_slice(&buf[r.raw.clone()]);
             return Ok(());
-        }
+        };
         let Some((op, word)) = &r.op else {
-            match self.lookup(name) {
+            let (unset, empty) = match value {
                 Some(v) => {
                     out.extend_from_slice(v);
-                    if v.is_empty() && self.options.no_empty {
-                        self.empty.add(name);
-                    }
+                    (false, v.is_empty())
                 }
-                None if self.options.no_unset => self.unset.add(name),
-                None => {}
+                None => (true, false),
+            };
+            if unset && self.options.no_unset {
+                self.unset.add(name);
+            } else if empty && self.options.no_empty {
+                self.empty.add(name);
             }
             return Ok(());
         };
-        let value = self.lookup(name).map(<[u8]>::to_vec);
+        let value = value.map(<[u8]>::to_vec);
         let usable = match &value {
             Some(v) => !op.colon || !v.is_empty(),
             None => false,
