@@ -41,6 +41,12 @@ impl CommandSpec {
         }
     }
 
+    /// Whether the command uses the `{{ name }}` placeholder.
+    pub fn mentions(&self, name: &str) -> bool {
+        let probe = "\u{0}";
+        self.substitute(&[(name, probe)]) != *self
+    }
+
     /// The command with `{{ name }}` placeholders replaced. In a shell string
     /// the value is shell-quoted when it needs to be; argv elements get it
     /// verbatim.

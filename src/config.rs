@@ -70,6 +70,7 @@ pub struct TemplateSpec {
     pub destination: Destination,
     /// Default source for key()/ls()/...; may be omitted when there is one.
     pub data: Option<String>,
+    #[serde(with = "mode_str")]
     pub mode: Option<u32>,
     pub owner: Option<String>,
     pub group: Option<String>,
@@ -189,7 +190,9 @@ struct WaitToml {
     max: Option<Duration>,
 }
 
-/// `mode = "0640"` (octal string, as in chmod) or `mode = 0o640`.
+/// `mode = "0640"`, an octal string as chmod takes it. A bare TOML integer
+/// is refused: `mode = 644` would be decimal 644 (0o1204), and `0o644`
+/// cannot be told apart from decimal 420 once parsed.
 fn de_mode<'de, D: Deserializer<'de>>(d: D) -> Result<Option<u32>, D::Error> {
     #[derive(Deserialize)]
     #[serde(untagged)]
@@ -203,7 +206,11 @@ fn de_mode<'de, D: Deserializer<'de>>(d: D) -> Result<Option<u32>, D::Error> {
                 "invalid mode {s:?}: expected an octal string such as \"0644\""
             ))
         })?,
-        Raw::Int(i) => u32::try_from(i).map_err(|_| serde::de::Error::custom("invalid mode"))?,
+        Raw::Int(i) => {
+            return Err(serde::de::Error::custom(format!(
+                "mode must be a quoted octal string such as \"0644\", not the number {i}"
+            )));
+        }
     };
     if mode > 0o7777 {
         return Err(serde::de::Error::custom(format!(
@@ -211,6 +218,16 @@ fn de_mode<'de, D: Deserializer<'de>>(d: D) -> Result<Option<u32>, D::Error> {
         )));
     }
     Ok(Some(mode))
+}
+
+/// Modes printed as `"0644"` in `--print-config`.
+mod mode_str {
+    pub fn serialize<S: serde::Serializer>(m: &Option<u32>, s: S) -> Result<S::Ok, S::Error> {
+        match m {
+            Some(m) => s.serialize_str(&format!("{m:04o}")),
+            None => s.serialize_none(),
+        }
+    }
 }
 
 fn de_duration<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
@@ -431,11 +448,22 @@ impl Config {
                     )));
                 }
             }
-            if t.destination == Destination::Stdout && (t.check.is_some() || t.backup) {
+            if t.destination == Destination::Stdout
+                && (t.check.is_some() || t.backup || t.reload.is_some())
+            {
                 return Err(usage(format!(
-                    "{}: check and backup need a destination file, not stdout",
+                    "{}: check, reload and backup need a destination file, not stdout",
                     t.origin
                 )));
+            }
+            if let Some(reload) = &t.reload {
+                if reload.mentions("staged") {
+                    return Err(usage(format!(
+                        "{}: reload runs after install, when there is no staged file: \
+                         use {{{{ destination }}}} (or move the command to check)",
+                        t.origin
+                    )));
+                }
             }
         }
         Ok(())

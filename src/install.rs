@@ -142,7 +142,7 @@ pub fn install(req: &Request) -> Result<Outcome> {
         Err(e) if is_busy_or_cross_device(&e.error) => {
             warn_in_place_once(target, &e.error);
             let staged = e.file;
-            write_in_place(target, req.content, &plan).with_context(|| {
+            write_in_place(target, req, &plan).with_context(|| {
                 format!(
                     "rename over {} failed ({}) and writing it in place failed too",
                     target.display(),
@@ -265,14 +265,17 @@ fn warn_in_place_once(target: &Path, e: &std::io::Error) {
 }
 
 /// The fallback when rename cannot work. Not atomic, but never silent.
-fn write_in_place(target: &Path, content: &[u8], plan: &Plan) -> Result<()> {
+/// Owner and mode are set as on a staged file, or the next run would see
+/// a difference and rewrite the file forever.
+fn write_in_place(target: &Path, req: &Request, plan: &Plan) -> Result<()> {
     let mut f = OpenOptions::new()
         .write(true)
         .truncate(true)
         .open(target)
         .with_context(|| format!("cannot open {} for writing", target.display()))?;
-    f.write_all(content)?;
+    f.write_all(req.content)?;
     f.set_permissions(Permissions::from_mode(plan.mode))?;
+    chown(&f, target, plan, req)?;
     f.sync_all()?;
     Ok(())
 }

@@ -142,6 +142,11 @@ fn render(args: &TemplateArgs, opts: &Options) -> Result<Exit> {
     }
     let all: Vec<usize> = (0..pipeline.units.len()).collect();
     let report = pipeline.run(&all, opts, &mut std::io::stdout().lock());
+    for (name, source) in pipeline.sources.iter() {
+        if let Some(n) = source.requests() {
+            tracing::debug!(source = name, requests = n, "requests sent");
+        }
+    }
     let errors: Vec<anyhow::Error> = report
         .units
         .into_iter()

@@ -299,7 +299,9 @@ impl RenderState {
     fn get(&self, key: &str, kwargs: &Kwargs) -> Result<Lookup, Error> {
         let (name, src) = self.source(kwargs)?;
         let key = source::normalize_key(key).to_string();
-        let value = src.get(&key).map_err(|e| self.source_error(&name, &src, e))?;
+        let value = src
+            .get(&key)
+            .map_err(|e| self.source_error(&name, &src, e))?;
         let dep = Dep::Key {
             source: name.clone(),
             key,

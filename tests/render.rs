@@ -492,7 +492,7 @@ fn print_config_shows_the_merged_configuration() {
         .run()
         .success();
     let config: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-    assert_eq!(config["templates"][0]["mode"], 0o640);
+    assert_eq!(config["templates"][0]["mode"], "0640");
     assert_eq!(config["templates"][1]["source"], "b.j2");
 }
 

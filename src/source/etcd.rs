@@ -610,6 +610,10 @@ impl Source for EtcdSource {
         *self.lock() = Cache::default();
     }
 
+    fn requests(&self) -> Option<u64> {
+        Some(self.client.requests.load(Ordering::Relaxed))
+    }
+
     fn get(&self, key: &str) -> Result<Option<String>> {
         let full = self.full_key(key);
         {

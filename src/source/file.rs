@@ -129,7 +129,7 @@ pub fn parse(format: Format, text: &str) -> Result<BTreeMap<String, String>> {
     let value: serde_json::Value = match format {
         Format::Json => serde_json::from_str(text).map_err(|e| anyhow!("{e}"))?,
         Format::Toml => {
-            toml::from_str(text).map_err(|e| anyhow!("{}", e.to_string().trim_end()))?
+            toml_to_json(toml::from_str(text).map_err(|e| anyhow!("{}", e.to_string().trim_end()))?)
         }
         Format::Yaml => {
             let yaml: serde_norway::Value =
@@ -147,6 +147,25 @@ pub fn parse(format: Format, text: &str) -> Result<BTreeMap<String, String>> {
         _ => bail!("the top level must be an object (a table, a mapping), not a single value"),
     }
     Ok(out)
+}
+
+/// TOML values as JSON ones; dates and times become their TOML text
+/// (serde would turn them into a private wrapper table).
+fn toml_to_json(v: toml::Value) -> serde_json::Value {
+    use serde_json::Value as J;
+    match v {
+        toml::Value::String(s) => J::String(s),
+        toml::Value::Integer(i) => J::from(i),
+        toml::Value::Float(f) => {
+            serde_json::Number::from_f64(f).map_or_else(|| J::String(f.to_string()), J::Number)
+        }
+        toml::Value::Boolean(b) => J::Bool(b),
+        toml::Value::Datetime(d) => J::String(d.to_string()),
+        toml::Value::Array(a) => J::Array(a.into_iter().map(toml_to_json).collect()),
+        toml::Value::Table(t) => {
+            J::Object(t.into_iter().map(|(k, v)| (k, toml_to_json(v))).collect())
+        }
+    }
 }
 
 fn flatten(value: &serde_json::Value, path: &mut String, out: &mut BTreeMap<String, String>) {
@@ -232,6 +251,11 @@ mod tests {
         let yaml = parse(Format::Yaml, "db:\n  host: h\n  port: 5432\n").unwrap();
         let toml = parse(Format::Toml, "[db]\nhost = \"h\"\nport = 5432\n").unwrap();
         assert_eq!(yaml, toml);
+        let dates = parse(Format::Toml, "when = 1979-05-27T07:32:00Z\n").unwrap();
+        assert_eq!(
+            dates.get("when").map(String::as_str),
+            Some("1979-05-27T07:32:00Z")
+        );
         let env = parse(Format::Dotenv, "# c\nA=1\nB=\"two words\"\n").unwrap();
         assert_eq!(env.get("B").map(String::as_str), Some("two words"));
     }

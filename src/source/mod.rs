@@ -33,6 +33,11 @@ pub trait Source: Send + Sync + fmt::Debug {
 
     /// Starts a new snapshot: forget what earlier reads cached.
     fn refresh(&self) {}
+
+    /// Requests sent to a server so far, for network sources.
+    fn requests(&self) -> Option<u64> {
+        None
+    }
 }
 
 /// The sources of one configuration, by name.
@@ -68,6 +73,11 @@ impl Sources {
 
     pub fn names(&self) -> impl Iterator<Item = &str> {
         self.map.keys().map(String::as_str)
+    }
+
+    /// Every source with its name.
+    pub fn iter(&self) -> impl Iterator<Item = (&str, &Arc<dyn Source>)> {
+        self.map.iter().map(|(k, v)| (k.as_str(), v))
     }
 }
 
