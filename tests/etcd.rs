@@ -5,8 +5,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use stencil::runtime;
-use stencil::source::Source;
-use stencil::source::etcd::{Change, EtcdSource};
+use stencil::source::etcd::EtcdSource;
+use stencil::source::{Source, SourceEvent, WatchSpec};
 
 use crate::support::Test;
 use crate::support::etcd::{self, Certs, Etcd};
@@ -383,7 +383,10 @@ fn tls_with_client_certificates() {
 // ---------------------------------------------------------------------------
 // Watching.
 
-fn recv(rx: &mut tokio::sync::mpsc::UnboundedReceiver<Change>, within: Duration) -> Change {
+fn recv(
+    rx: &mut tokio::sync::mpsc::UnboundedReceiver<SourceEvent>,
+    within: Duration,
+) -> SourceEvent {
     runtime::block_on(async { tokio::time::timeout(within, rx.recv()).await })
         .expect("no change arrived in time")
         .expect("the watch ended")
@@ -391,7 +394,7 @@ fn recv(rx: &mut tokio::sync::mpsc::UnboundedReceiver<Change>, within: Duration)
 
 /// Collects changed keys until every expected key was seen.
 fn collect_keys(
-    rx: &mut tokio::sync::mpsc::UnboundedReceiver<Change>,
+    rx: &mut tokio::sync::mpsc::UnboundedReceiver<SourceEvent>,
     expected: &[&str],
 ) -> Vec<String> {
     let deadline = Instant::now() + Duration::from_secs(60);
@@ -399,8 +402,9 @@ fn collect_keys(
     while !expected.iter().all(|e| seen.iter().any(|s| s == e)) {
         let left = deadline.saturating_duration_since(Instant::now());
         match recv(rx, left) {
-            Change::Keys { keys, .. } => seen.extend(keys),
-            Change::Resync { .. } => seen.push("<resync>".into()),
+            SourceEvent::Changed { keys, .. } => seen.extend(keys),
+            SourceEvent::Resync { .. } => seen.push("<resync>".into()),
+            SourceEvent::Up { .. } | SourceEvent::Failed { .. } => {}
         }
     }
     seen
@@ -416,13 +420,11 @@ fn watch_sees_changes_and_resumes_after_a_restart_without_losing_any() {
         let watcher = {
             let source = source.clone();
             runtime::get().spawn(async move {
-                source
-                    .watch(
-                        &["apps/web/db/host".into(), "apps/web/upstreams".into()],
-                        start + 1,
-                        tx,
-                    )
-                    .await
+                let spec = WatchSpec {
+                    keys: ["apps/web/db/host".to_string()].into(),
+                    prefixes: ["apps/web/upstreams".to_string()].into(),
+                };
+                source.watch_from(&spec, start + 1, &tx).await
             })
         };
         etcd.put("/apps/web/db/host", "two");
@@ -464,11 +466,15 @@ fn a_compacted_start_revision_asks_for_a_full_read() {
     let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
     let watcher = {
         let source = source.clone();
-        runtime::get().spawn(async move { source.watch(&["w".into()], first + 1, tx).await })
+        let spec = WatchSpec {
+            keys: Default::default(),
+            prefixes: ["w".to_string()].into(),
+        };
+        runtime::get().spawn(async move { source.watch_from(&spec, first + 1, &tx).await })
     };
     assert!(matches!(
         recv(&mut rx, Duration::from_secs(30)),
-        Change::Resync { .. }
+        SourceEvent::Resync { .. }
     ));
     // And the watch goes on after the resync.
     etcd.put("/w/k", "4");
@@ -483,12 +489,12 @@ fn a_watch_the_user_may_not_make_is_an_error() {
     config.prefix = "/apps/other/".into();
     let source = EtcdSource::new("kv", &config).unwrap();
     let (tx, _rx) = tokio::sync::mpsc::unbounded_channel();
+    let spec = WatchSpec {
+        keys: ["secret".to_string()].into(),
+        prefixes: Default::default(),
+    };
     let result = runtime::block_on(async {
-        tokio::time::timeout(
-            Duration::from_secs(30),
-            source.watch(&["secret".into()], 1, tx),
-        )
-        .await
+        tokio::time::timeout(Duration::from_secs(30), source.watch_from(&spec, 1, &tx)).await
     })
     .expect("a refused watch must end, not hang");
     let err = format!("{:#}", result.unwrap_err());

@@ -27,7 +27,7 @@ use base64::Engine as _;
 use serde::Deserialize;
 use serde_json::json;
 
-use super::Source;
+use super::{Source, SourceEvent, WatchFuture, WatchSpec};
 use crate::runtime::{self, Backoff, Tls};
 
 const B64: base64::engine::GeneralPurpose = base64::engine::general_purpose::STANDARD;
@@ -614,6 +614,20 @@ impl Source for EtcdSource {
         Some(self.client.requests.load(Ordering::Relaxed))
     }
 
+    /// Watches from the revision the last snapshot read + 1: every change
+    /// after what the templates saw is delivered.
+    fn watch(
+        self: std::sync::Arc<Self>,
+        _name: String,
+        spec: WatchSpec,
+        tx: tokio::sync::mpsc::UnboundedSender<SourceEvent>,
+    ) -> Option<WatchFuture> {
+        let start = self.snapshot_revision().map_or(0, |r| r + 1);
+        Some(Box::pin(
+            async move { self.watch_from(&spec, start, &tx).await },
+        ))
+    }
+
     fn get(&self, key: &str) -> Result<Option<String>> {
         let full = self.full_key(key);
         {
@@ -665,35 +679,24 @@ impl Source for EtcdSource {
 // ---------------------------------------------------------------------------
 // Watching.
 
-/// What a watch reports.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Change {
-    /// Keys (relative to the source) changed at `revision`.
-    Keys { revision: i64, keys: Vec<String> },
-    /// History was compacted past the watch's position: changes may have
-    /// been missed, so everything must be read again. The watch goes on
-    /// from `revision` + 1.
-    Resync { revision: i64 },
-}
-
 impl EtcdSource {
-    /// Watches every key under `folders` (template prefixes; a key is its
-    /// own folder) from `start_revision`, sending changes on `tx` until
-    /// the receiver is dropped.
+    /// Watches `spec` from `start_revision`, sending changes on `tx` until
+    /// it is closed.
     ///
-    /// One stream covers all of them: it watches the longest common prefix
-    /// and filters here, rather than one stream per key as confd does.
-    /// A broken stream is resumed from the last seen revision + 1 with
-    /// backoff, so no change is lost; a compacted start revision becomes a
-    /// [`Change::Resync`]. A watch etcd cancels (permission denied) ends
-    /// with an error: never silence.
-    pub async fn watch(
+    /// One stream covers everything: it watches the longest common prefix
+    /// of the watched keys and filters here, rather than one stream per key
+    /// as confd does. A broken stream is resumed from the last seen
+    /// revision + 1 with backoff, so no change is lost; a compacted start
+    /// revision becomes a [`SourceEvent::Resync`]. A watch etcd cancels for
+    /// lack of permission ends with an error: never silence.
+    pub async fn watch_from(
         &self,
-        keys: &[String],
+        spec: &WatchSpec,
         start_revision: i64,
-        tx: tokio::sync::mpsc::UnboundedSender<Change>,
+        tx: &tokio::sync::mpsc::UnboundedSender<SourceEvent>,
     ) -> Result<()> {
-        let wanted: Vec<String> = keys.iter().map(|k| self.full_key(k)).collect();
+        let mut wanted: Vec<String> = spec.keys.iter().map(|k| self.full_key(k)).collect();
+        wanted.extend(spec.prefixes.iter().map(|p| self.folder(p)));
         let common = common_prefix(&wanted);
         let (key, end) = if common.is_empty() {
             (vec![0u8], vec![0u8])
@@ -703,41 +706,52 @@ impl EtcdSource {
                 prefix_range_end(common.as_bytes()),
             )
         };
+        let source = self.name.clone();
         let mut next = start_revision.max(1);
         let mut backoff = Backoff::default();
+        let mut failing = false;
         loop {
-            match self.watch_once(&key, &end, &mut next, &wanted, &tx).await {
+            let outcome = self
+                .watch_once(&key, &end, &mut next, &wanted, tx, &mut failing)
+                .await;
+            let retry = match outcome {
                 Ok(WatchEnd::ReceiverGone) => return Ok(()),
                 Ok(WatchEnd::Compacted(rev)) => {
-                    tracing::warn!(source = %self.name, "etcd compacted history past revision {next}; reading everything again");
+                    tracing::warn!(source = %source, "etcd compacted history past revision {next}; reading everything again");
                     next = rev.max(next);
-                    if tx.send(Change::Resync { revision: next - 1 }).is_err() {
+                    if tx
+                        .send(SourceEvent::Resync {
+                            source: source.clone(),
+                        })
+                        .is_err()
+                    {
                         return Ok(());
                     }
                     backoff.reset();
+                    continue;
                 }
-                Ok(WatchEnd::Disconnected) => {
-                    let delay = backoff.next_delay();
-                    tracing::warn!(source = %self.name, "etcd watch stream ended; resuming from revision {next} in {delay:?}");
-                    tokio::time::sleep(delay).await;
-                }
+                Ok(WatchEnd::Disconnected) => "the watch stream ended".to_string(),
                 Err(e)
                     if e.downcast_ref::<EtcdError>()
                         .is_some_and(|e| matches!(e, EtcdError::Denied(_))) =>
                 {
-                    return Err(
-                        e.context(format!("etcd watch of source {:?} was refused", self.name))
-                    );
+                    return Err(e.context(format!("etcd watch of source {source:?} was refused")));
                 }
-                Err(e) => {
-                    let delay = backoff.next_delay();
-                    tracing::warn!(source = %self.name, "etcd watch failed: {e:#}; retrying from revision {next} in {delay:?}");
-                    tokio::time::sleep(delay).await;
-                }
-            }
+                Err(e) => format!("{e:#}"),
+            };
             if tx.is_closed() {
                 return Ok(());
             }
+            let delay = backoff.next_delay();
+            tracing::warn!(source = %source, "etcd watch: {retry}; resuming from revision {next} in {delay:?}");
+            if !failing {
+                failing = true;
+                let _ = tx.send(SourceEvent::Failed {
+                    source: source.clone(),
+                    error: retry,
+                });
+            }
+            tokio::time::sleep(delay).await;
         }
     }
 
@@ -747,7 +761,8 @@ impl EtcdSource {
         end: &[u8],
         next: &mut i64,
         wanted: &[String],
-        tx: &tokio::sync::mpsc::UnboundedSender<Change>,
+        tx: &tokio::sync::mpsc::UnboundedSender<SourceEvent>,
+        failing: &mut bool,
     ) -> Result<WatchEnd> {
         use futures_util::StreamExt;
 
@@ -805,6 +820,11 @@ impl EtcdSource {
                 *client.token.lock().unwrap_or_else(|e| e.into_inner()) = None;
             }
             return Err(e);
+        }
+        if std::mem::take(failing) {
+            let _ = tx.send(SourceEvent::Up {
+                source: self.name.clone(),
+            });
         }
         let mut stream = resp.bytes_stream();
         let mut buf: Vec<u8> = Vec::new();
@@ -871,14 +891,13 @@ impl EtcdSource {
                     *next = revision + 1;
                 }
                 if !changed.is_empty() {
+                    changed.sort();
                     changed.dedup();
-                    if tx
-                        .send(Change::Keys {
-                            revision,
-                            keys: changed,
-                        })
-                        .is_err()
-                    {
+                    let event = SourceEvent::Changed {
+                        source: self.name.clone(),
+                        keys: changed,
+                    };
+                    if tx.send(event).is_err() {
                         return Ok(WatchEnd::ReceiverGone);
                     }
                 }

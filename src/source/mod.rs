@@ -38,6 +38,61 @@ pub trait Source: Send + Sync + fmt::Debug {
     fn requests(&self) -> Option<u64> {
         None
     }
+
+    /// Watches what `spec` names, from the state the last snapshot read,
+    /// sending [`SourceEvent`]s on `tx` until `tx` is closed. `None` for
+    /// sources the coordinator watches itself (files, through notify).
+    ///
+    /// The future retries with backoff forever on connection errors
+    /// (reporting [`SourceEvent::Failed`] and later [`SourceEvent::Up`]), and
+    /// returns an error only for what retrying cannot fix (permission
+    /// denied).
+    fn watch(
+        self: Arc<Self>,
+        _name: String,
+        _spec: WatchSpec,
+        _tx: tokio::sync::mpsc::UnboundedSender<SourceEvent>,
+    ) -> Option<WatchFuture> {
+        None
+    }
+}
+
+/// The future a source's watch runs as.
+pub type WatchFuture = std::pin::Pin<Box<dyn std::future::Future<Output = Result<()>> + Send>>;
+
+/// What a watch covers: keys and folders as templates read them (relative
+/// to the source's prefix, normalized).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct WatchSpec {
+    pub keys: std::collections::BTreeSet<String>,
+    pub prefixes: std::collections::BTreeSet<String>,
+}
+
+impl WatchSpec {
+    /// Whether a change to `key` matters to this spec.
+    pub fn covers(&self, key: &str) -> bool {
+        self.keys.contains(key) || self.prefixes.iter().any(|p| is_under(key, p))
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.keys.is_empty() && self.prefixes.is_empty()
+    }
+}
+
+/// What a source's watch reports to the coordinator.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SourceEvent {
+    /// These keys (relative, normalized) changed: created, modified or
+    /// deleted.
+    Changed { source: String, keys: Vec<String> },
+    /// Changes may have been missed (etcd compacted the history, Consul's
+    /// index went backwards): everything this source feeds must be read
+    /// again.
+    Resync { source: String },
+    /// The source answers again after a failure.
+    Up { source: String },
+    /// The source stopped answering; the watch keeps retrying.
+    Failed { source: String, error: String },
 }
 
 /// The sources of one configuration, by name.
