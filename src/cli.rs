@@ -107,6 +107,26 @@ pub enum Command {
     #[command(after_help = SUBST_EXAMPLES)]
     Subst(SubstArgs),
 
+    /// Render, wait for dependencies, then become the app: the container entrypoint.
+    ///
+    /// Renders every template as render does (waiting up to --wait-for-data
+    /// for missing data), waits for each --wait dependency, then replaces
+    /// itself with CMD through exec(2): the app keeps stencil's PID, its
+    /// environment, arguments, stdin, stdout and stderr exactly, and gets
+    /// signals directly. A failed render or wait exits non-zero before the
+    /// app starts, naming what failed.
+    ///
+    /// With --watch, stencil stays as the app's parent and supervises it: the
+    /// app runs in its own process group; SIGHUP, SIGINT, SIGQUIT, SIGTERM,
+    /// SIGUSR1, SIGUSR2 and SIGWINCH are forwarded to that group and nothing
+    /// else; SIGTERM and SIGINT also SIGKILL the group if it still runs
+    /// after --kill-timeout; orphaned processes are reaped. Exit status: the
+    /// app's, or 128+N when signal N killed it (137 after the SIGKILL); 1 when
+    /// a render or wait failed; 2 on a usage error; 126 when CMD cannot be
+    /// run, 127 when it is not found.
+    #[command(after_help = EXEC_EXAMPLES)]
+    Exec(ExecArgs),
+
     /// Print a shell completion script.
     #[command(after_help = "Example:\n  stencil completions bash > /etc/bash_completion.d/stencil")]
     Completions {
@@ -157,6 +177,34 @@ Examples:
 
   # Which variables does a format name?
   stencil subst --variables '$HOST ${PORT}'";
+
+const EXEC_EXAMPLES: &str = "\
+Examples:
+  # A Dockerfile entrypoint: render, then become the app (same PID):
+  ENTRYPOINT [\"stencil\", \"exec\", \"-t\", \"/tpl/app.conf.j2:/etc/app.conf\", \"--\"]
+  CMD [\"app\", \"--serve\"]
+
+  # Wait for the database and the API before starting:
+  stencil exec -t app.conf.j2:/etc/app.conf --wait tcp://db:5432 \\
+      --wait http://api:8080/healthz --wait-timeout 2m -- app --serve
+
+  # Wait for a secret file to be mounted:
+  stencil exec -t app.conf.j2:/etc/app.conf --wait file:///run/secrets/token -- app
+
+  # Supervise nginx, SIGQUIT (graceful) when asked to stop:
+  stencil exec -c stencil.toml --watch --kill-signal SIGQUIT -- nginx -g 'daemon off;'
+
+Signals with --watch (without it, stencil is gone and the app gets them itself):
+  SIGTERM          sends --kill-signal (default SIGTERM) to the app's group;
+                   SIGKILL to the group after --kill-timeout
+  SIGINT           forwarded; SIGKILL to the group after --kill-timeout
+  SIGHUP SIGQUIT   forwarded, nothing else: never a kill timer
+  SIGUSR1 SIGUSR2  forwarded, nothing else
+  SIGWINCH         forwarded, nothing else
+  others           not forwarded
+  after a change   --reload-signal (default SIGHUP) to the group, or a restart
+                   with --restart-on-change. An app without a handler for its
+                   reload signal dies of it: set the one it reloads on.";
 
 /// Where templates, data and sources come from; shared by the commands that
 /// render.
@@ -241,6 +289,89 @@ pub struct DepsArgs {
     /// Print the dependencies as JSON instead of text.
     #[arg(long, env = "STENCIL_DEPS_JSON")]
     pub json: bool,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct ExecArgs {
+    #[command(flatten)]
+    pub templates: TemplateArgs,
+
+    #[command(flatten)]
+    pub render: ExecRenderArgs,
+
+    #[command(flatten)]
+    pub exec: ExecOptions,
+
+    /// The command to run and its arguments, after `--`; passed exactly.
+    ///
+    /// Wins over `command` in the config file's [exec] table.
+    #[arg(last = true, value_name = "CMD")]
+    pub command: Vec<std::ffi::OsString>,
+}
+
+/// The output options of render that make sense before an app starts.
+#[derive(Debug, Clone, Default, Args)]
+#[command(next_help_heading = "Output")]
+pub struct ExecRenderArgs {
+    /// Install files but run no reload command.
+    #[arg(long, env = "STENCIL_NO_RELOAD")]
+    pub no_reload: bool,
+
+    /// How long to wait for missing data before failing (e.g. 30s, 2m). Default: fail at once.
+    #[arg(long, env = "STENCIL_WAIT_FOR_DATA", value_name = "DURATION", value_parser = parse_duration)]
+    pub wait_for_data: Option<Duration>,
+}
+
+#[derive(Debug, Clone, Args)]
+#[command(next_help_heading = "Running the app")]
+pub struct ExecOptions {
+    /// Before starting the app, wait until URL is up; repeatable.
+    ///
+    /// tcp://HOST:PORT accepts a connection; http://… or https://… answers
+    /// with a 2xx status; file:///PATH exists. Example: --wait tcp://db:5432
+    /// --wait http://api:8080/healthz. STENCIL_WAIT takes several, separated
+    /// by spaces.
+    #[arg(long, env = "STENCIL_WAIT", value_name = "URL", value_delimiter = ' ',
+          value_parser = crate::exec::WaitFor::parse)]
+    pub wait: Vec<crate::exec::WaitFor>,
+
+    /// How long to wait for all --wait dependencies together (e.g. 30s, 2m).
+    #[arg(long, env = "STENCIL_WAIT_TIMEOUT", value_name = "DURATION", value_parser = parse_duration,
+          default_value = "60s")]
+    pub wait_timeout: Duration,
+
+    /// Stay as the app's parent and supervise it instead of exec'ing into it.
+    ///
+    /// Forwards signals to the app's process group, stops it with
+    /// --kill-signal and --kill-timeout, reaps orphaned processes and exits
+    /// with the app's status. (Re-rendering on a change comes with the watch
+    /// loop; until then the templates are rendered once.)
+    #[arg(long, env = "STENCIL_WATCH")]
+    pub watch: bool,
+
+    /// With --watch: the signal sent to the app after a change (e.g. SIGHUP, SIGUSR2). [default: SIGHUP]
+    ///
+    /// An app that has no handler for it dies of it (SIGHUP's default action
+    /// is to terminate): set the signal the app reloads on, or use
+    /// --restart-on-change. Config: reload_signal in [exec].
+    #[arg(long, env = "STENCIL_RELOAD_SIGNAL", value_name = "SIG",
+          value_parser = crate::exec::parse_signal)]
+    pub reload_signal: Option<nix::sys::signal::Signal>,
+
+    /// With --watch: restart the app after a change instead of signalling it.
+    #[arg(long, env = "STENCIL_RESTART_ON_CHANGE")]
+    pub restart_on_change: bool,
+
+    /// With --watch: the signal that asks the app to stop, sent on SIGTERM and before a restart. [default: SIGTERM]
+    ///
+    /// Example: --kill-signal SIGQUIT for nginx's graceful stop.
+    #[arg(long, env = "STENCIL_KILL_SIGNAL", value_name = "SIG",
+          value_parser = crate::exec::parse_signal)]
+    pub kill_signal: Option<nix::sys::signal::Signal>,
+
+    /// With --watch: how long the app may take to stop before its process group is SIGKILLed. [default: 10s]
+    #[arg(long, env = "STENCIL_KILL_TIMEOUT", value_name = "DURATION", value_parser = parse_duration)]
+    pub kill_timeout: Option<Duration>,
 }
 
 #[derive(Debug, Clone, Args)]

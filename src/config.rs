@@ -31,6 +31,8 @@ pub struct Config {
     pub file: Option<PathBuf>,
     pub sources: BTreeMap<String, SourceSpec>,
     pub templates: Vec<TemplateSpec>,
+    /// The `[exec]` table, for `stencil exec`; its flags win over it.
+    pub exec: Option<crate::exec::ExecTable>,
 }
 
 /// A data source, by name.
@@ -113,6 +115,7 @@ struct FileConfig {
     sources: BTreeMap<String, toml::Spanned<SourceToml>>,
     #[serde(default)]
     templates: Vec<toml::Spanned<TemplateToml>>,
+    exec: Option<crate::exec::ExecTable>,
 }
 
 /// One flat table for every kind, so a misspelt key is reported at its own
@@ -254,6 +257,7 @@ impl Config {
             file: None,
             sources: BTreeMap::new(),
             templates: Vec::new(),
+            exec: None,
         };
         if let Some(path) = &args.config {
             config.file = Some(path.clone());
@@ -389,6 +393,7 @@ impl Config {
             }
             self.sources.insert(name, spec);
         }
+        self.exec = file.exec;
         for tmpl in file.templates {
             let at = position(tmpl.span());
             let t = tmpl.into_inner();

@@ -12,6 +12,7 @@
 //! - [`pipeline`]: render -> install -> commands, shared by every command.
 //! - [`install`]: staging, check, rename, fsync.
 //! - [`command`]: check and reload commands with timeouts.
+//! - [`exec`]: the container entrypoint: exec into the app, or supervise it.
 //! - [`subst`]: the envsubst replacement.
 
 use std::ffi::OsString;
@@ -24,6 +25,7 @@ pub mod cli;
 pub mod command;
 pub mod config;
 pub mod error;
+pub mod exec;
 pub mod install;
 mod logging;
 pub mod man;
@@ -77,6 +79,7 @@ where
         Command::Render(args) => render(&args.templates, &args.output.into()),
         Command::Check(args) => check(&args.templates),
         Command::Deps(args) => deps(&args.templates, args.json),
+        Command::Exec(args) => exec::run(&args),
         Command::Subst(args) => subst::run(
             &args,
             &mut std::io::stdin().lock(),

@@ -7,5 +7,6 @@ mod cli;
 mod consul_server;
 mod etcd;
 mod examples;
+mod exec;
 mod render;
 mod subst;

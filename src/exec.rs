@@ -1,0 +1,961 @@
+//! `stencil exec`: the container entrypoint.
+//!
+//! Render every template, wait for the `--wait` dependencies, then either
+//! become the app with exec(2) (the default: same PID, environment and argv,
+//! stencil is gone and signals reach the app directly), or, with `--watch`,
+//! stay as its parent and supervise it with a [`Supervisor`].
+//!
+//! A failed render or wait exits before the app starts, naming what failed:
+//! an app started with a half-written config is worse than one that never
+//! starts (issue 6).
+//!
+//! Exit status: the app's own (exec), or the child's code, or 128+N when
+//! signal N killed it (`--watch`, as a shell reports it); 126 when CMD cannot
+//! be run and 127 when it is not found (as env(1) and shells do).
+
+use std::collections::HashMap;
+use std::ffi::{CString, OsString};
+use std::fmt;
+use std::io::Write;
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::process::{CommandExt, ExitStatusExt};
+use std::path::PathBuf;
+use std::process::{Child, ExitStatus};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+use nix::errno::Errno;
+use nix::sys::signal::{Signal, killpg};
+use nix::sys::wait::{WaitPidFlag, waitpid};
+use nix::unistd::Pid;
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+use crate::cli::ExecArgs;
+use crate::command::CommandSpec;
+use crate::error::{Exit, usage};
+use crate::pipeline::Options;
+
+/// The signals stencil forwards to a supervised child, and no others:
+/// runtime signals (SIGRTMIN+n) and job control stay with stencil.
+pub const FORWARDED: [Signal; 7] = [
+    Signal::SIGHUP,
+    Signal::SIGINT,
+    Signal::SIGQUIT,
+    Signal::SIGTERM,
+    Signal::SIGUSR1,
+    Signal::SIGUSR2,
+    Signal::SIGWINCH,
+];
+
+/// Default `--wait-timeout`.
+pub const DEFAULT_WAIT_TIMEOUT: Duration = Duration::from_secs(60);
+/// Default `kill_timeout`: how long a child may take to stop before SIGKILL.
+pub const DEFAULT_KILL_TIMEOUT: Duration = Duration::from_secs(10);
+
+// ---------------------------------------------------------------------------
+// Configuration: the `[exec]` table and its merge with the flags.
+
+/// The `[exec]` table of the config file, as written. Flags win over it;
+/// a command after `--` wins over `command`.
+#[derive(Debug, Clone, Default, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct ExecTable {
+    /// A string runs with `sh -c`; an array is argv, no shell.
+    #[serde(default, deserialize_with = "de_command")]
+    pub command: Option<CommandSpec>,
+    #[serde(default, with = "signal_opt")]
+    pub reload_signal: Option<Signal>,
+    #[serde(default)]
+    pub restart_on_change: Option<bool>,
+    #[serde(default, with = "signal_opt")]
+    pub kill_signal: Option<Signal>,
+    #[serde(default, with = "duration_opt")]
+    pub kill_timeout: Option<Duration>,
+}
+
+fn de_command<'de, D: Deserializer<'de>>(d: D) -> Result<Option<CommandSpec>, D::Error> {
+    let spec = CommandSpec::deserialize(d)?;
+    spec.validate().map_err(serde::de::Error::custom)?;
+    Ok(Some(spec))
+}
+
+mod signal_opt {
+    use super::*;
+    pub fn serialize<S: Serializer>(s: &Option<Signal>, ser: S) -> Result<S::Ok, S::Error> {
+        match s {
+            Some(s) => ser.serialize_str(s.as_str()),
+            None => ser.serialize_none(),
+        }
+    }
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Signal>, D::Error> {
+        let s = String::deserialize(d)?;
+        parse_signal(&s).map(Some).map_err(serde::de::Error::custom)
+    }
+}
+
+mod duration_opt {
+    use super::*;
+    pub fn serialize<S: Serializer>(d: &Option<Duration>, ser: S) -> Result<S::Ok, S::Error> {
+        match d {
+            Some(d) => ser.serialize_str(&humantime::format_duration(*d).to_string()),
+            None => ser.serialize_none(),
+        }
+    }
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
+        let s = String::deserialize(d)?;
+        crate::cli::parse_duration(&s)
+            .map(Some)
+            .map_err(serde::de::Error::custom)
+    }
+}
+
+/// `SIGHUP`, `HUP`, `hup` or `1`.
+pub fn parse_signal(s: &str) -> Result<Signal, String> {
+    let t = s.trim();
+    if let Ok(n) = t.parse::<i32>() {
+        return Signal::try_from(n).map_err(|_| format!("unknown signal number {n}"));
+    }
+    let upper = t.to_ascii_uppercase();
+    let name = if upper.starts_with("SIG") {
+        upper
+    } else {
+        format!("SIG{upper}")
+    };
+    name.parse::<Signal>()
+        .map_err(|_| format!("unknown signal {s:?}; examples: SIGHUP, USR1, SIGTERM"))
+}
+
+/// What to run and how to treat it: flags merged over the `[exec]` table.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ExecSpec {
+    /// argv; a string command from the config file is `/bin/sh -c STRING`.
+    pub command: Vec<OsString>,
+    /// Sent to the child's process group after a change (`--watch`).
+    pub reload_signal: Signal,
+    /// Restart the child after a change instead of signalling it.
+    pub restart_on_change: bool,
+    /// Asks the child to stop: sent when stencil gets SIGTERM, and before a
+    /// restart.
+    pub kill_signal: Signal,
+    /// How long the child may take to stop before its group is SIGKILLed.
+    pub kill_timeout: Duration,
+}
+
+impl ExecSpec {
+    pub fn resolve(args: &ExecArgs, table: Option<&ExecTable>) -> Result<ExecSpec> {
+        let table = table.cloned().unwrap_or_default();
+        let command = if !args.command.is_empty() {
+            args.command.clone()
+        } else {
+            match table.command {
+                Some(CommandSpec::Argv(v)) => v.into_iter().map(OsString::from).collect(),
+                Some(CommandSpec::Shell(s)) => vec!["/bin/sh".into(), "-c".into(), s.into()],
+                None => {
+                    return Err(usage(
+                        "no command to run: give it after `--` \
+                         (stencil exec -t app.conf.j2:/etc/app.conf -- app --serve) \
+                         or as `command` in the config file's [exec] table",
+                    ));
+                }
+            }
+        };
+        if command[0].is_empty() {
+            return Err(usage("the command to run is empty"));
+        }
+        let reload_signal = args
+            .exec
+            .reload_signal
+            .or(table.reload_signal)
+            .unwrap_or(Signal::SIGHUP);
+        if matches!(reload_signal, Signal::SIGKILL | Signal::SIGSTOP) {
+            return Err(usage(format!(
+                "{reload_signal} cannot be the reload signal: a reload never kills or stops the child \
+                 (use --restart-on-change to restart it)"
+            )));
+        }
+        Ok(ExecSpec {
+            command,
+            reload_signal,
+            restart_on_change: args.exec.restart_on_change
+                || table.restart_on_change.unwrap_or(false),
+            kill_signal: args
+                .exec
+                .kill_signal
+                .or(table.kill_signal)
+                .unwrap_or(Signal::SIGTERM),
+            kill_timeout: args
+                .exec
+                .kill_timeout
+                .or(table.kill_timeout)
+                .unwrap_or(DEFAULT_KILL_TIMEOUT),
+        })
+    }
+
+    /// The command as a user would type it, for logs and errors.
+    pub fn display(&self) -> String {
+        self.command
+            .iter()
+            .map(|a| {
+                let s = a.to_string_lossy();
+                shlex::try_quote(&s).map_or_else(|_| s.to_string(), |q| q.into_owned())
+            })
+            .collect::<Vec<_>>()
+            .join(" ")
+    }
+}
+
+impl ExecArgs {
+    /// The pipeline options exec renders with: write, run commands.
+    pub fn options(&self) -> Options {
+        Options {
+            dry_run: false,
+            diff: false,
+            no_reload: self.render.no_reload,
+            wait_for_data: self.render.wait_for_data,
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------
+// The command.
+
+/// `stencil exec`: render, wait, then exec into the command (or supervise it).
+pub fn run(args: &ExecArgs) -> Result<Exit> {
+    let mut pipeline = match crate::load(&args.templates)? {
+        Ok(p) => p,
+        Err(exit) => return Ok(exit),
+    };
+    let spec = ExecSpec::resolve(args, pipeline.config.exec.as_ref())?;
+    pipeline.remove_stale();
+    let all: Vec<usize> = (0..pipeline.units.len()).collect();
+    let report = pipeline.run(&all, &args.options(), &mut std::io::stdout().lock());
+    let errors: Vec<anyhow::Error> = report
+        .units
+        .into_iter()
+        .filter_map(|u| u.result.err())
+        .chain(report.commands)
+        .collect();
+    if !errors.is_empty() {
+        let exit = crate::print_all(&errors).max(Exit::Failure);
+        tracing::error!(
+            "not starting `{}`: {} template(s) or command(s) failed",
+            spec.display(),
+            errors.len()
+        );
+        return Ok(exit);
+    }
+    wait_all(&args.exec.wait, args.exec.wait_timeout)
+        .with_context(|| format!("not starting `{}`", spec.display()))?;
+    if args.exec.watch {
+        return supervise_once_rendered(&spec);
+    }
+    let err = exec_into(&spec.command);
+    crate::error::print(&err);
+    Ok(spawn_exit(&err))
+}
+
+/// `--watch` until the watch loop drives it: the templates were rendered
+/// once; the child is supervised (signals, exit status, kill timeout,
+/// reaping), but nothing re-renders on a change yet.
+fn supervise_once_rendered(spec: &ExecSpec) -> Result<Exit> {
+    tracing::warn!(
+        "--watch: the templates were rendered once; re-rendering them on a change \
+         (and sending the reload signal) comes with the watch loop of `stencil watch`. \
+         The child is supervised: signals are forwarded, its exit status is passed on, \
+         orphans are reaped"
+    );
+    crate::runtime::get().block_on(async {
+        let mut signals = Signals::new()?;
+        let mut sup = match Supervisor::spawn(spec) {
+            Ok(s) => s,
+            Err(e) => {
+                crate::error::print(&e);
+                return Ok(spawn_exit(&e));
+            }
+        };
+        loop {
+            tokio::select! {
+                exit = sup.wait() => return exit,
+                sig = signals.recv() => sup.on_signal(sig),
+            }
+        }
+    })
+}
+
+/// Replaces stencil with `argv` through execvp(3). Returns only on failure.
+fn exec_into(argv: &[OsString]) -> anyhow::Error {
+    let args: Vec<CString> = match argv
+        .iter()
+        .map(|a| CString::new(a.as_bytes()))
+        .collect::<Result<_, _>>()
+    {
+        Ok(a) => a,
+        Err(_) => return usage("the command contains a NUL byte"),
+    };
+    tracing::debug!(command = %argv[0].to_string_lossy(), "exec");
+    let _ = std::io::stdout().flush();
+    restore_sigpipe();
+    let Err(errno) = nix::unistd::execvp(&args[0], &args);
+    anyhow::Error::new(SpawnError {
+        program: argv[0].to_string_lossy().into_owned(),
+        source: std::io::Error::from(errno),
+    })
+}
+
+/// Rust's runtime ignores SIGPIPE, and an ignored signal stays ignored
+/// across exec(2): the app would get EPIPE where it expects to die quietly
+/// (`app | head`). std's spawn resets it for children; exec must do it here.
+#[allow(unsafe_code)]
+fn restore_sigpipe() {
+    use nix::sys::signal::{SigHandler, signal};
+    // SAFETY: SIG_DFL installs no handler, so no code runs in signal context.
+    let _ = unsafe { signal(Signal::SIGPIPE, SigHandler::SigDfl) };
+}
+
+/// The command could not be started.
+#[derive(Debug, thiserror::Error)]
+#[error("cannot run `{program}`")]
+pub struct SpawnError {
+    program: String,
+    #[source]
+    source: std::io::Error,
+}
+
+/// 127 when the command was not found, 126 when it cannot be run, as
+/// env(1) and shells report it; 1 for any other error.
+pub fn spawn_exit(err: &anyhow::Error) -> Exit {
+    match err.downcast_ref::<SpawnError>() {
+        Some(e) if e.source.kind() == std::io::ErrorKind::NotFound => Exit::Code(127),
+        Some(_) => Exit::Code(126),
+        None => crate::error::exit_for(err),
+    }
+}
+
+/// The exit status stencil reports for a child's: its code, or 128+N when
+/// signal N killed it.
+pub fn exit_of(status: ExitStatus) -> Exit {
+    match (status.code(), status.signal()) {
+        (Some(code), _) => Exit::Code(code as u8),
+        (None, Some(sig)) => Exit::Code((128 + sig).min(255) as u8),
+        _ => Exit::Failure,
+    }
+}
+
+fn describe(status: ExitStatus) -> String {
+    match (status.code(), status.signal()) {
+        (Some(code), _) => format!("exit status {code}"),
+        (None, Some(sig)) => match Signal::try_from(sig) {
+            Ok(s) => format!("killed by {s}"),
+            Err(_) => format!("killed by signal {sig}"),
+        },
+        _ => status.to_string(),
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Waiting for dependencies.
+
+/// A `--wait` dependency: `tcp://host:port` (accepts a connection),
+/// `http(s)://…` (answers 2xx), `file:///path` (exists).
+#[derive(Debug, Clone, PartialEq)]
+pub struct WaitFor {
+    url: String,
+    kind: WaitKind,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+enum WaitKind {
+    Tcp { host: String, port: u16 },
+    Http,
+    File(PathBuf),
+}
+
+impl fmt::Display for WaitFor {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.url)
+    }
+}
+
+impl WaitFor {
+    pub fn parse(s: &str) -> Result<WaitFor, String> {
+        let url = s.trim().to_string();
+        let bad = |why: &str| {
+            format!(
+                "--wait {s:?}: {why}; examples: tcp://db:5432, http://api:8080/healthz, \
+                 file:///run/secrets/token"
+            )
+        };
+        let Some((scheme, rest)) = url.split_once("://") else {
+            return Err(bad("expected a URL"));
+        };
+        let kind = match scheme.to_ascii_lowercase().as_str() {
+            "tcp" => {
+                let authority = rest.trim_end_matches('/');
+                let (host, port) = authority
+                    .rsplit_once(':')
+                    .ok_or_else(|| bad("a tcp address needs a port"))?;
+                let host = host.trim_start_matches('[').trim_end_matches(']');
+                if host.is_empty() || authority.contains('/') {
+                    return Err(bad("expected tcp://host:port"));
+                }
+                let port = port.parse().map_err(|_| bad("invalid port"))?;
+                WaitKind::Tcp {
+                    host: host.to_string(),
+                    port,
+                }
+            }
+            "http" | "https" => {
+                if rest.is_empty() || rest.starts_with('/') {
+                    return Err(bad("the URL has no host"));
+                }
+                WaitKind::Http
+            }
+            "file" => {
+                if rest.is_empty() {
+                    return Err(bad("the URL has no path"));
+                }
+                WaitKind::File(PathBuf::from(rest))
+            }
+            other => return Err(bad(&format!("unsupported scheme {other:?}"))),
+        };
+        Ok(WaitFor { url, kind })
+    }
+
+    /// One attempt: `Err` says what was seen ("connection refused", "HTTP
+    /// 503", "does not exist").
+    fn probe(&self, timeout: Duration) -> Result<(), String> {
+        match &self.kind {
+            WaitKind::Tcp { host, port } => {
+                use std::net::ToSocketAddrs;
+                let addrs = (host.as_str(), *port)
+                    .to_socket_addrs()
+                    .map_err(|e| format!("cannot resolve {host}: {e}"))?;
+                let mut last = format!("{host} has no address");
+                for addr in addrs {
+                    match std::net::TcpStream::connect_timeout(&addr, timeout) {
+                        Ok(_) => return Ok(()),
+                        Err(e) => last = io_reason(&e),
+                    }
+                }
+                Err(last)
+            }
+            WaitKind::Http => {
+                let client =
+                    crate::runtime::http_client(&crate::runtime::Tls::default(), timeout, false)
+                        .map_err(|e| format!("{e:#}"))?;
+                crate::runtime::block_on(async {
+                    let resp = client.get(&self.url).send().await.map_err(|e| {
+                        let mut why = String::new();
+                        let mut cause: Option<&dyn std::error::Error> = Some(&e);
+                        while let Some(c) = cause {
+                            why = c.to_string();
+                            cause = c.source();
+                        }
+                        if e.is_timeout() {
+                            "no answer in time".to_string()
+                        } else {
+                            why
+                        }
+                    })?;
+                    if resp.status().is_success() {
+                        Ok(())
+                    } else {
+                        Err(format!("HTTP {}", resp.status()))
+                    }
+                })
+            }
+            WaitKind::File(path) => match std::fs::metadata(path) {
+                Ok(_) => Ok(()),
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                    Err(format!("{} does not exist", path.display()))
+                }
+                Err(e) => Err(format!("{}: {}", path.display(), io_reason(&e))),
+            },
+        }
+    }
+}
+
+fn io_reason(e: &std::io::Error) -> String {
+    use std::io::ErrorKind;
+    match e.kind() {
+        ErrorKind::ConnectionRefused => "connection refused".into(),
+        ErrorKind::TimedOut | ErrorKind::WouldBlock => "no answer in time".into(),
+        _ => e.to_string(),
+    }
+}
+
+/// Waits for every dependency, polling each with backoff (50 ms doubling up
+/// to 1 s), all within one `timeout`. The error names the dependency that
+/// was not ready and what its last attempt saw.
+pub fn wait_all(deps: &[WaitFor], timeout: Duration) -> Result<()> {
+    let start = Instant::now();
+    let deadline = start + timeout;
+    for dep in deps {
+        let mut delay = Duration::from_millis(50);
+        let mut logged = false;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            let attempt = left.clamp(Duration::from_millis(100), Duration::from_secs(5));
+            let seen = match dep.probe(attempt) {
+                Ok(()) => {
+                    if logged {
+                        tracing::info!(
+                            "{dep} is ready after {}",
+                            humantime::format_duration(Duration::from_millis(
+                                start.elapsed().as_millis() as u64
+                            ))
+                        );
+                    }
+                    break;
+                }
+                Err(seen) => seen,
+            };
+            let now = Instant::now();
+            if now >= deadline {
+                bail!(
+                    "timed out after {} waiting for {dep}: {seen}",
+                    humantime::format_duration(timeout)
+                );
+            }
+            if logged {
+                tracing::debug!("still waiting for {dep}: {seen}");
+            } else {
+                tracing::info!("waiting for {dep}: {seen}");
+                logged = true;
+            }
+            std::thread::sleep(delay.min(deadline - now));
+            delay = (delay * 2).min(Duration::from_secs(1));
+        }
+    }
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------
+// Supervision.
+
+/// Receives the signals stencil forwards ([`FORWARDED`]); while it exists,
+/// they no longer have their default action (terminating stencil).
+///
+/// Create it before [`Supervisor::spawn`], so a SIGTERM that arrives while
+/// the child starts is handled rather than fatal. Needs a Tokio runtime.
+pub struct Signals {
+    streams: Vec<(Signal, tokio::signal::unix::Signal)>,
+}
+
+impl Signals {
+    pub fn new() -> Result<Signals> {
+        let streams = FORWARDED
+            .iter()
+            .map(|&sig| {
+                let kind = tokio::signal::unix::SignalKind::from_raw(sig as i32);
+                tokio::signal::unix::signal(kind)
+                    .map(|s| (sig, s))
+                    .with_context(|| format!("cannot handle {sig}"))
+            })
+            .collect::<Result<_>>()?;
+        Ok(Signals { streams })
+    }
+
+    /// The next signal received. Cancel-safe, for `select!`.
+    pub async fn recv(&mut self) -> Signal {
+        std::future::poll_fn(|cx| {
+            for (sig, stream) in &mut self.streams {
+                if stream.poll_recv(cx).is_ready() {
+                    return std::task::Poll::Ready(*sig);
+                }
+            }
+            std::task::Poll::Pending
+        })
+        .await
+    }
+}
+
+/// How long a zombie outside the child's process group stays before
+/// stencil reaps it. See "Reaping" below.
+const REAP_GRACE: Duration = Duration::from_secs(2);
+
+/// Owns the supervised child (`stencil exec --watch`).
+///
+/// # Theory of Operation
+///
+/// The child is spawned in a process group of its own (its PGID is its
+/// PID), so signals can be sent to everything it started, and a terminal's
+/// Ctrl-C does not reach it twice. When stencil's standard input is the
+/// terminal and stencil is in its foreground group, the child's group is
+/// made the foreground group, so an interactive child can read the terminal
+/// (it would be stopped by SIGTTIN in a background group).
+///
+/// All signals go to the child's process group: a shell script that runs
+/// the app without `exec` still has the signal reach the app.
+///
+/// **Signals stencil receives** ([`Signals`], then [`Supervisor::on_signal`]):
+/// SIGTERM sends `kill_signal` (SIGTERM unless configured) and SIGINT is
+/// forwarded; both then arm the kill timer: a child still running
+/// `kill_timeout` later has its group SIGKILLed. SIGHUP, SIGQUIT, SIGUSR1,
+/// SIGUSR2 and SIGWINCH are forwarded once and nothing else happens: in
+/// particular a forwarded SIGHUP or SIGQUIT never arms the kill timer (a
+/// JVM prints a thread dump on SIGQUIT; nginx reloads on SIGHUP). No other
+/// signal is forwarded.
+///
+/// **Changes** ([`Supervisor::reload`]): `reload_signal` (default SIGHUP) is
+/// sent to the group, and that is all: a reload never kills the child.
+/// Note that an app without a handler for its reload signal dies of it
+/// (SIGHUP's default action is to terminate), so set `reload_signal` to
+/// what the app expects, or use `restart_on_change`. With
+/// `restart_on_change`, the child is stopped as on SIGTERM (`kill_signal`,
+/// then SIGKILL after `kill_timeout`) and started again once it exited; its
+/// exit is not reported.
+///
+/// **Exit** ([`Supervisor::wait`]): the child's status becomes stencil's:
+/// its exit code, or 128+N when signal N killed it (137 after the kill
+/// timeout's SIGKILL). Processes the child left behind in its group are not
+/// killed when it exits of its own accord.
+///
+/// **Reaping**: stencil makes itself a child subreaper
+/// (PR_SET_CHILD_SUBREAPER), so processes the child orphans are reparented
+/// to stencil rather than to PID 1, and when stencil is PID 1 they come to
+/// it anyway. On every SIGCHLD, stencil reaps the main child with
+/// waitpid(its pid) and scans /proc for its own zombie children. A zombie in
+/// a group stencil created for a child is an orphan and is reaped at once.
+/// Any other zombie may be a check or reload command that another part of
+/// stencil is about to wait for (`command::run`, which would fail if its
+/// child were reaped under it), so it is reaped only after it stayed a
+/// zombie for [`REAP_GRACE`]: by then nobody is waiting for it. stencil
+/// never calls waitpid(-1), so it never takes another waiter's status.
+///
+/// **Use**: in a Tokio runtime, one task owns the supervisor and selects
+/// over [`Supervisor::wait`] (cancel-safe), [`Signals::recv`] and its other
+/// events, calling [`Supervisor::on_signal`] and [`Supervisor::reload`]
+/// from the loop; none of those blocks.
+pub struct Supervisor {
+    spec: ExecSpec,
+    /// The running child; `None` only between a restart's stop and start.
+    child: Option<Child>,
+    /// Every process group stencil created for a child (restarts add one).
+    groups: Vec<Pid>,
+    sigchld: tokio::signal::unix::Signal,
+    /// When to SIGKILL the child's group, once a stop was asked for.
+    kill_at: Option<tokio::time::Instant>,
+    /// Start the child again when it exits (a restart is in progress).
+    restart: bool,
+    /// A stop was asked for; no restart happens any more.
+    stopping: bool,
+    /// Zombies outside the children's groups, with when first seen.
+    zombies: HashMap<i32, Instant>,
+    /// The child's final status, once it exited for good.
+    exit: Option<Exit>,
+}
+
+impl Supervisor {
+    /// Starts the child in its own process group. Call inside a Tokio
+    /// runtime with signals and time enabled (`runtime::get()` has both).
+    pub fn spawn(spec: &ExecSpec) -> Result<Supervisor> {
+        // Listen before the child exists, so its exit cannot go unnoticed.
+        let sigchld = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::child())
+            .context("cannot handle SIGCHLD")?;
+        if let Err(e) = nix::sys::prctl::set_child_subreaper(true) {
+            tracing::warn!("cannot become a child subreaper ({e}); orphans go to PID 1");
+        }
+        let mut sup = Supervisor {
+            spec: spec.clone(),
+            child: None,
+            groups: Vec::new(),
+            sigchld,
+            kill_at: None,
+            restart: false,
+            stopping: false,
+            zombies: HashMap::new(),
+            exit: None,
+        };
+        sup.start()?;
+        Ok(sup)
+    }
+
+    fn start(&mut self) -> Result<()> {
+        let argv = &self.spec.command;
+        let child = std::process::Command::new(&argv[0])
+            .args(&argv[1..])
+            .process_group(0)
+            .spawn()
+            .map_err(|source| SpawnError {
+                program: argv[0].to_string_lossy().into_owned(),
+                source,
+            })?;
+        let pgid = Pid::from_raw(child.id() as i32);
+        tracing::info!(pid = child.id(), "started `{}`", self.spec.display());
+        let previous = self.groups.last().copied();
+        give_terminal(pgid, previous);
+        self.groups.push(pgid);
+        self.child = Some(child);
+        Ok(())
+    }
+
+    /// The running child's PID (also its process group), if one runs.
+    pub fn pid(&self) -> Option<Pid> {
+        self.child
+            .as_ref()
+            .filter(|_| self.exit.is_none())
+            .map(|c| Pid::from_raw(c.id() as i32))
+    }
+
+    /// Sends `sig` to the child's process group, and nothing else.
+    pub fn forward(&self, sig: Signal) {
+        let Some(pgid) = self.pid() else { return };
+        tracing::debug!(signal = %sig, pgid = pgid.as_raw(), "signalling the child's group");
+        match killpg(pgid, sig) {
+            Ok(()) | Err(Errno::ESRCH) => {}
+            Err(e) => tracing::warn!("cannot send {sig} to the child: {e}"),
+        }
+    }
+
+    /// What stencil does with a signal it received (see the Theory of
+    /// Operation): SIGTERM and SIGINT stop the child, the others are
+    /// forwarded.
+    pub fn on_signal(&mut self, sig: Signal) {
+        match sig {
+            Signal::SIGTERM => self.stop(self.spec.kill_signal),
+            Signal::SIGINT => self.stop(Signal::SIGINT),
+            other => self.forward(other),
+        }
+    }
+
+    /// After a change: sends `reload_signal`, or restarts the child when
+    /// `restart_on_change` is set ([`Supervisor::wait`] carries the restart
+    /// out). Does nothing while the child is stopping or restarting.
+    pub fn reload(&mut self) {
+        if self.stopping || self.restart || self.pid().is_none() {
+            return;
+        }
+        if self.spec.restart_on_change {
+            tracing::info!("restarting the child after a change");
+            self.restart = true;
+            self.signal_and_arm(self.spec.kill_signal);
+        } else {
+            tracing::info!(signal = %self.spec.reload_signal, "signalling the child after a change");
+            self.forward(self.spec.reload_signal);
+        }
+    }
+
+    /// Asks the child to stop for good with `sig`; its group is SIGKILLed
+    /// if it still runs `kill_timeout` later. [`Supervisor::wait`] then
+    /// returns its status.
+    pub fn stop(&mut self, sig: Signal) {
+        self.stopping = true;
+        self.restart = false;
+        self.signal_and_arm(sig);
+    }
+
+    fn signal_and_arm(&mut self, sig: Signal) {
+        self.forward(sig);
+        if self.kill_at.is_none() && self.pid().is_some() {
+            self.kill_at = Some(tokio::time::Instant::now() + self.spec.kill_timeout);
+        }
+    }
+
+    /// [`Supervisor::stop`] with `sig`, then waits for the child's status.
+    pub async fn shutdown(&mut self, sig: Signal) -> Result<Exit> {
+        self.stop(sig);
+        self.wait().await
+    }
+
+    /// Runs the supervision until the child exited for good (not for a
+    /// restart) and returns stencil's exit status for it. Reaps orphans and
+    /// carries out the kill timer and restarts meanwhile, so it must be
+    /// polled for those to happen. Cancel-safe; after the child exited it
+    /// returns the same status at once. An error: a restart could not start
+    /// the command (see [`spawn_exit`]).
+    pub async fn wait(&mut self) -> Result<Exit> {
+        loop {
+            if let Some(exit) = self.exit {
+                return Ok(exit);
+            }
+            if self.child.is_none() {
+                // A restart whose start failed earlier; nothing to wait for.
+                return Ok(Exit::Failure);
+            }
+            self.collect()?;
+            if let Some(exit) = self.exit {
+                return Ok(exit);
+            }
+            self.reap_orphans();
+            let kill_at = self.kill_at;
+            let rescan = (!self.zombies.is_empty())
+                .then(|| tokio::time::Instant::now() + Duration::from_millis(500));
+            tokio::select! {
+                _ = self.sigchld.recv() => {}
+                () = sleep_until(kill_at) => {
+                    if let Some(pgid) = self.pid() {
+                        tracing::warn!(
+                            "the child did not stop within {}: sending SIGKILL to its process group",
+                            humantime::format_duration(self.spec.kill_timeout)
+                        );
+                        let _ = killpg(pgid, Signal::SIGKILL);
+                    }
+                    self.kill_at = None;
+                }
+                () = sleep_until(rescan) => {}
+            }
+        }
+    }
+
+    /// Collects the main child's status if it exited; restarts it when a
+    /// restart is pending.
+    fn collect(&mut self) -> Result<()> {
+        let Some(child) = self.child.as_mut() else {
+            return Ok(());
+        };
+        let Some(status) = child.try_wait().context("cannot wait for the child")? else {
+            return Ok(());
+        };
+        self.kill_at = None;
+        if self.restart && !self.stopping {
+            self.restart = false;
+            tracing::info!("the child exited ({}); starting it again", describe(status));
+            if let Err(e) = self.start() {
+                self.child = None;
+                self.exit = Some(spawn_exit(&e));
+                return Err(e);
+            }
+            return Ok(());
+        }
+        tracing::info!("the child exited ({})", describe(status));
+        self.exit = Some(exit_of(status));
+        Ok(())
+    }
+
+    /// Reaps zombie children of stencil's that are not the main child; see
+    /// "Reaping" in the Theory of Operation.
+    fn reap_orphans(&mut self) {
+        let me = nix::unistd::getpid().as_raw();
+        let main = self.child.as_ref().map(|c| c.id() as i32);
+        let now = Instant::now();
+        let mut still = HashMap::new();
+        for z in zombie_children(me) {
+            if Some(z.pid) == main {
+                continue;
+            }
+            let orphan = self.groups.iter().any(|g| g.as_raw() == z.pgrp);
+            let since = self.zombies.get(&z.pid).copied().unwrap_or(now);
+            if orphan || now.duration_since(since) >= REAP_GRACE {
+                match waitpid(Pid::from_raw(z.pid), Some(WaitPidFlag::WNOHANG)) {
+                    Ok(_) => tracing::debug!(pid = z.pid, "reaped an orphan"),
+                    Err(e) => tracing::debug!(pid = z.pid, "cannot reap: {e}"),
+                }
+            } else {
+                still.insert(z.pid, since);
+            }
+        }
+        self.zombies = still;
+    }
+}
+
+async fn sleep_until(at: Option<tokio::time::Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
+    }
+}
+
+struct Zombie {
+    pid: i32,
+    pgrp: i32,
+}
+
+/// Zombie processes whose parent is `parent`, from /proc/PID/stat.
+fn zombie_children(parent: i32) -> Vec<Zombie> {
+    let Ok(dir) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    dir.flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<i32>().ok())
+        .filter_map(|pid| {
+            let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+            // "pid (comm) state ppid pgrp ...": comm may hold spaces and ')'.
+            let rest = &stat[stat.rfind(')')? + 2..];
+            let mut fields = rest.split(' ');
+            let state = fields.next()?;
+            let ppid: i32 = fields.next()?.parse().ok()?;
+            let pgrp: i32 = fields.next()?.parse().ok()?;
+            (state == "Z" && ppid == parent).then_some(Zombie { pid, pgrp })
+        })
+        .collect()
+}
+
+/// Makes `pgid` the terminal's foreground group when stencil (or the
+/// previous child, after a restart) holds it, so an interactive child can
+/// read the terminal.
+fn give_terminal(pgid: Pid, previous: Option<Pid>) {
+    use nix::sys::signal::{SigSet, SigmaskHow, pthread_sigmask};
+    use std::io::IsTerminal;
+    let stdin = std::io::stdin();
+    if !stdin.is_terminal() {
+        return;
+    }
+    let Ok(foreground) = nix::unistd::tcgetpgrp(&stdin) else {
+        return;
+    };
+    if foreground != nix::unistd::getpgrp() && Some(foreground) != previous {
+        return;
+    }
+    // From a background group, tcsetpgrp raises SIGTTOU (which would stop
+    // stencil) unless the signal is blocked.
+    let mut block = SigSet::empty();
+    block.add(Signal::SIGTTOU);
+    let mut old = SigSet::empty();
+    let _ = pthread_sigmask(SigmaskHow::SIG_BLOCK, Some(&block), Some(&mut old));
+    if let Err(e) = nix::unistd::tcsetpgrp(&stdin, pgid) {
+        tracing::debug!("cannot give the terminal to the child: {e}");
+    }
+    let _ = pthread_sigmask(SigmaskHow::SIG_SETMASK, Some(&old), None);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn signals_parse_with_or_without_sig() {
+        assert_eq!(parse_signal("SIGHUP"), Ok(Signal::SIGHUP));
+        assert_eq!(parse_signal("usr1"), Ok(Signal::SIGUSR1));
+        assert_eq!(parse_signal("15"), Ok(Signal::SIGTERM));
+        assert!(parse_signal("SIGNOPE").unwrap_err().contains("SIGNOPE"));
+    }
+
+    #[test]
+    fn wait_urls() {
+        let t = WaitFor::parse("tcp://db:5432").unwrap();
+        assert_eq!(
+            t.kind,
+            WaitKind::Tcp {
+                host: "db".into(),
+                port: 5432
+            }
+        );
+        let t = WaitFor::parse("tcp://[::1]:80").unwrap();
+        assert_eq!(
+            t.kind,
+            WaitKind::Tcp {
+                host: "::1".into(),
+                port: 80
+            }
+        );
+        assert_eq!(
+            WaitFor::parse("file:///run/x").unwrap().kind,
+            WaitKind::File("/run/x".into())
+        );
+        assert_eq!(
+            WaitFor::parse("http://api:8080/healthz").unwrap().kind,
+            WaitKind::Http
+        );
+        assert!(WaitFor::parse("tcp://db").is_err());
+        assert!(WaitFor::parse("db:5432").is_err());
+        assert!(WaitFor::parse("udp://db:53").is_err());
+    }
+
+    #[test]
+    fn exit_status_mapping() {
+        assert_eq!(exit_of(ExitStatus::from_raw(3 << 8)), Exit::Code(3));
+        assert_eq!(exit_of(ExitStatus::from_raw(9)), Exit::Code(137));
+        assert_eq!(exit_of(ExitStatus::from_raw(15)), Exit::Code(143));
+    }
+}
