@@ -24,8 +24,8 @@
 //! a shell, quotes in WORD are literal (as in docker-compose's
 //! interpolation), and there is no command substitution, arithmetic,
 //! tilde or pattern expansion. A form stencil does not know (`${#X}`,
-//! `${X%.*}`) or a WORD without its closing brace is copied the way GNU
-//! envsubst copies it.
+//! `${X%.*}`) is copied the way GNU envsubst copies it; an operator whose
+//! WORD has no closing brace is an error naming its line, as in a shell.
 //!
 //! `--no-unset` and `--no-empty` follow `set -u`: they concern plain
 //! references, since an operator already says what to do with an unset or
@@ -321,6 +321,8 @@ pub struct Substituter<'e> {
     assigned: FastMap<Vec<u8>, Vec<u8>>,
     unset: Names,
     empty: Names,
+    /// Lines fed so far, for error messages.
+    lines: usize,
 }
 
 impl<'e> Substituter<'e> {
@@ -337,6 +339,7 @@ impl<'e> Substituter<'e> {
             assigned: FastMap::default(),
             unset: Names::default(),
             empty: Names::default(),
+            lines: 0,
         }
     }
 
@@ -355,8 +358,15 @@ impl<'e> Substituter<'e> {
         while let Some(d) = find_dollar(&buf[copied..]) {
             let d = copied + d;
             out.extend_from_slice(&buf[copied..d]);
-            copied = match parse_ref(buf, d, eof, self.options.extended, 0)? {
-                Parsed::Incomplete => return Ok(d),
+            let parsed = parse_ref(buf, d, eof, self.options.extended, 0).map_err(|e| {
+                let line = self.lines + 1 + count_newlines(&buf[..e.at]);
+                anyhow::anyhow!("line {line}: {}", e.message)
+            })?;
+            copied = match parsed {
+                Parsed::Incomplete => {
+                    self.count_lines(&buf[..d]);
+                    return Ok(d);
+                }
                 Parsed::Literal(end) => {
                     out.extend_from_slice(&buf[d..end]);
                     end
@@ -368,7 +378,16 @@ impl<'e> Substituter<'e> {
             };
         }
         out.extend_from_slice(&buf[copied..]);
+        self.count_lines(buf);
         Ok(buf.len())
+    }
+
+    /// Keeps the line number for syntax errors, which only `--extended`
+    /// can have: the default mode does not pay for counting.
+    fn count_lines(&mut self, used: &[u8]) {
+        if self.options.extended {
+            self.lines += count_newlines(used);
+        }
     }
 
     /// After the last [`feed`](Self::feed): the `--no-unset` and
@@ -555,7 +574,13 @@ fn is_name_byte(b: u8) -> bool {
 
 /// Parses the reference at `buf[d] == b'$'`, exactly as envsubst's
 /// `subst_from_stdin` reads one, and with `extended` the operator forms.
-pub fn parse_ref(buf: &[u8], d: usize, eof: bool, extended: bool, depth: usize) -> Result<Parsed> {
+pub fn parse_ref(
+    buf: &[u8],
+    d: usize,
+    eof: bool,
+    extended: bool,
+    depth: usize,
+) -> Result<Parsed, SyntaxError> {
     debug_assert_eq!(buf[d], b'$');
     let len = buf.len();
     let more = |at: usize| at >= len && !eof;
@@ -613,7 +638,10 @@ pub fn parse_ref(buf: &[u8], d: usize, eof: bool, extended: bool, depth: usize) 
         };
         if let Some(kind) = kind {
             if depth >= MAX_DEPTH {
-                bail!("${{…}} nested more than {MAX_DEPTH} levels deep");
+                return Err(SyntaxError {
+                    at: d,
+                    message: format!("${{…}} nested more than {MAX_DEPTH} levels deep"),
+                });
             }
             match parse_word(buf, at + 1, eof, depth + 1)? {
                 Word::Incomplete => return Ok(Parsed::Incomplete),
@@ -624,14 +652,32 @@ pub fn parse_ref(buf: &[u8], d: usize, eof: bool, extended: bool, depth: usize) 
                         op: Some((Op { kind, colon }, parts)),
                     }));
                 }
-                // No closing brace before the end: copy it as GNU does.
-                Word::Unterminated => {}
+                // A shell says "missing }" too. Copying it as GNU does
+                // would make the caller rescan the rest of the input from
+                // each nested `${`: exponential in the nesting (a fuzzer
+                // found it), and it hides a typo in the template.
+                Word::Unterminated => {
+                    return Err(SyntaxError {
+                        at: d,
+                        message: format!(
+                            "{}… has no closing }}",
+                            String::from_utf8_lossy(&buf[d..=at])
+                        ),
+                    });
+                }
             }
         }
     }
     // `${NAME` without its `}`: envsubst copies `${NAME` and goes on
     // scanning at the byte after NAME.
     Ok(Parsed::Literal(k))
+}
+
+/// A malformed `--extended` form, at byte `at` of the buffer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SyntaxError {
+    pub at: usize,
+    pub message: String,
 }
 
 enum Word {
@@ -642,7 +688,7 @@ enum Word {
 }
 
 /// Reads an operator's WORD up to its closing brace.
-fn parse_word(buf: &[u8], start: usize, eof: bool, depth: usize) -> Result<Word> {
+fn parse_word(buf: &[u8], start: usize, eof: bool, depth: usize) -> Result<Word, SyntaxError> {
     let end_of_input = || {
         if eof {
             Word::Unterminated
@@ -694,6 +740,10 @@ fn parse_word(buf: &[u8], start: usize, eof: bool, depth: usize) -> Result<Word>
             _ => p += 1,
         }
     }
+}
+
+fn count_newlines(bytes: &[u8]) -> usize {
+    bytes.iter().filter(|&&b| b == b'\n').count()
 }
 
 /// The offset of the first `$`.
@@ -756,7 +806,8 @@ mod tests {
         assert_eq!(ext("${U:=v} $U ${E=w}|").unwrap(), "v v |");
         assert_eq!(ext("${U:-a\\}b\\$c\\\\d\\x}").unwrap(), "a}b$c\\d\\x");
         assert_eq!(ext("${U:-${V:-$A}}").unwrap(), "a");
-        assert_eq!(ext("${U:-open").unwrap(), "${U:-open");
+        let err = ext("x\n${U:-${A:-a}\n").unwrap_err().to_string();
+        assert_eq!(err, "line 2: ${U:-… has no closing }");
         assert_eq!(ext("${A:?}").unwrap(), "a");
         let err = ext("${U:?must be set}").unwrap_err().to_string();
         assert_eq!(err, "U: must be set");
@@ -802,6 +853,17 @@ mod tests {
             }
             assert_eq!(find_dollar(&vec![b'x'; len]), None);
         }
+    }
+
+    /// Found by the fuzzer: copying an unterminated operator and scanning
+    /// on from each nested `${` took time exponential in the nesting.
+    #[test]
+    fn unterminated_nesting_is_linear() {
+        let input = "${U:-".repeat(MAX_DEPTH - 1);
+        let err = ext(&input).unwrap_err().to_string();
+        assert!(err.contains("has no closing"), "{err}");
+        let input = "${U:-\\${U:-".repeat(10_000);
+        assert!(ext(&input).is_err());
     }
 
     #[test]

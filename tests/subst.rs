@@ -734,3 +734,17 @@ fn extended_is_off_by_default() {
         .success()
         .stdout_is("${U:-x}");
 }
+
+#[test]
+fn extended_unterminated_operator_is_an_error() {
+    // GNU envsubst copies `${PORT:-80` as text; with --extended it is a
+    // typo a shell would reject too, so stencil names the line.
+    Test::new()
+        .file("out.conf", "old\n")
+        .stdin("a\nlisten ${PORT:-80;\n")
+        .args(["subst", "--extended", "-o", "out.conf"])
+        .run()
+        .code(1)
+        .stderr_has("line 2: ${PORT:-… has no closing }")
+        .file_is("out.conf", "old\n");
+}
