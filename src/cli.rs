@@ -84,6 +84,16 @@ pub enum Command {
     #[command(after_help = RENDER_EXAMPLES)]
     Render(RenderArgs),
 
+    /// Keep files current: re-render and reload when their data changes.
+    ///
+    /// Watches exactly what each template read (etcd and Consul keys, data
+    /// files, the templates themselves), re-renders only the templates a
+    /// change affects, and keeps the last good file while a source is down
+    /// or a render fails. SIGHUP reloads the configuration; SIGTERM and
+    /// SIGINT exit 0 after the batch in progress.
+    #[command(after_help = WATCH_EXAMPLES)]
+    Watch(WatchArgs),
+
     /// Parse the config and every template; touch no network, write nothing.
     ///
     /// Lists every error found, not just the first, and exits 2 if there is any.
@@ -157,6 +167,17 @@ Examples:
 
   # Everything in a config file; show the diff, write nothing:
   stencil render -c stencil.toml --dry-run --diff";
+
+const WATCH_EXAMPLES: &str = "\
+Examples:
+  # The sidecar: watch, reload, serve health and metrics:
+  stencil watch -c /etc/stencil/stencil.toml --listen 127.0.0.1:9180
+
+  # Wait until the data has been quiet for 500ms (at most 5s) before acting:
+  stencil watch -c stencil.toml --debounce 500ms:5s
+
+  # Render once, waiting for data to appear, run the commands, exit:
+  stencil watch -c stencil.toml --once";
 
 const CHECK_EXAMPLES: &str = "\
 Examples:
@@ -276,6 +297,46 @@ pub struct OutputArgs {
 }
 
 #[derive(Debug, Clone, Args)]
+pub struct WatchArgs {
+    #[command(flatten)]
+    pub templates: TemplateArgs,
+
+    #[command(flatten)]
+    pub output: OutputArgs,
+
+    #[command(flatten)]
+    pub watch: WatchOptions,
+}
+
+#[derive(Debug, Clone, Default, Args)]
+#[command(next_help_heading = "Watching")]
+pub struct WatchOptions {
+    /// Serve /healthz, /readyz, /metrics and /status on this address (e.g. 127.0.0.1:9180).
+    #[arg(long, env = "STENCIL_LISTEN", value_name = "ADDR")]
+    pub listen: Option<std::net::SocketAddr>,
+
+    /// Render everything once, waiting for missing data, run the commands, then exit.
+    #[arg(long, env = "STENCIL_ONCE")]
+    pub once: bool,
+
+    /// Quiet period before acting on a change: MIN or MIN:MAX (default MAX: 4 × MIN).
+    ///
+    /// For templates without their own `wait`; the config file's top-level
+    /// `wait = { min, max }` sets the same.
+    #[arg(long, env = "STENCIL_DEBOUNCE", value_name = "MIN[:MAX]", value_parser = parse_wait)]
+    pub debounce: Option<crate::config::WaitSpec>,
+}
+
+/// `500ms` or `500ms:5s`.
+pub fn parse_wait(s: &str) -> Result<crate::config::WaitSpec, String> {
+    let (min, max) = match s.split_once(':') {
+        Some((min, max)) => (parse_duration(min)?, Some(parse_duration(max)?)),
+        None => (parse_duration(s)?, None),
+    };
+    Ok(crate::config::WaitSpec::new(min, max))
+}
+
+#[derive(Debug, Clone, Args)]
 pub struct CheckArgs {
     #[command(flatten)]
     pub templates: TemplateArgs,
@@ -310,13 +371,11 @@ pub struct ExecArgs {
 }
 
 /// The output options of render that make sense before an app starts.
+/// Reload commands do not run before the app starts: there is nothing to
+/// reload yet.
 #[derive(Debug, Clone, Default, Args)]
 #[command(next_help_heading = "Output")]
 pub struct ExecRenderArgs {
-    /// Install files but run no reload command.
-    #[arg(long, env = "STENCIL_NO_RELOAD")]
-    pub no_reload: bool,
-
     /// How long to wait for missing data before failing (e.g. 30s, 2m). Default: fail at once.
     #[arg(long, env = "STENCIL_WAIT_FOR_DATA", value_name = "DURATION", value_parser = parse_duration)]
     pub wait_for_data: Option<Duration>,

@@ -14,7 +14,7 @@ use std::os::unix::process::{CommandExt, ExitStatusExt};
 use std::process::{Command, ExitStatus, Stdio};
 use std::time::Duration;
 
-use anyhow::{Context, Result, bail};
+use anyhow::{Context, Result};
 use serde::{Deserialize, Serialize};
 use wait_timeout::ChildExt;
 
@@ -107,6 +107,17 @@ fn replace_placeholders(s: &str, vars: &[(&str, &str)], quote: bool) -> String {
     out
 }
 
+/// A check or reload command that ran and failed (exit status, signal or
+/// timeout), as opposed to one that could not be started.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct CommandFailed(pub String);
+
+/// Whether an error is (or was caused by) a failed command.
+pub fn is_command_failure(e: &anyhow::Error) -> bool {
+    e.chain().any(|c| c.is::<CommandFailed>())
+}
+
 /// What a finished command printed.
 #[derive(Debug)]
 pub struct Finished {
@@ -148,20 +159,22 @@ pub fn run(spec: &CommandSpec, what: &str, timeout: Duration) -> Result<Finished
             let _ = nix::sys::signal::killpg(pgid, nix::sys::signal::Signal::SIGKILL);
             let _ = child.wait();
             let output = read_output(&mut out);
-            bail!(
+            return Err(CommandFailed(format!(
                 "{what} `{spec}` timed out after {}; its process group was killed{}",
                 humantime::format_duration(timeout),
                 format_output(&output)
-            );
+            ))
+            .into());
         }
     };
     let output = read_output(&mut out);
     if !status.success() {
-        bail!(
+        return Err(CommandFailed(format!(
             "{what} `{spec}` failed ({}){}",
             describe(status),
             format_output(&output)
-        );
+        ))
+        .into());
     }
     Ok(Finished { output })
 }

@@ -29,6 +29,10 @@ pub const DEFAULT_COMMAND_TIMEOUT: Duration = Duration::from_secs(30);
 pub struct Config {
     /// The config file, when one was given.
     pub file: Option<PathBuf>,
+    /// The quiescence period of templates without their own `wait`.
+    pub wait: Option<WaitSpec>,
+    /// `[listen] address`: where watch and exec serve health and metrics.
+    pub listen: Option<std::net::SocketAddr>,
     pub sources: BTreeMap<String, SourceSpec>,
     pub templates: Vec<TemplateSpec>,
     /// The `[exec]` table, for `stencil exec`; its flags win over it.
@@ -47,6 +51,16 @@ pub enum SourceSpec {
     },
     /// etcd v3 through its HTTP/JSON gateway.
     Etcd(EtcdConfig),
+}
+
+impl SourceSpec {
+    /// The `kind` as written in the config file (the serde tag).
+    pub fn kind(&self) -> String {
+        serde_json::to_value(self)
+            .ok()
+            .and_then(|v| v["kind"].as_str().map(String::from))
+            .unwrap_or_default()
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -111,6 +125,8 @@ pub mod duration_str {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct FileConfig {
+    wait: Option<WaitToml>,
+    listen: Option<ListenToml>,
     #[serde(default)]
     sources: BTreeMap<String, toml::Spanned<SourceToml>>,
     #[serde(default)]
@@ -186,11 +202,34 @@ struct TemplateToml {
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
+struct ListenToml {
+    address: std::net::SocketAddr,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
 struct WaitToml {
     #[serde(deserialize_with = "de_duration_req")]
     min: Duration,
     #[serde(default, deserialize_with = "de_duration")]
     max: Option<Duration>,
+}
+
+impl WaitToml {
+    fn resolve(self) -> WaitSpec {
+        WaitSpec::new(self.min, self.max)
+    }
+}
+
+impl WaitSpec {
+    /// `max` defaults to 4 × `min`, as consul-template does, and is never
+    /// below `min`.
+    pub fn new(min: Duration, max: Option<Duration>) -> WaitSpec {
+        WaitSpec {
+            min,
+            max: max.unwrap_or(min * 4).max(min),
+        }
+    }
 }
 
 /// `mode = "0640"`, an octal string as chmod takes it. A bare TOML integer
@@ -255,6 +294,8 @@ impl Config {
     pub fn load(args: &TemplateArgs) -> Result<Config> {
         let mut config = Config {
             file: None,
+            wait: None,
+            listen: None,
             sources: BTreeMap::new(),
             templates: Vec::new(),
             exec: None,
@@ -318,6 +359,8 @@ impl Config {
     fn merge_toml(&mut self, path: &Path, text: &str) -> Result<()> {
         let file: FileConfig = toml::from_str(text).map_err(|e| anyhow::anyhow!("{e}"))?;
         let base = path.parent().unwrap_or(Path::new("")).to_path_buf();
+        self.wait = file.wait.map(WaitToml::resolve);
+        self.listen = file.listen.map(|l| l.address);
         let position = |span: std::ops::Range<usize>| {
             let (line, col) = line_col(text, span.start);
             format!("{}:{line}:{col}", path.display())
@@ -401,10 +444,7 @@ impl Config {
                 None | Some("-") => Destination::Stdout,
                 Some(d) => Destination::File(base.join(d)),
             };
-            let wait = t.wait.map(|w| WaitSpec {
-                min: w.min,
-                max: w.max.unwrap_or(w.min * 4).max(w.min),
-            });
+            let wait = t.wait.map(WaitToml::resolve);
             self.templates.push(TemplateSpec {
                 source: base.join(t.source),
                 destination,

@@ -31,9 +31,11 @@ mod logging;
 pub mod man;
 pub mod pipeline;
 pub mod runtime;
+pub mod serve;
 pub mod source;
 pub mod subst;
 pub mod template;
+pub mod watch;
 
 use cli::{Cli, Command, TemplateArgs};
 use config::Config;
@@ -77,6 +79,7 @@ where
     logging::init(cli.global.log_level, cli.global.log_format);
     match cli.command {
         Command::Render(args) => render(&args.templates, &args.output.into()),
+        Command::Watch(args) => watch(args),
         Command::Check(args) => check(&args.templates),
         Command::Deps(args) => deps(&args.templates, args.json),
         Command::Exec(args) => exec::run(&args),
@@ -161,6 +164,23 @@ fn render(args: &TemplateArgs, opts: &Options) -> Result<Exit> {
     } else {
         Exit::Failure
     }))
+}
+
+fn watch(args: cli::WatchArgs) -> Result<Exit> {
+    // Flags win over the config file for the listen address and the wait;
+    // the config file is read again inside for the templates.
+    let config = Config::load(&args.templates)?;
+    if args.templates.print_config {
+        println!("{}", serde_json::to_string_pretty(&config)?);
+        return Ok(Exit::Success);
+    }
+    let settings = watch::Settings {
+        once: args.watch.once,
+        listen: args.watch.listen.or(config.listen),
+        wait: args.watch.debounce.or(config.wait),
+        options: args.output.into(),
+    };
+    watch::run(&args.templates, settings)
 }
 
 fn check(args: &TemplateArgs) -> Result<Exit> {

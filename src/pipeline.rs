@@ -59,6 +59,9 @@ pub struct Report {
     pub units: Vec<UnitReport>,
     /// Failed reload commands, after every file was installed.
     pub commands: Vec<anyhow::Error>,
+    /// Check and reload commands run, and how many of them failed.
+    pub commands_run: u64,
+    pub command_failures: u64,
 }
 
 impl Report {
@@ -120,7 +123,19 @@ impl Pipeline {
         for (index, result, deps) in rendered {
             let unit = &self.units[index];
             let result = result.and_then(|text| {
-                let outcome = deliver(unit, text.as_bytes(), opts, out)?;
+                let delivered = deliver(unit, text.as_bytes(), opts, out);
+                // A check runs exactly when the file changed (or it failed).
+                if unit.spec.check.is_some() && !opts.dry_run {
+                    match &delivered {
+                        Ok(Outcome::Written) => report.commands_run += 1,
+                        Err(e) if command::is_command_failure(e) => {
+                            report.commands_run += 1;
+                            report.command_failures += 1;
+                        }
+                        _ => {}
+                    }
+                }
+                let outcome = delivered?;
                 if outcome == Outcome::Written {
                     if let (Some(reload), Destination::File(dest)) =
                         (&unit.spec.reload, &unit.spec.destination)
@@ -146,7 +161,9 @@ impl Pipeline {
         if !opts.dry_run && !opts.no_reload {
             for (spec, timeout) in reloads {
                 tracing::info!(command = %spec, "running reload command");
+                report.commands_run += 1;
                 if let Err(e) = command::run(&spec, "reload command", timeout) {
+                    report.command_failures += 1;
                     report.commands.push(e);
                 }
             }

@@ -10,3 +10,4 @@ mod examples;
 mod exec;
 mod render;
 mod subst;
+mod watch;

@@ -494,6 +494,9 @@ pub struct EtcdSource {
     client: EtcdClient,
     prefix: String,
     cache: Mutex<Cache>,
+    /// The revision the running (or last) watch would resume from, so a
+    /// restarted watch never skips what the old one had not delivered.
+    watch_position: Mutex<Option<i64>>,
 }
 
 impl EtcdSource {
@@ -503,6 +506,7 @@ impl EtcdSource {
             client: EtcdClient::new(config)?,
             prefix: config.prefix.clone(),
             cache: Mutex::new(Cache::default()),
+            watch_position: Mutex::new(None),
         })
     }
 
@@ -595,6 +599,30 @@ impl EtcdSource {
         self.cache.lock().unwrap_or_else(|e| e.into_inner())
     }
 
+    fn set_position(&self, next: i64) {
+        *self
+            .watch_position
+            .lock()
+            .unwrap_or_else(|e| e.into_inner()) = Some(next);
+    }
+
+    /// Where a new watch starts: the earlier of what the last snapshot read
+    /// (+ 1) and where the previous watch stood. Replaying a change twice
+    /// costs a render whose output is unchanged; skipping one loses it.
+    fn watch_start(&self) -> i64 {
+        let snapshot = self.snapshot_revision().map(|r| r + 1);
+        let position = *self
+            .watch_position
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        match (snapshot, position) {
+            (Some(s), Some(p)) => s.min(p),
+            (Some(s), None) => s,
+            (None, Some(p)) => p,
+            (None, None) => 0,
+        }
+    }
+
     /// The revision the current snapshot read at, if it read anything.
     pub fn snapshot_revision(&self) -> Option<i64> {
         self.lock().revision
@@ -622,7 +650,7 @@ impl Source for EtcdSource {
         spec: WatchSpec,
         tx: tokio::sync::mpsc::UnboundedSender<SourceEvent>,
     ) -> Option<WatchFuture> {
-        let start = self.snapshot_revision().map_or(0, |r| r + 1);
+        let start = self.watch_start();
         Some(Box::pin(
             async move { self.watch_from(&spec, start, &tx).await },
         ))
@@ -707,7 +735,8 @@ impl EtcdSource {
             )
         };
         let source = self.name.clone();
-        let mut next = start_revision.max(1);
+        // 0: from now (the revision etcd reports when the watch is created).
+        let mut next = start_revision.max(0);
         let mut backoff = Backoff::default();
         let mut failing = false;
         loop {
@@ -719,6 +748,7 @@ impl EtcdSource {
                 Ok(WatchEnd::Compacted(rev)) => {
                     tracing::warn!(source = %source, "etcd compacted history past revision {next}; reading everything again");
                     next = rev.max(next);
+                    self.set_position(next);
                     if tx
                         .send(SourceEvent::Resync {
                             source: source.clone(),
@@ -770,11 +800,13 @@ impl EtcdSource {
         if client.credentials.is_some() && client.current_token().is_none() {
             client.authenticate().await?;
         }
-        let body = json!({"create_request": {
+        let mut body = json!({"create_request": {
             "key": B64.encode(key),
             "range_end": B64.encode(end),
-            "start_revision": next.to_string(),
         }});
+        if *next > 0 {
+            body["create_request"]["start_revision"] = json!(next.to_string());
+        }
         let mut last_error = None;
         let mut response = None;
         for i in client.endpoint_order() {
@@ -870,8 +902,14 @@ impl EtcdSource {
                     }
                     bail!("etcd canceled the watch: {reason}");
                 }
-                if result.created && result.events.is_empty() {
+                if result.created {
                     tracing::debug!(source = %self.name, "etcd watch created at revision {}", result.header.revision);
+                    if *next == 0 {
+                        // Watching "from now": now has a number, and a
+                        // reconnect must resume from it, not from a later now.
+                        *next = result.header.revision + 1;
+                        self.set_position(*next);
+                    }
                 }
                 let mut changed = Vec::new();
                 let mut revision = 0;
@@ -889,6 +927,7 @@ impl EtcdSource {
                 }
                 if revision > 0 {
                     *next = revision + 1;
+                    self.set_position(*next);
                 }
                 if !changed.is_empty() {
                     changed.sort();

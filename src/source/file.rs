@@ -7,6 +7,7 @@
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use anyhow::{Context, Result, anyhow, bail};
 
@@ -16,8 +17,14 @@ use super::{Source, is_under, normalize_key};
 pub struct FileSource {
     path: PathBuf,
     prefix: String,
-    data: BTreeMap<String, String>,
+    /// The last good contents, and the error of the last reload if it
+    /// failed (then reads fail too, so dependent templates keep their last
+    /// good output and report why, rather than rendering stale data).
+    state: std::sync::RwLock<Loaded>,
 }
+
+/// The data, and the error of the last reload if it failed.
+type Loaded = (Arc<BTreeMap<String, String>>, Option<String>);
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Format {
@@ -54,25 +61,50 @@ impl Format {
 
 impl FileSource {
     pub fn load(path: &Path, prefix: &str) -> Result<FileSource> {
-        let format = Format::from_path(path)?;
-        let bytes =
-            std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;
-        let text = String::from_utf8(bytes).map_err(|e| {
-            anyhow!(
-                "{} is not valid UTF-8 (at byte {})",
-                path.display(),
-                e.utf8_error().valid_up_to()
-            )
-        })?;
-        let data = parse(format, &text)
-            .with_context(|| format!("invalid {} in {}", format.name(), path.display()))?;
         Ok(FileSource {
             path: path.to_path_buf(),
             prefix: normalize_key(prefix).to_string(),
-            data,
+            state: std::sync::RwLock::new((Arc::new(read(path)?), None)),
         })
     }
 
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    fn data(&self) -> Result<Arc<BTreeMap<String, String>>> {
+        let state = self.state.read().unwrap_or_else(|e| e.into_inner());
+        match &state.1 {
+            Some(e) => Err(anyhow!("{e}")),
+            None => Ok(state.0.clone()),
+        }
+    }
+
+    #[cfg(test)]
+    fn from_data(prefix: &str, data: BTreeMap<String, String>) -> FileSource {
+        FileSource {
+            path: "x.json".into(),
+            prefix: prefix.into(),
+            state: std::sync::RwLock::new((Arc::new(data), None)),
+        }
+    }
+}
+
+/// Reads and parses a data file.
+fn read(path: &Path) -> Result<BTreeMap<String, String>> {
+    let format = Format::from_path(path)?;
+    let bytes = std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;
+    let text = String::from_utf8(bytes).map_err(|e| {
+        anyhow!(
+            "{} is not valid UTF-8 (at byte {})",
+            path.display(),
+            e.utf8_error().valid_up_to()
+        )
+    })?;
+    parse(format, &text).with_context(|| format!("invalid {} in {}", format.name(), path.display()))
+}
+
+impl FileSource {
     fn full(&self, key: &str) -> String {
         let key = normalize_key(key);
         match (self.prefix.is_empty(), key.is_empty()) {
@@ -100,7 +132,18 @@ impl Source for FileSource {
     }
 
     fn get(&self, key: &str) -> Result<Option<String>> {
-        Ok(self.data.get(&self.full(key)).cloned())
+        Ok(self.data()?.get(&self.full(key)).cloned())
+    }
+
+    /// Reads the file again. A file that became unreadable or malformed
+    /// keeps the last good data but fails reads until it is fixed.
+    fn refresh(&self) {
+        let result = read(&self.path);
+        let mut state = self.state.write().unwrap_or_else(|e| e.into_inner());
+        match result {
+            Ok(data) => *state = (Arc::new(data), None),
+            Err(e) => state.1 = Some(format!("{e:#}")),
+        }
     }
 
     fn list(&self, prefix: &str) -> Result<Vec<(String, String)>> {
@@ -115,8 +158,8 @@ impl Source for FileSource {
         } else {
             format!("{full}/")
         };
-        Ok(self
-            .data
+        let data = self.data()?;
+        Ok(data
             .range(start..)
             .take_while(|(k, _)| is_under(k, &full))
             .map(|(k, v)| (k[strip..].to_string(), v.clone()))
@@ -262,15 +305,14 @@ mod tests {
 
     #[test]
     fn list_uses_directory_semantics_and_the_prefix() {
-        let src = FileSource {
-            path: "x.json".into(),
-            prefix: "app".into(),
-            data: parse(
+        let src = FileSource::from_data(
+            "app",
+            parse(
                 Format::Json,
                 r#"{"app": {"a": {"b": "1"}, "ab": "2"}, "other": "3"}"#,
             )
             .unwrap(),
-        };
+        );
         assert_eq!(src.get("/a/b").unwrap().as_deref(), Some("1"));
         assert_eq!(
             src.list("a").unwrap(),

@@ -158,6 +158,129 @@ impl Test {
     }
 }
 
+impl Test {
+    /// Starts `stencil` in the background (watch, exec) with the args; its
+    /// stdout and stderr go to files outside the test directory, so they
+    /// never look like data changes.
+    pub fn spawn(&self) -> Running {
+        let logs = tempfile::tempdir().unwrap();
+        let stdout = std::fs::File::create(logs.path().join("stdout")).unwrap();
+        let stderr = std::fs::File::create(logs.path().join("stderr")).unwrap();
+        let mut cmd = Command::new(BIN);
+        cmd.args(&self.args)
+            .current_dir(self.dir.path())
+            .env_clear()
+            .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+            .stdin(Stdio::null())
+            .stdout(stdout)
+            .stderr(stderr);
+        for (k, v) in &self.env {
+            cmd.env(k, v);
+        }
+        let child = cmd.spawn().expect("spawn stencil");
+        Running {
+            child,
+            logs,
+            dir: self.dir.path().to_path_buf(),
+            _keep: self.dir.clone(),
+        }
+    }
+}
+
+/// A stencil running in the background; killed on drop.
+pub struct Running {
+    child: std::process::Child,
+    logs: tempfile::TempDir,
+    pub dir: PathBuf,
+    _keep: std::rc::Rc<tempfile::TempDir>,
+}
+
+impl Running {
+    pub fn pid(&self) -> i32 {
+        self.child.id() as i32
+    }
+
+    pub fn stderr(&self) -> String {
+        std::fs::read_to_string(self.logs.path().join("stderr")).unwrap_or_default()
+    }
+
+    pub fn stdout(&self) -> String {
+        std::fs::read_to_string(self.logs.path().join("stdout")).unwrap_or_default()
+    }
+
+    pub fn signal(&self, sig: nix::sys::signal::Signal) {
+        nix::sys::signal::kill(nix::unistd::Pid::from_raw(self.pid()), sig).unwrap();
+    }
+
+    /// Waits for the process to exit; its exit code (128+N for signal N).
+    #[track_caller]
+    pub fn wait_exit(&mut self, within: std::time::Duration) -> i32 {
+        use std::os::unix::process::ExitStatusExt;
+        let deadline = std::time::Instant::now() + within;
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return status
+                    .code()
+                    .unwrap_or_else(|| 128 + status.signal().unwrap_or(0));
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "stencil did not exit within {within:?}\n--- stderr\n{}",
+                self.stderr()
+            );
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+    }
+
+    /// Polls `check` until it returns Some, or fails the test after 30 s
+    /// showing stencil's stderr.
+    #[track_caller]
+    pub fn wait_for<T>(
+        &mut self,
+        what: &str,
+        mut check: impl FnMut(&mut Running) -> Option<T>,
+    ) -> T {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+        loop {
+            if let Some(v) = check(self) {
+                return v;
+            }
+            if let Some(status) = self.child.try_wait().unwrap() {
+                panic!(
+                    "stencil exited ({status}) while waiting for {what}\n--- stderr\n{}",
+                    self.stderr()
+                );
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "timed out waiting for {what}\n--- stderr\n{}",
+                self.stderr()
+            );
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+    }
+
+    /// Waits until `rel` holds exactly `expected`.
+    #[track_caller]
+    pub fn wait_file(&mut self, rel: &str, expected: &str) {
+        let path = self.dir.join(rel);
+        self.wait_for(&format!("{rel} to be {expected:?}"), |_| {
+            (std::fs::read_to_string(&path).ok().as_deref() == Some(expected)).then_some(())
+        })
+    }
+
+    pub fn file(&self, rel: &str) -> Option<String> {
+        std::fs::read_to_string(self.dir.join(rel)).ok()
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
 pub struct Output {
     pub code: i32,
     pub stdout: Vec<u8>,
