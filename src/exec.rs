@@ -205,12 +205,16 @@ impl ExecSpec {
 }
 
 impl ExecArgs {
-    /// The pipeline options exec renders with: write, run commands.
+    /// The pipeline options of the render before the app starts: files are
+    /// installed and checked, but no reload command runs, since the app to
+    /// reload is not running yet (a `reload = "nginx -s reload"` shared with
+    /// `stencil watch` would fail and keep the app from starting). Re-renders
+    /// under `--watch` run them: set `no_reload` to false there.
     pub fn options(&self) -> Options {
         Options {
             dry_run: false,
             diff: false,
-            no_reload: self.render.no_reload,
+            no_reload: true,
             wait_for_data: self.render.wait_for_data,
         }
     }
@@ -620,7 +624,7 @@ const REAP_GRACE: Duration = Duration::from_secs(2);
 /// Any other zombie may be a check or reload command that another part of
 /// stencil is about to wait for (`command::run`, which would fail if its
 /// child were reaped under it), so it is reaped only after it stayed a
-/// zombie for [`REAP_GRACE`]: by then nobody is waiting for it. stencil
+/// zombie for two seconds (`REAP_GRACE`): by then nobody is waiting for it. stencil
 /// never calls waitpid(-1), so it never takes another waiter's status.
 ///
 /// **Use**: in a Tokio runtime, one task owns the supervisor and selects
@@ -950,6 +954,93 @@ mod tests {
         assert!(WaitFor::parse("tcp://db").is_err());
         assert!(WaitFor::parse("db:5432").is_err());
         assert!(WaitFor::parse("udp://db:53").is_err());
+    }
+
+    /// A child that writes its PID to `pid` and records HUP and TERM in
+    /// `got`, started by a supervisor.
+    fn recorder(dir: &std::path::Path, restart_on_change: bool) -> ExecSpec {
+        let script = r#"cd "$1" || exit 1
+echo $$ > pid
+trap 'echo HUP >> got' HUP
+trap 'echo TERM >> got; exit 0' TERM
+echo > ready
+while :; do sleep 0.05; done"#;
+        ExecSpec {
+            command: vec![
+                "sh".into(),
+                "-c".into(),
+                script.into(),
+                "sh".into(),
+                dir.as_os_str().into(),
+            ],
+            reload_signal: Signal::SIGHUP,
+            restart_on_change,
+            kill_signal: Signal::SIGTERM,
+            kill_timeout: Duration::from_secs(30),
+        }
+    }
+
+    /// Drives the supervisor until `cond` holds for the files in `dir`.
+    async fn until(sup: &mut Supervisor, what: &str, mut cond: impl FnMut() -> bool) {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+        while !cond() {
+            tokio::select! {
+                exit = sup.wait() => panic!("the child exited ({exit:?}) while waiting for {what}"),
+                () = tokio::time::sleep(Duration::from_millis(20)) => {}
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "timed out waiting for {what}"
+            );
+        }
+    }
+
+    fn read(dir: &std::path::Path, name: &str) -> String {
+        std::fs::read_to_string(dir.join(name)).unwrap_or_default()
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 1)]
+    async fn reload_sends_the_reload_signal_and_never_restarts() {
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path();
+        let mut sup = Supervisor::spawn(&recorder(d, false)).unwrap();
+        until(&mut sup, "the child to start", || d.join("ready").exists()).await;
+        let pid = sup.pid().unwrap();
+        assert_eq!(read(d, "pid").trim(), pid.to_string());
+        sup.reload();
+        until(&mut sup, "SIGHUP", || read(d, "got") == "HUP\n").await;
+        sup.reload();
+        until(&mut sup, "the second SIGHUP", || {
+            read(d, "got") == "HUP\nHUP\n"
+        })
+        .await;
+        assert_eq!(sup.pid(), Some(pid), "the child was restarted");
+        let exit = sup.shutdown(Signal::SIGTERM).await.unwrap();
+        assert_eq!(exit, Exit::Code(0));
+        assert_eq!(read(d, "got"), "HUP\nHUP\nTERM\n");
+        // Once exited, wait returns the same status again.
+        assert_eq!(sup.wait().await.unwrap(), Exit::Code(0));
+        assert_eq!(sup.pid(), None);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 1)]
+    async fn restart_on_change_stops_the_child_and_starts_it_again() {
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path();
+        let mut sup = Supervisor::spawn(&recorder(d, true)).unwrap();
+        until(&mut sup, "the child to start", || d.join("ready").exists()).await;
+        let first = sup.pid().unwrap();
+        std::fs::remove_file(d.join("ready")).unwrap();
+        sup.reload();
+        until(&mut sup, "the restarted child", || d.join("ready").exists()).await;
+        let second = sup.pid().unwrap();
+        assert_ne!(first, second);
+        assert_eq!(read(d, "pid").trim(), second.to_string());
+        // The old child got kill_signal, not the reload signal.
+        assert_eq!(read(d, "got"), "TERM\n");
+        let exit = sup.shutdown(Signal::SIGTERM).await.unwrap();
+        assert_eq!(exit, Exit::Code(0));
+        assert_eq!(read(d, "got"), "TERM\nTERM\n");
     }
 
     #[test]

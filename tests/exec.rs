@@ -256,6 +256,25 @@ fn failed_render_exits_1_and_the_app_never_starts() {
 }
 
 #[test]
+fn no_reload_command_runs_before_the_app_starts() {
+    // There is nothing to reload yet; a failing reload would keep the app
+    // from starting.
+    with_template()
+        .args([
+            "exec",
+            "-t",
+            "app.conf.j2:app.conf:touch reloaded; exit 1",
+            "--",
+            "cat",
+            "app.conf",
+        ])
+        .run()
+        .success()
+        .stdout_is("port=8080\n")
+        .no_file("reloaded");
+}
+
+#[test]
 fn command_not_found_exits_127() {
     with_template()
         .args(exec_args(&["--", "no-such-app-stencil"]))
