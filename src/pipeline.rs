@@ -195,9 +195,7 @@ impl Pipeline {
                 .collect();
             let waiting: Vec<_> = results
                 .iter()
-                .filter(|(_, r, deps)| {
-                    r.is_err() && (!deps.missing.is_empty() || !deps.failed.is_empty())
-                })
+                .filter(|(_, r, deps)| r.is_err() && deps.may_appear())
                 .collect();
             let Some(deadline) = deadline else {
                 return results;
@@ -208,7 +206,7 @@ impl Pipeline {
             }
             for (i, _, deps) in &waiting {
                 let mut waiting_for: Vec<String> =
-                    deps.missing.iter().map(|d| d.to_string()).collect();
+                    deps.waiting_for.iter().map(|d| d.to_string()).collect();
                 waiting_for.extend(
                     deps.failed
                         .iter()

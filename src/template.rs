@@ -57,6 +57,17 @@ pub struct Deps {
     /// Sources that failed to answer (unreachable, refused): the render may
     /// succeed once they are back.
     pub failed: BTreeSet<String>,
+    /// Keys whose absence failed the render (not those a default covered).
+    pub waiting_for: BTreeSet<Dep>,
+}
+
+impl Deps {
+    /// Whether the render may succeed later without anyone editing the
+    /// template: a key that may appear, a source that may come back. The
+    /// environment is read once, so an unset variable never appears.
+    pub fn may_appear(&self) -> bool {
+        !self.failed.is_empty() || !self.waiting_for.is_empty()
+    }
 }
 
 /// The outcome of one render: the text, or the error, and always the reads
@@ -566,7 +577,13 @@ fn key(path: &str, kwargs: Kwargs) -> Result<Value, Error> {
     let found = state.get(path, &kwargs)?;
     match found.value {
         Some(v) => Ok(Value::from(v)),
-        None => Err(missing_key(path, &found.name, &found.src)),
+        None => {
+            lock(&state.deps).waiting_for.insert(Dep::Key {
+                source: found.name.clone(),
+                key: source::normalize_key(path).to_string(),
+            });
+            Err(missing_key(path, &found.name, &found.src))
+        }
     }
 }
 

@@ -477,8 +477,9 @@ impl Coordinator {
                 Err(e) if !unit.deps.failed.is_empty() => {
                     (TemplateState::Pending, Some(format!("{e:#}")))
                 }
-                Err(_) if !unit.deps.missing.is_empty() => {
-                    let waiting: Vec<String> = unit.deps.missing.iter().map(describe_dep).collect();
+                Err(_) if unit.deps.may_appear() => {
+                    let waiting: Vec<String> =
+                        unit.deps.waiting_for.iter().map(describe_dep).collect();
                     (
                         TemplateState::Pending,
                         Some(format!("waiting for {}", waiting.join(", "))),
@@ -503,7 +504,7 @@ impl Coordinator {
             }
             match (&unit.result, state) {
                 (Err(_), TemplateState::Pending) => {
-                    let missing: BTreeSet<Dep> = unit.deps.missing.clone();
+                    let missing: BTreeSet<Dep> = unit.deps.waiting_for.clone();
                     if self.templates[i].logged_pending.as_ref() != Some(&missing) {
                         tracing::info!(
                             template = %self.pipeline.units[i].spec.source.display(),
@@ -516,7 +517,8 @@ impl Coordinator {
                 (Err(e), _) => {
                     self.templates[i].logged_pending = None;
                     tracing::error!(
-                        "{}; the current file stays",
+                        "{} failed; the current file stays\n{}",
+                        self.pipeline.units[i].spec.source.display(),
                         error::Report(e).to_string().trim_end()
                     );
                 }
@@ -743,7 +745,11 @@ impl FileWatch {
         files.extend(config.clone());
         let new: Vec<PathBuf> = {
             let old = self.paths.read().unwrap_or_else(|e| e.into_inner());
-            files.iter().filter(|f| !old.contains(*f)).cloned().collect()
+            files
+                .iter()
+                .filter(|f| !old.contains(*f))
+                .cloned()
+                .collect()
         };
         for file in &files {
             let Some(dir) = file.parent() else { continue };

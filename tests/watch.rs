@@ -101,6 +101,19 @@ fn once_fails_for_what_waiting_cannot_fix() {
 }
 
 #[test]
+fn once_does_not_wait_for_an_environment_variable() {
+    // The environment is read once: an unset variable never appears, so
+    // waiting for it would hang a provisioning script forever.
+    Test::new()
+        .file("a.j2", "{{ key_or('x', '') }}{{ env.NOT_SET }}\n")
+        .file("d.json", "{}")
+        .args(["watch", "--once", "--data", "d.json", "-t", "a.j2:out.conf"])
+        .run()
+        .code(1)
+        .stderr_has("environment variable \"NOT_SET\" is not set");
+}
+
+#[test]
 fn data_file_and_template_edits_re_render_and_a_bad_edit_keeps_the_last_good_file() {
     let port = free_port();
     let t = Test::new()
@@ -187,14 +200,18 @@ fn a_key_change_re_renders_only_the_templates_that_read_it() {
 
     etcd.put("/app/a", "2");
     run.wait_file("a.conf", "a=2\n");
-    run.wait_for("the render to be counted", |_| (renders(port, "a.conf") == a0 + 1).then_some(()));
+    run.wait_for("the render to be counted", |_| {
+        (renders(port, "a.conf") == a0 + 1).then_some(())
+    });
     assert_eq!(renders(port, "b.conf"), b0, "b.conf does not read /app/a");
     run.wait_file("reloads", "a\na\n");
 
     // A new key under a prefix b.conf lists is a change for b.conf alone.
     etcd.put("/app/pool/y", "10.0.0.2");
     run.wait_file("b.conf", "b=1 10.0.0.1 10.0.0.2\n");
-    run.wait_for("the render to be counted", |_| (renders(port, "b.conf") == b0 + 1).then_some(()));
+    run.wait_for("the render to be counted", |_| {
+        (renders(port, "b.conf") == b0 + 1).then_some(())
+    });
     assert_eq!(renders(port, "a.conf"), a0 + 1);
 }
 
