@@ -401,12 +401,21 @@ pub struct ExecOptions {
 
     /// Stay as the app's parent and supervise it instead of exec'ing into it.
     ///
-    /// Forwards signals to the app's process group, stops it with
-    /// --kill-signal and --kill-timeout, reaps orphaned processes and exits
-    /// with the app's status. (Re-rendering on a change comes with the watch
-    /// loop; until then the templates are rendered once.)
+    /// Re-renders when the data changes, as `stencil watch` does, and sends
+    /// the app --reload-signal after a change (or restarts it). Forwards
+    /// signals to the app's process group, stops it with --kill-signal and
+    /// --kill-timeout, reaps orphaned processes and exits with the app's
+    /// status.
     #[arg(long, env = "STENCIL_WATCH")]
     pub watch: bool,
+
+    /// With --watch: serve /healthz, /readyz, /metrics and /status on this address.
+    #[arg(long, env = "STENCIL_LISTEN", value_name = "ADDR")]
+    pub listen: Option<std::net::SocketAddr>,
+
+    /// With --watch: quiet period before acting on a change, MIN or MIN:MAX.
+    #[arg(long, env = "STENCIL_DEBOUNCE", value_name = "MIN[:MAX]", value_parser = parse_wait)]
+    pub debounce: Option<crate::config::WaitSpec>,
 
     /// With --watch: the signal sent to the app after a change (e.g. SIGHUP, SIGUSR2). [default: SIGHUP]
     ///

@@ -251,39 +251,24 @@ pub fn run(args: &ExecArgs) -> Result<Exit> {
     wait_all(&args.exec.wait, args.exec.wait_timeout)
         .with_context(|| format!("not starting `{}`", spec.display()))?;
     if args.exec.watch {
-        return supervise_once_rendered(&spec);
+        // The loop starts the app, re-renders on change and sends it the
+        // reload signal; reload commands run from now on.
+        let settings = crate::watch::Settings {
+            once: false,
+            listen: args.exec.listen.or(pipeline.config.listen),
+            wait: args.exec.debounce.or(pipeline.config.wait),
+            options: Options {
+                no_reload: false,
+                wait_for_data: None,
+                ..args.options()
+            },
+            exec: Some(spec),
+        };
+        return crate::watch::run_with(&args.templates, settings, pipeline);
     }
     let err = exec_into(&spec.command);
     crate::error::print(&err);
     Ok(spawn_exit(&err))
-}
-
-/// `--watch` until the watch loop drives it: the templates were rendered
-/// once; the child is supervised (signals, exit status, kill timeout,
-/// reaping), but nothing re-renders on a change yet.
-fn supervise_once_rendered(spec: &ExecSpec) -> Result<Exit> {
-    tracing::warn!(
-        "--watch: the templates were rendered once; re-rendering them on a change \
-         (and sending the reload signal) comes with the watch loop of `stencil watch`. \
-         The child is supervised: signals are forwarded, its exit status is passed on, \
-         orphans are reaped"
-    );
-    crate::runtime::get().block_on(async {
-        let mut signals = Signals::new()?;
-        let mut sup = match Supervisor::spawn(spec) {
-            Ok(s) => s,
-            Err(e) => {
-                crate::error::print(&e);
-                return Ok(spawn_exit(&e));
-            }
-        };
-        loop {
-            tokio::select! {
-                exit = sup.wait() => return exit,
-                sig = signals.recv() => sup.on_signal(sig),
-            }
-        }
-    })
 }
 
 /// Replaces stencil with `argv` through execvp(3). Returns only on failure.

@@ -179,6 +179,7 @@ fn watch(args: cli::WatchArgs) -> Result<Exit> {
         listen: args.watch.listen.or(config.listen),
         wait: args.watch.debounce.or(config.wait),
         options: args.output.into(),
+        exec: None,
     };
     watch::run(&args.templates, settings)
 }

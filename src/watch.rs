@@ -31,6 +31,12 @@
 //! SIGHUP (or an edit of the config file) reloads config and templates;
 //! SIGTERM and SIGINT exit 0 after the batch in progress. `--once` renders
 //! everything, waiting for data, runs the commands and exits.
+//!
+//! Under `stencil exec --watch` the loop also owns the app's
+//! [`Supervisor`](crate::exec::Supervisor): every signal stencil handles is
+//! the app's (forwarded, or a graceful stop for TERM and INT), a batch that
+//! changed a file sends the reload signal, and stencil exits with the app's
+//! status when it exits.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::net::SocketAddr;
@@ -60,6 +66,8 @@ pub struct Settings {
     /// The quiescence period for templates that do not set their own.
     pub wait: Option<WaitSpec>,
     pub options: Options,
+    /// `stencil exec --watch`: the app to supervise.
+    pub exec: Option<crate::exec::ExecSpec>,
 }
 
 /// What producers tell the coordinator.
@@ -94,6 +102,11 @@ pub fn run(args: &TemplateArgs, settings: Settings) -> Result<Exit> {
             return Ok(exit);
         }
     };
+    run_with(args, settings, pipeline)
+}
+
+/// Runs the loop with a pipeline already loaded (exec has rendered with it).
+pub fn run_with(args: &TemplateArgs, settings: Settings, pipeline: Pipeline) -> Result<Exit> {
     let args = args.clone();
     // The coordinator runs as a task on the runtime's worker, so rendering
     // (synchronous, in block_in_place) can still block on source reads.
@@ -207,7 +220,24 @@ impl Coordinator {
     }
 
     async fn run(&mut self) -> Result<Exit> {
-        self.spawn_signals()?;
+        // Under exec every signal belongs to the app; else HUP, TERM, INT
+        // are the loop's.
+        let mut app = match self.settings.exec.clone() {
+            Some(spec) => {
+                let signals = crate::exec::Signals::new()?;
+                match crate::exec::Supervisor::spawn(&spec) {
+                    Ok(sup) => Some((sup, signals)),
+                    Err(e) => {
+                        error::print(&e);
+                        return Ok(crate::exec::spawn_exit(&e));
+                    }
+                }
+            }
+            None => {
+                self.spawn_signals()?;
+                None
+            }
+        };
         let (stop_server, server_stopped) = tokio::sync::oneshot::channel::<()>();
         let server = match self.settings.listen {
             Some(addr) => {
@@ -226,7 +256,7 @@ impl Coordinator {
         // Templates, data files and the config are known before anything
         // renders: watch them from the start.
         self.update_watches(std::time::SystemTime::now());
-        let exit = self.main_loop().await;
+        let exit = self.main_loop(&mut app).await;
         for (_, (_, handle)) in self.watches.drain() {
             handle.abort();
         }
@@ -237,12 +267,18 @@ impl Coordinator {
         exit
     }
 
-    async fn main_loop(&mut self) -> Result<Exit> {
+    async fn main_loop(
+        &mut self,
+        app: &mut Option<(crate::exec::Supervisor, crate::exec::Signals)>,
+    ) -> Result<Exit> {
         loop {
             let now = Instant::now();
             if self.debouncer.next_deadline().is_some_and(|d| d <= now) {
                 let due = self.debouncer.take_due(now);
-                self.run_batch(&due);
+                let wrote = self.run_batch(&due);
+                if let (true, Some((sup, _))) = (wrote, app.as_mut()) {
+                    sup.reload();
+                }
                 if self.settings.once {
                     if let Some(exit) = self.once_finished() {
                         return Ok(exit);
@@ -251,9 +287,32 @@ impl Coordinator {
                 continue;
             }
             let deadline = self.debouncer.next_deadline();
-            let event = tokio::select! {
-                e = self.rx.recv() => e,
-                () = sleep_until(deadline) => continue,
+            let wake = {
+                let (sup, signals) = match app.as_mut() {
+                    Some((sup, signals)) => (Some(sup), Some(signals)),
+                    None => (None, None),
+                };
+                tokio::select! {
+                    e = self.rx.recv() => Wake::Event(e),
+                    () = sleep_until(deadline) => Wake::Timer,
+                    exit = app_exit(sup) => Wake::AppExit(exit),
+                    sig = app_signal(signals) => Wake::Signal(sig),
+                }
+            };
+            let event = match wake {
+                Wake::Event(e) => e,
+                Wake::Timer => continue,
+                Wake::AppExit(exit) => {
+                    let exit = exit?;
+                    tracing::info!("the app exited ({}); exiting with its status", exit.code());
+                    return Ok(exit);
+                }
+                Wake::Signal(sig) => {
+                    if let Some((sup, _)) = app.as_mut() {
+                        sup.on_signal(sig);
+                    }
+                    continue;
+                }
             };
             let Some(event) = event else {
                 return Ok(Exit::Success);
@@ -451,8 +510,8 @@ impl Coordinator {
     }
 
     /// Renders, installs and reloads the given templates, then updates
-    /// states, status and watches.
-    fn run_batch(&mut self, which: &[usize]) {
+    /// states, status and watches. Returns whether a file was written.
+    fn run_batch(&mut self, which: &[usize]) -> bool {
         let started = std::time::SystemTime::now();
         for (_, source) in self.pipeline.sources.iter() {
             source.refresh();
@@ -466,6 +525,10 @@ impl Coordinator {
             pipeline.run(which, &options, &mut std::io::stdout().lock())
         });
         let now = serve::now_unix();
+        let wrote = report
+            .units
+            .iter()
+            .any(|u| matches!(u.result, Ok(Outcome::Written)));
         for unit in report.units {
             let i = unit.index;
             let name = self.name(i);
@@ -536,6 +599,7 @@ impl Coordinator {
             tracing::error!("{}", error::Report(e).to_string().trim_end());
         }
         self.update_watches(started);
+        wrote
     }
 
     /// Starts, restarts or stops source watches so each covers exactly what
@@ -683,6 +747,30 @@ fn absolute(p: &Path) -> PathBuf {
         p.to_path_buf()
     } else {
         std::env::current_dir().unwrap_or_default().join(p)
+    }
+}
+
+/// What woke the loop.
+enum Wake {
+    Event(Option<Event>),
+    Timer,
+    AppExit(Result<Exit>),
+    Signal(nix::sys::signal::Signal),
+}
+
+/// The app's exit, or never without an app.
+async fn app_exit(sup: Option<&mut crate::exec::Supervisor>) -> Result<Exit> {
+    match sup {
+        Some(sup) => sup.wait().await,
+        None => std::future::pending().await,
+    }
+}
+
+/// The next signal for the app, or never without an app.
+async fn app_signal(signals: Option<&mut crate::exec::Signals>) -> nix::sys::signal::Signal {
+    match signals {
+        Some(signals) => signals.recv().await,
+        None => std::future::pending().await,
     }
 }
 

@@ -393,3 +393,113 @@ fn deps_shows_live_etcd_reads() {
         .success()
         .stdout_is("a.j2 -> a.conf\n  key     kv:a\n  key     kv:gone  (missing)\n  prefix  kv:pool/\n  file    a.j2\n");
 }
+
+/// An app that records its PID and every SIGHUP it gets, and runs until
+/// TERM.
+const APP: &str = r#"trap 'echo HUP >> signals' HUP
+trap 'exit 0' TERM
+echo $$ >> pids
+while :; do sleep 0.05; done
+"#;
+
+#[test]
+fn exec_watch_sends_the_reload_signal_on_a_change_without_restarting_the_app() {
+    let t = Test::new()
+        .file("a.j2", "v={{ key('v') }}\n")
+        .file("d.json", r#"{"v": "1"}"#)
+        .file("app.sh", APP)
+        .args([
+            "exec",
+            "--watch",
+            "--data",
+            "d.json",
+            "-t",
+            "a.j2:a.conf",
+            "--",
+            "sh",
+            "app.sh",
+        ]);
+    let mut run = t.spawn();
+    run.wait_file("a.conf", "v=1\n");
+    run.wait_for("the app to start", |r| {
+        r.file("pids").filter(|p| p.lines().count() == 1)
+    });
+    assert!(run.file("signals").is_none(), "no reload before any change");
+
+    std::fs::write(t.path("d.json"), r#"{"v": "2"}"#).unwrap();
+    run.wait_file("a.conf", "v=2\n");
+    run.wait_file("signals", "HUP\n");
+    assert_eq!(
+        run.file("pids").unwrap().lines().count(),
+        1,
+        "the app was restarted"
+    );
+
+    // TERM goes to the app; stencil exits with its status.
+    run.signal(Signal::SIGTERM);
+    assert_eq!(
+        run.wait_exit(Duration::from_secs(30)),
+        0,
+        "{}",
+        run.stderr()
+    );
+}
+
+#[test]
+fn exec_watch_restart_on_change_starts_a_new_app() {
+    let t = Test::new()
+        .file("a.j2", "v={{ key('v') }}\n")
+        .file("d.json", r#"{"v": "1"}"#)
+        .file("app.sh", APP)
+        .args([
+            "exec",
+            "--watch",
+            "--restart-on-change",
+            "--data",
+            "d.json",
+            "-t",
+            "a.j2:a.conf",
+            "--",
+            "sh",
+            "app.sh",
+        ]);
+    let mut run = t.spawn();
+    run.wait_for("the app to start", |r| {
+        r.file("pids").filter(|p| p.lines().count() == 1)
+    });
+    std::fs::write(t.path("d.json"), r#"{"v": "2"}"#).unwrap();
+    run.wait_file("a.conf", "v=2\n");
+    let pids = run.wait_for("a second app", |r| {
+        r.file("pids").filter(|p| p.lines().count() == 2)
+    });
+    let pids: Vec<&str> = pids.lines().collect();
+    assert_ne!(pids[0], pids[1]);
+    run.signal(Signal::SIGTERM);
+    assert_eq!(
+        run.wait_exit(Duration::from_secs(30)),
+        0,
+        "{}",
+        run.stderr()
+    );
+}
+
+#[test]
+fn exec_watch_exits_with_the_apps_status() {
+    let t = Test::new().file("a.j2", "x\n").args([
+        "exec",
+        "--watch",
+        "-t",
+        "a.j2:a.conf",
+        "--",
+        "sh",
+        "-c",
+        "exit 7",
+    ]);
+    let mut run = t.spawn();
+    assert_eq!(
+        run.wait_exit(Duration::from_secs(30)),
+        7,
+        "{}",
+        run.stderr()
+    );
+}
