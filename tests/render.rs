@@ -572,3 +572,33 @@ fn tojson_is_plain_json_and_python_methods_work() {
         .success()
         .stdout_is("\"it's <b> & c\" {\n  \"a\": [\n    1\n  ]\n}\na b 1\n");
 }
+
+#[test]
+fn owner_and_group_are_set_by_name_and_an_unknown_user_is_an_error() {
+    // The tests run as root (as CI does), so ownership can be given away.
+    let t = Test::new()
+        .file("a.j2", "a\n")
+        .file(
+            "stencil.toml",
+            "[[templates]]\nsource = \"a.j2\"\ndestination = \"a.conf\"\nowner = \"nobody\"\ngroup = \"65534\"\n",
+        )
+        .args(["render", "-c", "stencil.toml"]);
+    t.run().success();
+    let meta = std::fs::metadata(t.path("a.conf")).unwrap();
+    assert_eq!((meta.uid(), meta.gid()), (65534, 65534));
+    // Unchanged content, mode and owner: nothing to do.
+    t.run().success().stderr_lacks("wrote");
+
+    Test::new()
+        .file("a.j2", "a\n")
+        .file("a.conf", "old\n")
+        .file(
+            "stencil.toml",
+            "[[templates]]\nsource = \"a.j2\"\ndestination = \"a.conf\"\nowner = \"no-such-user-x\"\n",
+        )
+        .args(["render", "-c", "stencil.toml"])
+        .run()
+        .code(1)
+        .stderr_has("owner \"no-such-user-x\": no such user")
+        .file_is("a.conf", "old\n");
+}
