@@ -19,6 +19,7 @@ use crate::cli::TemplateArgs;
 use crate::command::CommandSpec;
 use crate::error::{UsageContext, usage};
 use crate::runtime::Tls;
+use crate::source::consul::ConsulConfig;
 use crate::source::etcd::EtcdConfig;
 
 /// The default time a check or reload command may run.
@@ -51,6 +52,8 @@ pub enum SourceSpec {
     },
     /// etcd v3 through its HTTP/JSON gateway.
     Etcd(EtcdConfig),
+    /// Consul KV.
+    Consul(ConsulConfig),
 }
 
 impl SourceSpec {
@@ -146,6 +149,11 @@ struct SourceToml {
     username: Option<String>,
     password: Option<String>,
     password_file: Option<PathBuf>,
+    address: Option<String>,
+    token: Option<String>,
+    token_file: Option<PathBuf>,
+    datacenter: Option<String>,
+    stale: Option<bool>,
     ca_file: Option<PathBuf>,
     cert_file: Option<PathBuf>,
     key_file: Option<PathBuf>,
@@ -158,6 +166,7 @@ impl SourceToml {
     fn foreign_keys(&self, kind: &str) -> Vec<&'static str> {
         let mut set = Vec::new();
         let etcd = kind == "etcd";
+        let consul = kind == "consul";
         let file = kind == "file";
         let mut check = |present: bool, name: &'static str, allowed: bool| {
             if present && !allowed {
@@ -169,10 +178,15 @@ impl SourceToml {
         check(self.username.is_some(), "username", etcd);
         check(self.password.is_some(), "password", etcd);
         check(self.password_file.is_some(), "password_file", etcd);
-        check(self.ca_file.is_some(), "ca_file", etcd);
-        check(self.cert_file.is_some(), "cert_file", etcd);
-        check(self.key_file.is_some(), "key_file", etcd);
-        check(self.timeout.is_some(), "timeout", etcd);
+        check(self.address.is_some(), "address", consul);
+        check(self.token.is_some(), "token", consul);
+        check(self.token_file.is_some(), "token_file", consul);
+        check(self.datacenter.is_some(), "datacenter", consul);
+        check(self.stale.is_some(), "stale", consul);
+        check(self.ca_file.is_some(), "ca_file", etcd || consul);
+        check(self.cert_file.is_some(), "cert_file", etcd || consul);
+        check(self.key_file.is_some(), "key_file", etcd || consul);
+        check(self.timeout.is_some(), "timeout", etcd || consul);
         set
     }
 }
@@ -420,11 +434,48 @@ impl Config {
                     }
                     SourceSpec::Etcd(etcd)
                 }
+                "consul" => {
+                    // The variables the consul CLI reads are the defaults;
+                    // what the file says wins.
+                    let mut consul = ConsulConfig::from_env();
+                    if let Some(a) = source.address {
+                        consul.address = a;
+                    }
+                    if let Some(p) = source.prefix {
+                        consul.prefix = p;
+                    }
+                    if source.token.is_some() {
+                        consul.token = source.token;
+                        consul.token_file = None;
+                    }
+                    if let Some(f) = source.token_file {
+                        consul.token_file = Some(base.join(f));
+                        consul.token = None;
+                    }
+                    if source.datacenter.is_some() {
+                        consul.datacenter = source.datacenter;
+                    }
+                    if let Some(s) = source.stale {
+                        consul.stale = s;
+                    }
+                    let tls = Tls {
+                        ca_file: source.ca_file.map(|f| base.join(f)),
+                        cert_file: source.cert_file.map(|f| base.join(f)),
+                        key_file: source.key_file.map(|f| base.join(f)),
+                    };
+                    if tls != Tls::default() {
+                        consul.tls = tls;
+                    }
+                    if let Some(t) = source.timeout {
+                        consul.timeout = t;
+                    }
+                    SourceSpec::Consul(consul)
+                }
                 other => {
                     let (line, col) = line_col(text, source.kind.span().start);
                     anyhow::bail!(
                         "{}:{line}:{col}: source {name:?}: unknown kind {other:?}; \
-                         this version of stencil knows \"file\" and \"etcd\"",
+                         this version of stencil knows \"file\", \"etcd\" and \"consul\"",
                         path.display()
                     )
                 }
@@ -576,10 +627,13 @@ pub fn parse_template_flag(flag: &str) -> Result<TemplateSpec> {
 }
 
 /// `NAME=URL`. The URL's scheme says the kind: `file:///path`,
-/// `etcd+http://host:port` (or `etcd+https`, endpoints separated by commas);
-/// a plain `http(s)://` URL is taken as the kind the name says, so
-/// `--source etcd=http://127.0.0.1:2379?prefix=/apps/web/` works as written
-/// in the design. Query parameters: `prefix`, `timeout`.
+/// `etcd+http://host:port` (or `etcd+https`, endpoints separated by commas),
+/// `consul+http://host:port` (or `consul+https`); a plain `http(s)://` URL
+/// is taken as the kind the name says, so
+/// `--source etcd=http://127.0.0.1:2379?prefix=/apps/web/` and
+/// `--source consul=http://127.0.0.1:8500?prefix=apps/web/` work as written
+/// in the design. Query parameters: `prefix`, `timeout`; for Consul also
+/// `dc` and `stale`. A token never goes in the URL.
 fn parse_source_flag(flag: &str) -> Result<(String, SourceSpec)> {
     let Some((name, url)) = flag.split_once('=') else {
         return Err(usage(format!(
@@ -604,10 +658,13 @@ fn parse_source_flag(flag: &str) -> Result<(String, SourceSpec)> {
     let kind = match scheme {
         "file" => "file",
         "etcd+http" | "etcd+https" => "etcd",
-        "http" | "https" if name == "etcd" || name.starts_with("etcd") => "etcd",
+        "consul+http" | "consul+https" => "consul",
+        "http" | "https" if name.starts_with("etcd") => "etcd",
+        "http" | "https" if name.starts_with("consul") => "consul",
         "http" | "https" => {
             return Err(bad(format!(
-                "say which kind of server this is: etcd+{scheme}://… (the name alone cannot tell)"
+                "say which kind of server this is: etcd+{scheme}://… or consul+{scheme}://… \
+                 (the name alone cannot tell)"
             )));
         }
         other => return Err(bad(format!("unsupported URL scheme {other:?}"))),
@@ -621,6 +678,47 @@ fn parse_source_flag(flag: &str) -> Result<(String, SourceSpec)> {
                 path: PathBuf::from(location),
                 prefix: params.remove("prefix").unwrap_or_default().to_string(),
             }
+        }
+        "consul" => {
+            let http = scheme.trim_start_matches("consul+");
+            if params.contains_key("token") {
+                // Not `bad`: it would repeat the token in the message.
+                return Err(usage(format!(
+                    "--source {name}: a token does not go in the URL, where process lists and \
+                     logs show it: use CONSUL_HTTP_TOKEN, CONSUL_HTTP_TOKEN_FILE or token_file \
+                     in a config file"
+                )));
+            }
+            let location = location.trim_end_matches('/');
+            if location.is_empty() {
+                return Err(bad("no address in the URL".into()));
+            }
+            if location.contains(',') || location.contains('/') {
+                return Err(bad(format!(
+                    "{location:?} is not one host:port; Consul takes one agent's address"
+                )));
+            }
+            let mut consul = ConsulConfig::from_env();
+            consul.address = format!("{http}://{location}");
+            if let Some(p) = params.remove("prefix") {
+                consul.prefix = p.to_string();
+            }
+            if let Some(dc) = params.remove("dc") {
+                consul.datacenter = Some(dc.to_string()).filter(|d| !d.is_empty());
+            }
+            if let Some(s) = params.remove("stale") {
+                consul.stale = match s {
+                    "" | "true" | "1" => true,
+                    "false" | "0" => false,
+                    other => return Err(bad(format!("stale={other:?}: use stale or stale=false"))),
+                };
+            }
+            if let Some(t) = params.remove("timeout") {
+                consul.timeout = crate::cli::parse_duration(t).map_err(bad)?;
+            }
+            crate::source::consul::ConsulClient::check_address(&consul.address)
+                .map_err(|e| bad(format!("{e:#}")))?;
+            SourceSpec::Consul(consul)
         }
         _ => {
             let http = scheme.trim_start_matches("etcd+");

@@ -4,6 +4,7 @@ mod support;
 
 mod bad_input;
 mod cli;
+mod consul;
 mod consul_server;
 mod etcd;
 mod examples;

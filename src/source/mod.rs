@@ -14,6 +14,7 @@ use anyhow::Result;
 
 use crate::config::SourceSpec;
 
+pub mod consul;
 pub mod etcd;
 pub mod file;
 
@@ -114,6 +115,10 @@ impl Sources {
                 ),
                 SourceSpec::Etcd(config) => Arc::new(
                     etcd::EtcdSource::new(name, config)
+                        .map_err(|e| e.context(format!("cannot set up source {name:?}")))?,
+                ),
+                SourceSpec::Consul(config) => Arc::new(
+                    consul::ConsulSource::new(name, config)
                         .map_err(|e| e.context(format!("cannot set up source {name:?}")))?,
                 ),
             };

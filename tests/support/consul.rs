@@ -469,6 +469,10 @@ struct Shared {
     acl: Mutex<Option<Acl>>,
     faults: Mutex<Faults>,
     log: Mutex<Vec<Request>>,
+    /// Requests removed from `log` by `clear_requests`: ids count from the
+    /// first request ever, so a query in flight across a clear finishes
+    /// its own entry (or none), never another's.
+    cleared: AtomicUsize,
     parked: AtomicUsize,
 }
 
@@ -488,9 +492,15 @@ impl Shared {
 
     fn finish(&self, id: usize, status: Option<u16>) {
         let mut log = lock(&self.log);
-        log[id].finished = Some(Instant::now());
-        log[id].status = status;
-        log[id].dropped = status.is_none();
+        let Some(entry) = id
+            .checked_sub(self.cleared.load(Ordering::SeqCst))
+            .and_then(|i| log.get_mut(i))
+        else {
+            return;
+        };
+        entry.finished = Some(Instant::now());
+        entry.status = status;
+        entry.dropped = status.is_none();
     }
 }
 
@@ -524,6 +534,7 @@ impl ConsulServer {
             acl: Mutex::new(acl),
             faults: Mutex::new(Faults::default()),
             log: Mutex::new(Vec::new()),
+            cleared: AtomicUsize::new(0),
             parked: AtomicUsize::new(0),
         });
         // Bound here, so the address is known before start() returns and
@@ -685,7 +696,9 @@ impl ConsulServer {
     }
 
     pub fn clear_requests(&self) {
-        lock(&self.shared.log).clear();
+        let mut log = lock(&self.shared.log);
+        self.shared.cleared.fetch_add(log.len(), Ordering::SeqCst);
+        log.clear();
     }
 
     /// Polls until `pred` holds for the request log, failing the test after
@@ -1108,7 +1121,7 @@ async fn handle(
             finished: None,
             dropped: false,
         });
-        log.len() - 1
+        srv.cleared.load(Ordering::SeqCst) + log.len() - 1
     };
 
     let (drop, fail, delay) = {

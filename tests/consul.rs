@@ -1,0 +1,854 @@
+//! The Consul KV source, through the real binary for reads and through the
+//! library for watches.
+//!
+//! Behaviour tests use `ConsulTarget`, so they also run against a real
+//! Consul when `STENCIL_TEST_CONSUL_ADDR` is set; tests that inject faults
+//! or count requests use `ConsulServer`, the test server. No sleeps as
+//! synchronisation: `wait_parked` says when a blocking query waits, the
+//! request log says what the client sent, and every wait has a deadline.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use stencil::runtime;
+use stencil::source::consul::{ConsulConfig, ConsulSource};
+use stencil::source::{Source, SourceEvent, WatchSpec};
+use tokio::sync::mpsc::UnboundedReceiver;
+
+use crate::support::Test;
+use crate::support::consul::{Acl, ConsulServer, ConsulTarget, Policy, Rule};
+
+const TEMPLATE: &str = "db={{ key('db/host') }}:{{ key_or('db/port', '5432') }}\n\
+{% for name in ls('upstreams') %}\nupstream {{ name }} {{ key('upstreams/' ~ name) }}\n{% endfor %}\n\
+{{ kv('upstreams') | tojson }}\n";
+
+const EXPECTED: &str = "db=db.internal:5432\nupstream a 10.0.0.1:80\nupstream b 10.0.0.2:80\n\
+{\"a\":\"10.0.0.1:80\",\"b\":\"10.0.0.2:80\"}\n";
+
+/// A token no other text contains, to search stderr for.
+const TOKEN: &str = "tok-5e1f-e0c4-distinctive";
+
+fn seed(t: &ConsulTarget) {
+    t.put("apps/web/db/host", "db.internal");
+    // A folder marker, as the UI and `consul kv put upstreams/` make.
+    t.put("apps/web/upstreams/", "");
+    t.put("apps/web/upstreams/a", "10.0.0.1:80");
+    t.put("apps/web/upstreams/b", "10.0.0.2:80");
+    t.put("apps/webx/not-under-the-prefix", "x");
+    t.put("apps/other/secret", "not for web");
+}
+
+/// The target's token, if it has one, as stencil reads it.
+fn with_token(test: Test, t: &ConsulTarget) -> Test {
+    match t.token() {
+        Some(token) => test.env("CONSUL_HTTP_TOKEN", token),
+        None => test,
+    }
+}
+
+/// A library source on the target, keys relative to the target's root.
+fn source_on(t: &ConsulTarget, prefix: &str) -> Arc<ConsulSource> {
+    let mut config = ConsulConfig::new(t.addr());
+    config.prefix = t.key(prefix);
+    config.token = t.token().map(str::to_string);
+    Arc::new(ConsulSource::new("kv", &config).unwrap())
+}
+
+fn source_on_server(server: &ConsulServer, wait: Duration) -> Arc<ConsulSource> {
+    let mut config = ConsulConfig::new(server.addr());
+    config.query_wait = wait;
+    Arc::new(ConsulSource::new("kv", &config).unwrap())
+}
+
+fn spec(keys: &[&str], prefixes: &[&str]) -> WatchSpec {
+    WatchSpec {
+        keys: keys.iter().map(|k| k.to_string()).collect(),
+        prefixes: prefixes.iter().map(|p| p.to_string()).collect(),
+    }
+}
+
+/// Starts the source's watch on the runtime; aborted on drop.
+struct Watch {
+    rx: UnboundedReceiver<SourceEvent>,
+    task: Option<tokio::task::JoinHandle<anyhow::Result<()>>>,
+}
+
+impl Watch {
+    fn start(source: &Arc<ConsulSource>, spec: WatchSpec) -> Watch {
+        let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+        let future = source
+            .clone()
+            .watch("kv".into(), spec, tx)
+            .expect("consul sources watch");
+        Watch {
+            rx,
+            task: Some(runtime::get().spawn(future)),
+        }
+    }
+
+    /// The next event, within a generous deadline.
+    #[track_caller]
+    fn next(&mut self) -> SourceEvent {
+        runtime::block_on(async {
+            tokio::time::timeout(Duration::from_secs(30), self.rx.recv()).await
+        })
+        .expect("no event arrived in time")
+        .expect("the watch ended")
+    }
+
+    /// The next event, which must be a change; returns its keys.
+    #[track_caller]
+    fn changed(&mut self) -> Vec<String> {
+        match self.next() {
+            SourceEvent::Changed { source, keys } => {
+                assert_eq!(source, "kv");
+                keys
+            }
+            other => panic!("expected a change, got {other:?}"),
+        }
+    }
+
+    /// Changed keys until every expected one was seen (a real Consul may
+    /// split changes over several replies).
+    #[track_caller]
+    fn collect(&mut self, expected: &[&str]) -> Vec<String> {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let mut seen: Vec<String> = Vec::new();
+        while !expected.iter().all(|e| seen.iter().any(|s| s == e)) {
+            assert!(Instant::now() < deadline, "saw only {seen:?}");
+            seen.extend(self.changed());
+        }
+        seen.sort();
+        seen.dedup();
+        seen
+    }
+
+    /// Waits for the watch to end by itself, returning its result.
+    fn result(mut self) -> anyhow::Result<()> {
+        let task = self.task.take().unwrap();
+        runtime::block_on(async { tokio::time::timeout(Duration::from_secs(30), task).await })
+            .expect("the watch did not end")
+            .expect("the watch panicked")
+    }
+}
+
+impl Drop for Watch {
+    fn drop(&mut self) {
+        if let Some(task) = &self.task {
+            task.abort();
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Reading.
+
+#[test]
+fn renders_keys_and_prefixes_with_a_source_flag() {
+    let t = ConsulTarget::start();
+    seed(&t);
+    let source = format!("consul={}?prefix={}", t.addr(), t.key("apps/web/"));
+    with_token(Test::new(), &t)
+        .file("a.j2", TEMPLATE)
+        .args(["render", "--source", &source, "-t", "a.j2:out.conf"])
+        .run()
+        .success()
+        .file_is("out.conf", EXPECTED);
+    // consul+http:// works whatever the name.
+    let source = format!("kv=consul+{}?prefix={}", t.addr(), t.key("apps/web"));
+    with_token(Test::new(), &t)
+        .file("a.j2", "{{ key('db/host') }} {{ ls('') | join(',') }}\n")
+        .args(["render", "--source", &source, "-t", "a.j2"])
+        .run()
+        .success()
+        .stdout_is("db.internal db,upstreams\n");
+}
+
+#[test]
+fn renders_from_a_config_file_with_a_token_file() {
+    let t = ConsulTarget::start_with_acl();
+    seed(&t);
+    let token = t.create_token(&[Rule::key_prefix("apps/web/", Policy::Read)]);
+    with_token(Test::new(), &t)
+        .file("tpl/a.j2", TEMPLATE)
+        .file("secrets/consul-token", format!("{token}\n"))
+        .file(
+            "conf/stencil.toml",
+            format!(
+                "[sources.kv]\nkind = \"consul\"\naddress = \"{}\"\nprefix = \"{}\"\n\
+                 token_file = \"../secrets/consul-token\"\ntimeout = \"5s\"\n\n\
+                 [[templates]]\nsource = \"../tpl/a.j2\"\n",
+                t.addr(),
+                t.key("apps/web/")
+            ),
+        )
+        // The file's token_file wins over the environment's token.
+        .env("CONSUL_HTTP_TOKEN", "not-this-one")
+        .args(["render", "-c", "conf/stencil.toml", "--log-level", "trace"])
+        .run()
+        .success()
+        .stdout_is(EXPECTED)
+        .stderr_lacks(&token);
+}
+
+#[test]
+fn consul_http_addr_and_token_are_honoured_and_the_file_wins() {
+    let server = ConsulServer::with_acl(
+        Acl::new("root").token(TOKEN, [Rule::key_prefix("apps/", Policy::Read)]),
+    );
+    server.put("apps/web/db/host", "db.internal");
+    let host_port = server.addr().trim_start_matches("http://").to_string();
+    let config = "[sources.kv]\nkind = \"consul\"\nprefix = \"apps/web\"\n\n[[templates]]\nsource = \"a.j2\"\n";
+    Test::new()
+        .file("a.j2", "{{ key('db/host') }}\n")
+        .file("stencil.toml", config)
+        // Without a scheme, as the consul CLI accepts it.
+        .env("CONSUL_HTTP_ADDR", &host_port)
+        .env("CONSUL_HTTP_TOKEN", TOKEN)
+        .args(["render", "-c", "stencil.toml", "--log-level", "trace"])
+        .run()
+        .success()
+        .stdout_is("db.internal\n")
+        .stderr_lacks(TOKEN);
+    let requests = server.kv_requests();
+    assert_eq!(requests.len(), 1, "{requests:#?}");
+    assert_eq!(requests[0].token.as_deref(), Some(TOKEN));
+    assert!(
+        !requests[0].query.contains(TOKEN),
+        "the token went in the URL"
+    );
+
+    // What the file says wins over the variables.
+    Test::new()
+        .file("a.j2", "{{ key('db/host') }}\n")
+        .file(
+            "stencil.toml",
+            format!(
+                "[sources.kv]\nkind = \"consul\"\naddress = \"{}\"\nprefix = \"apps/web\"\ntoken = \"{TOKEN}\"\n\n\
+                 [[templates]]\nsource = \"a.j2\"\n",
+                server.addr()
+            ),
+        )
+        .env("CONSUL_HTTP_ADDR", "127.0.0.1:9")
+        .env("CONSUL_HTTP_TOKEN", "wrong")
+        .args(["render", "-c", "stencil.toml"])
+        .run()
+        .success()
+        .stdout_is("db.internal\n");
+}
+
+#[test]
+fn the_token_never_appears_in_output_even_at_trace_level() {
+    let server = ConsulServer::with_acl(
+        Acl::new("root").token(TOKEN, [Rule::key_prefix("apps/", Policy::Read)]),
+    );
+    server.put("apps/web/db/host", "db.internal");
+    let source = format!("consul={}?prefix=apps/web", server.addr());
+    let source = source.as_str();
+    for args in [
+        vec![
+            "render",
+            "--log-level",
+            "trace",
+            "--source",
+            source,
+            "-t",
+            "a.j2",
+        ],
+        vec![
+            "render",
+            "--log-format",
+            "json",
+            "--log-level",
+            "trace",
+            "--source",
+            source,
+            "-t",
+            "a.j2",
+        ],
+        vec!["render", "--print-config", "--source", source, "-t", "a.j2"],
+    ] {
+        let out = Test::new()
+            .file(
+                "a.j2",
+                "{{ key('db/host') }} {{ key_or('missing', 'd') }} {{ ls('') | join(',') }}\n",
+            )
+            .env("CONSUL_HTTP_TOKEN", TOKEN)
+            .args(args.clone())
+            .run()
+            .success()
+            .stderr_lacks(TOKEN);
+        assert!(
+            !out.stdout_str().contains(TOKEN),
+            "{args:?}: {}",
+            out.stdout_str()
+        );
+    }
+    // And when the server fails or refuses.
+    server.fail_next(1);
+    Test::new()
+        .file("a.j2", "{{ key('db/host') }}\n")
+        .env("CONSUL_HTTP_TOKEN", TOKEN)
+        .args([
+            "render",
+            "--log-level",
+            "trace",
+            "--source",
+            source,
+            "-t",
+            "a.j2",
+        ])
+        .run()
+        .code(1)
+        .stderr_has("No cluster leader")
+        .stderr_lacks(TOKEN);
+}
+
+#[test]
+fn a_key_the_token_may_not_read_is_an_error_naming_it() {
+    let t = ConsulTarget::start_with_acl();
+    t.put("apps/web/db/host", "db.internal");
+    t.put("secret/password", "hunter2");
+    let token = t.create_token(&[Rule::key_prefix("apps/", Policy::Read)]);
+    Test::new()
+        .file(
+            "a.j2",
+            "{{ key('apps/web/db/host') }} {{ key('secret/password') }}\n",
+        )
+        .env("CONSUL_HTTP_TOKEN", &token)
+        .args([
+            "render",
+            "--log-level",
+            "trace",
+            "--source",
+            &format!("consul={}?prefix={}", t.addr(), t.key("")),
+            "-t",
+            "a.j2",
+        ])
+        .run()
+        .code(1)
+        .stderr_has(&format!(
+            "refused to read key {:?}",
+            t.key("secret/password")
+        ))
+        .stderr_has("the token lacks permission")
+        .stderr_has("Permission denied")
+        .stderr_lacks(&token)
+        .stderr_lacks("hunter2");
+}
+
+#[test]
+fn an_unknown_token_says_consul_does_not_know_it() {
+    let server = ConsulServer::with_acl(Acl::new("root"));
+    server.put("k", "v");
+    Test::new()
+        .file("a.j2", "{{ key('k') }}\n")
+        .env("CONSUL_HTTP_TOKEN", TOKEN)
+        .args([
+            "render",
+            "--source",
+            &format!("consul={}", server.addr()),
+            "-t",
+            "a.j2",
+        ])
+        .run()
+        .code(1)
+        .stderr_has("refused to read key \"k\"")
+        .stderr_has("the token lacks permission: Consul does not know it")
+        .stderr_lacks(TOKEN);
+}
+
+#[test]
+fn folder_markers_are_not_keys_and_prefixes_are_folders() {
+    let t = ConsulTarget::start();
+    seed(&t);
+    with_token(Test::new(), &t)
+        .file(
+            "a.j2",
+            "{{ ls('apps') | join(',') }}|{{ ls('apps/web') | join(',') }}|{{ kv('apps/web') | tojson }}|\
+             {{ tree('apps/web') | tojson }}|{{ key_exists('apps/web/upstreams') }}|{{ key_exists('apps/web/db/host') }}\n",
+        )
+        .args([
+            "render",
+            "--source",
+            &format!("consul={}?prefix={}", t.addr(), t.key("")),
+            "-t",
+            "a.j2",
+        ])
+        .run()
+        .success()
+        .stdout_is(
+            "other,web,webx|db,upstreams|\
+             {\"db/host\":\"db.internal\",\"upstreams/a\":\"10.0.0.1:80\",\"upstreams/b\":\"10.0.0.2:80\"}|\
+             {\"db\":{\"host\":\"db.internal\"},\"upstreams\":{\"a\":\"10.0.0.1:80\",\"b\":\"10.0.0.2:80\"}}|\
+             false|true\n",
+        );
+}
+
+#[test]
+fn a_value_that_is_not_utf8_is_an_error_naming_the_key() {
+    let t = ConsulTarget::start();
+    t.put("bin", [0xff, 0xfe, 0x00]);
+    t.put("empty", "");
+    let source = format!("consul={}?prefix={}", t.addr(), t.key(""));
+    with_token(Test::new(), &t)
+        .file("a.j2", "{{ key('bin') }}\n")
+        .args(["render", "--source", &source, "-t", "a.j2"])
+        .run()
+        .code(1)
+        .stderr_has(&format!("the value of key {:?} is not UTF-8", t.key("bin")));
+    // An empty value is Consul's null: an empty string, not a missing key.
+    with_token(Test::new(), &t)
+        .file("a.j2", "[{{ key('empty') }}]\n")
+        .args(["render", "--source", &source, "-t", "a.j2"])
+        .run()
+        .success()
+        .stdout_is("[]\n");
+}
+
+#[test]
+fn keys_with_spaces_and_question_marks_are_escaped() {
+    let t = ConsulTarget::start();
+    t.put("odd/a key?#%", "odd value");
+    with_token(Test::new(), &t)
+        .file(
+            "a.j2",
+            "{{ key('odd/a key?#%') }} {{ ls('odd') | join(',') }}\n",
+        )
+        .args([
+            "render",
+            "--source",
+            &format!("consul={}?prefix={}", t.addr(), t.key("")),
+            "-t",
+            "a.j2",
+        ])
+        .run()
+        .success()
+        .stdout_is("odd value a key?#%\n");
+}
+
+#[test]
+fn datacenter_and_stale_reach_the_server() {
+    let server = ConsulServer::start();
+    server.put("k", "v");
+    Test::new()
+        .file("a.j2", "{{ key('k') }} {{ kv('') | length }}\n")
+        .file(
+            "stencil.toml",
+            format!(
+                "[sources.kv]\nkind = \"consul\"\naddress = \"{}\"\ndatacenter = \"dc1\"\nstale = true\n\n\
+                 [[templates]]\nsource = \"a.j2\"\n",
+                server.addr()
+            ),
+        )
+        .args(["render", "-c", "stencil.toml"])
+        .run()
+        .success()
+        .stdout_is("v 1\n");
+    let requests = server.kv_requests();
+    assert_eq!(requests.len(), 2, "{requests:#?}");
+    for r in &requests {
+        assert_eq!(r.param("dc"), Some("dc1"), "{r:?}");
+        assert!(r.has("stale"), "{r:?}");
+    }
+    // Another datacenter: Consul's own error, with the address.
+    Test::new()
+        .file("a.j2", "{{ key('k') }}\n")
+        .args([
+            "render",
+            "--source",
+            &format!("consul={}?dc=dc2", server.addr()),
+            "-t",
+            "a.j2",
+        ])
+        .run()
+        .code(1)
+        .stderr_has(&format!("consul at {}", server.addr()))
+        .stderr_has("No path to datacenter");
+}
+
+#[test]
+fn a_refused_connection_names_the_address() {
+    Test::new()
+        .file("a.j2", "{{ key('x') }}\n")
+        .args([
+            "render",
+            "--source",
+            "consul=http://127.0.0.1:9",
+            "-t",
+            "a.j2",
+        ])
+        .run()
+        .code(1)
+        .stderr_has("consul at http://127.0.0.1:9 did not answer")
+        .stderr_has("Connection refused");
+}
+
+#[test]
+fn malformed_source_urls_and_foreign_keys_are_usage_errors() {
+    for (url, needle) in [
+        ("consul=consul+http://?prefix=a", "no address in the URL"),
+        ("consul=http://a:1,b:2", "Consul takes one agent's address"),
+        (
+            "consul=http://127.0.0.1:8500?stale=maybe",
+            "stale=\"maybe\"",
+        ),
+        (
+            "consul=http://127.0.0.1:8500?prefx=a",
+            "unknown URL parameter \"prefx\"",
+        ),
+        ("kv=http://127.0.0.1:8500", "consul+http://"),
+        (
+            "consul=http://127.0.0.1:8500?token=s3cr3t-in-url",
+            "a token does not go in the URL",
+        ),
+    ] {
+        Test::new()
+            .file("a.j2", "x\n")
+            .args(["render", "--source", url, "-t", "a.j2"])
+            .run()
+            .code(2)
+            .stderr_has(needle)
+            .stderr_lacks("s3cr3t-in-url");
+    }
+    for (kind, key, value) in [
+        ("consul", "endpoints", "[\"http://127.0.0.1:2379\"]"),
+        ("consul", "password_file", "\"pw\""),
+        ("etcd", "token_file", "\"t\""),
+        ("etcd", "address", "\"http://127.0.0.1:8500\""),
+        ("file", "datacenter", "\"dc1\""),
+    ] {
+        let path = if kind == "file" {
+            "path = \"d.json\"\n"
+        } else {
+            ""
+        };
+        Test::new()
+            .file("a.j2", "x\n")
+            .file(
+                "stencil.toml",
+                format!(
+                    "[sources.kv]\nkind = \"{kind}\"\n{path}{key} = {value}\n\n\
+                     [[templates]]\nsource = \"a.j2\"\n"
+                ),
+            )
+            .args(["check", "-c", "stencil.toml"])
+            .run()
+            .code(2)
+            .stderr_has(&format!(
+                "source \"kv\" of kind \"{kind}\" does not take {key}"
+            ));
+    }
+}
+
+#[test]
+fn ten_thousand_keys_under_a_prefix_cost_one_request() {
+    let server = ConsulServer::start();
+    server.put_many((0..10_000).map(|i| (format!("many/k{i:05}"), format!("v{i}"))));
+    let source = source_on_server(&server, Duration::from_secs(60));
+    let sources = stencil::source::Sources::from_iter([(
+        "kv".to_string(),
+        source.clone() as Arc<dyn Source>,
+    )]);
+    let template = stencil::template::Template::from_source(
+        std::path::Path::new("t.j2"),
+        "{% for k, v in kv('many') | items %}{{ k }}={{ v }}\n{% endfor %}\
+         {{ key('many/k00042') }} {{ ls('many') | length }} {{ key_exists('many/k99999') }}\n"
+            .into(),
+    )
+    .unwrap();
+    let scope = stencil::template::Scope {
+        sources,
+        default_source: Some("kv".into()),
+    };
+    let text = template.render(&scope).result.unwrap();
+    assert_eq!(text.lines().count(), 10_001);
+    assert!(text.starts_with("k00000=v0\n"));
+    assert!(
+        text.ends_with("v42 10000 false\n"),
+        "{}",
+        &text[text.len() - 40..]
+    );
+    let requests = server.kv_requests();
+    assert_eq!(
+        requests.len(),
+        1,
+        "one request for the prefix; keys inside it are served from it: {requests:#?}"
+    );
+    assert_eq!(requests[0].key(), Some("many/"));
+    assert!(requests[0].has("recurse"));
+    assert_eq!(source.requests(), Some(1));
+
+    // A new snapshot reads again.
+    source.refresh();
+    assert_eq!(source.get("many/k00001").unwrap().as_deref(), Some("v1"));
+    assert_eq!(server.kv_requests().len(), 2);
+}
+
+// ---------------------------------------------------------------------------
+// Watching.
+
+#[test]
+fn a_change_is_seen_by_a_parked_blocking_query_without_polling() {
+    let server = ConsulServer::start();
+    server.put("apps/web/port", "8080");
+    server.put("apps/web/db/host", "db.internal");
+    let source = source_on_server(&server, Duration::from_secs(300));
+    assert_eq!(source.list("apps/web").unwrap().len(), 2);
+    let (read_index, _) = server.list("apps/web/");
+    server.clear_requests();
+
+    // The key inside the watched prefix shares its query.
+    let mut watch = Watch::start(&source, spec(&["apps/web/port"], &["apps/web"]));
+    server.wait_parked(1);
+    let log = server.kv_requests();
+    assert_eq!(log.len(), 1, "{log:#?}");
+    assert_eq!(log[0].key(), Some("apps/web/"));
+    assert!(log[0].has("recurse"));
+    assert_eq!(
+        log[0].blocking_index(),
+        Some(read_index),
+        "starts from what the render read"
+    );
+
+    // A write elsewhere does not end the query; one under the prefix does.
+    server.put("apps/other", "x");
+    server.put("apps/web/port", "9090");
+    assert_eq!(watch.changed(), ["apps/web/port"]);
+    // At once, a new query from the new index, and nothing else.
+    let log = server.wait_until("the next blocking query", |log| {
+        log.len() == 2 && log[1].status.is_none()
+    });
+    assert!(log[1].blocking_index().unwrap() > read_index);
+    server.wait_parked(1);
+    assert_eq!(server.kv_requests().len(), 2);
+
+    // A creation and a deletion are changes too.
+    server.put("apps/web/new", "1");
+    assert_eq!(watch.changed(), ["apps/web/new"]);
+    server.wait_parked(1);
+    assert_eq!(server.kv_requests().len(), 3);
+    server.delete("apps/web/db/host");
+    assert_eq!(watch.changed(), ["apps/web/db/host"]);
+    server.wait_parked(1);
+    assert_eq!(server.kv_requests().len(), 4);
+}
+
+#[test]
+fn a_key_outside_watched_prefixes_gets_its_own_query() {
+    let server = ConsulServer::start();
+    server.put("a/x", "1");
+    server.put("b", "2");
+    let source = source_on_server(&server, Duration::from_secs(300));
+    source.list("a").unwrap();
+    source.get("a/x").unwrap();
+    source.get("b").unwrap();
+    server.clear_requests();
+    let mut watch = Watch::start(&source, spec(&["a/x", "b"], &["a"]));
+    server.wait_parked(2);
+    let mut keys: Vec<String> = server
+        .kv_requests()
+        .iter()
+        .map(|r| r.key().unwrap().to_string())
+        .collect();
+    keys.sort();
+    assert_eq!(keys, ["a/", "b"]);
+    server.put("b", "3");
+    assert_eq!(watch.changed(), ["b"]);
+}
+
+#[test]
+fn a_missing_key_is_seen_when_it_is_created() {
+    let t = ConsulTarget::start();
+    let source = source_on(&t, "");
+    assert_eq!(source.get("late").unwrap(), None);
+    let mut watch = Watch::start(&source, spec(&["late"], &[]));
+    if let Some(server) = t.test_server() {
+        server.wait_parked(1);
+    }
+    // A query on a missing key returns on any write (its index is the KV
+    // table's): that is no change.
+    t.put("unrelated", "x");
+    t.put("late", "arrived");
+    assert_eq!(watch.changed(), ["late"]);
+    t.delete("late");
+    assert_eq!(watch.changed(), ["late"]);
+}
+
+#[test]
+fn a_deleted_prefix_lists_every_deleted_key() {
+    let t = ConsulTarget::start();
+    t.put("up/a", "1");
+    t.put("up/b", "2");
+    t.put("up/c/d", "3");
+    t.put("keep", "x");
+    let source = source_on(&t, "");
+    assert_eq!(source.list("up").unwrap().len(), 3);
+    let mut watch = Watch::start(&source, spec(&[], &["up"]));
+    if let Some(server) = t.test_server() {
+        server.wait_parked(1);
+    }
+    t.delete_tree("up/");
+    assert_eq!(
+        watch.collect(&["up/a", "up/b", "up/c/d"]),
+        ["up/a", "up/b", "up/c/d"]
+    );
+}
+
+#[test]
+fn an_index_that_goes_backwards_resets_to_zero_and_sees_the_next_change() {
+    let server = ConsulServer::start();
+    for i in 0..20 {
+        server.put(&format!("w/k{i}"), "v");
+    }
+    // A short wait: after a restore, the parked query returns only when its
+    // wait ends, with the lower index.
+    let source = source_on_server(&server, Duration::from_secs(1));
+    source.list("w").unwrap();
+    let mut watch = Watch::start(&source, spec(&[], &["w"]));
+    server.wait_parked(1);
+    let old = server.kv_requests().last().unwrap().blocking_index().unwrap();
+    server.clear_requests();
+    server.index_goes_backwards();
+    let log = server.wait_until(
+        "a query from index 0, then one from the lower index",
+        |log| {
+            let zero = log.iter().position(|r| r.param("index") == Some("0"));
+            zero.is_some_and(|z| {
+                log[z + 1..]
+                    .iter()
+                    .any(|r| r.status.is_none() && r.blocking_index().is_some_and(|i| i < old))
+            })
+        },
+    );
+    assert!(
+        !log.iter().any(|r| r.blocking_index() == Some(old)),
+        "the old index was used again: {log:#?}"
+    );
+    server.put("w/k3", "changed");
+    // The content did not change with the restore: the first event is the
+    // write.
+    assert_eq!(watch.changed(), ["w/k3"]);
+}
+
+#[test]
+fn a_500_is_reported_once_and_recovery_delivers_the_change() {
+    let server = ConsulServer::start();
+    server.put("k", "1");
+    let source = source_on_server(&server, Duration::from_secs(300));
+    source.get("k").unwrap();
+    server.clear_requests();
+    server.fail_next(2);
+    let mut watch = Watch::start(&source, spec(&["k"], &[]));
+    match watch.next() {
+        SourceEvent::Failed { source, error } => {
+            assert_eq!(source, "kv");
+            assert!(
+                error.contains("500") && error.contains("No cluster leader"),
+                "{error}"
+            );
+            assert!(error.contains(&server.addr()), "{error}");
+        }
+        other => panic!("expected Failed, got {other:?}"),
+    }
+    // Written while the watch backs off.
+    server.put("k", "2");
+    assert!(matches!(watch.next(), SourceEvent::Up { .. }));
+    assert_eq!(watch.changed(), ["k"]);
+    let log = server.kv_requests();
+    assert_eq!(log.iter().filter(|r| r.status == Some(500)).count(), 2);
+    // Backoff, not a hot loop: 250 ms less at most 20% of jitter.
+    assert!(
+        log[1].at - log[0].at >= Duration::from_millis(200),
+        "{log:#?}"
+    );
+}
+
+#[test]
+fn a_dropped_connection_mid_query_loses_no_change() {
+    let server = ConsulServer::start();
+    server.put("p/a", "1");
+    let source = source_on_server(&server, Duration::from_secs(300));
+    source.list("p").unwrap();
+    let mut watch = Watch::start(&source, spec(&[], &["p"]));
+    server.wait_parked(1);
+    server.drop_parked_connections();
+    assert!(matches!(watch.next(), SourceEvent::Failed { .. }));
+    server.put("p/a", "2");
+    server.put("p/b", "3");
+    assert!(matches!(watch.next(), SourceEvent::Up { .. }));
+    assert_eq!(watch.collect(&["p/a", "p/b"]), ["p/a", "p/b"]);
+    assert!(server.kv_requests().iter().any(|r| r.dropped));
+}
+
+#[test]
+fn a_server_that_answers_at_once_is_not_queried_in_a_hot_loop() {
+    let server = ConsulServer::start();
+    // A query on a missing key returns on every write anywhere, with
+    // nothing changed: the next query must wait MIN_INTERVAL, however fast
+    // the answers come.
+    let source = source_on_server(&server, Duration::from_secs(300));
+    source.get("missing").unwrap();
+    server.clear_requests();
+    let _watch = Watch::start(&source, spec(&["missing"], &[]));
+    server.wait_parked(1);
+    let start = Instant::now();
+    for i in 0..10 {
+        // Each write ends the query on the missing key without a change.
+        server.wait_until("the next query", |log| {
+            log.len() == i + 1 && log[i].status.is_none()
+        });
+        server.wait_parked(1);
+        server.put("other", i.to_string());
+    }
+    server.wait_until("the eleventh query", |log| log.len() == 11);
+    // 10 answers without a change: at least 10 × MIN_INTERVAL between the
+    // queries' starts.
+    let log = server.kv_requests();
+    let spread = log[10].at - log[0].at;
+    assert!(
+        spread >= stencil::source::consul::MIN_INTERVAL * 9,
+        "{spread:?} for {} queries",
+        log.len()
+    );
+    assert!(start.elapsed() < Duration::from_secs(30));
+}
+
+#[test]
+fn a_token_revoked_while_watching_ends_the_watch_with_an_error() {
+    let server = ConsulServer::with_acl(
+        Acl::new("root").token(TOKEN, [Rule::key_prefix("apps/", Policy::Read)]),
+    );
+    server.put("apps/k", "1");
+    let mut config = ConsulConfig::new(server.addr());
+    config.token = Some(TOKEN.into());
+    let source = Arc::new(ConsulSource::new("kv", &config).unwrap());
+    source.get("apps/k").unwrap();
+    let watch = Watch::start(&source, spec(&["apps/k"], &[]));
+    server.wait_parked(1);
+    server.remove_token(TOKEN);
+    server.put("apps/k", "2");
+    let err = format!("{:#}", watch.result().unwrap_err());
+    assert!(
+        err.contains("the Consul watch of source \"kv\" stopped"),
+        "{err}"
+    );
+    assert!(err.contains("refused to read key \"apps/k\""), "{err}");
+    assert!(err.contains("lacks permission"), "{err}");
+    assert!(!err.contains(TOKEN), "{err}");
+}
+
+#[test]
+fn a_watch_with_nothing_read_reports_what_it_finds() {
+    let t = ConsulTarget::start();
+    t.put("cold/a", "1");
+    let source = source_on(&t, "");
+    // No read before the watch: it cannot know what the render saw.
+    let mut watch = Watch::start(&source, spec(&[], &["cold"]));
+    assert_eq!(watch.changed(), ["cold/a"]);
+    if let Some(server) = t.test_server() {
+        server.wait_parked(1);
+    }
+    t.put("cold/b", "2");
+    assert_eq!(watch.changed(), ["cold/b"]);
+}
