@@ -258,7 +258,10 @@ pub struct TemplateArgs {
 
     /// A source as NAME=URL; file:///path/data.json is a data file.
     ///
-    /// The source is then read in templates with key('k', source='NAME').
+    /// etcd=http://127.0.0.1:2379?prefix=/apps/web/ reads etcd and
+    /// consul=http://127.0.0.1:8500?prefix=apps/web/ reads Consul KV (or
+    /// etcd+http://… and consul+http://… under any name). The source is then
+    /// read in templates with key('k', source='NAME').
     #[arg(long = "source", env = "STENCIL_SOURCE", value_name = "NAME=URL")]
     pub sources: Vec<String>,
 

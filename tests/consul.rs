@@ -238,6 +238,28 @@ fn consul_http_addr_and_token_are_honoured_and_the_file_wins() {
 }
 
 #[test]
+fn consul_http_ssl_makes_a_bare_address_https() {
+    let out = Test::new()
+        .file("a.j2", "{{ key('k') }}\n")
+        .file(
+            "stencil.toml",
+            "[sources.kv]\nkind = \"consul\"\n\n[[templates]]\nsource = \"a.j2\"\n",
+        )
+        .env("CONSUL_HTTP_ADDR", "127.0.0.1:9")
+        .env("CONSUL_HTTP_SSL", "true")
+        .env("CONSUL_HTTP_TOKEN", TOKEN)
+        .args(["render", "-c", "stencil.toml", "--print-config"])
+        .run()
+        .success();
+    let config: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let kv = &config["sources"]["kv"];
+    assert_eq!(kv["kind"], "consul");
+    assert_eq!(kv["address"], "https://127.0.0.1:9");
+    assert!(kv.get("token").is_none(), "{kv}");
+    assert!(!out.stdout_str().contains(TOKEN));
+}
+
+#[test]
 fn the_token_never_appears_in_output_even_at_trace_level() {
     let server = ConsulServer::with_acl(
         Acl::new("root").token(TOKEN, [Rule::key_prefix("apps/", Policy::Read)]),
@@ -707,7 +729,12 @@ fn an_index_that_goes_backwards_resets_to_zero_and_sees_the_next_change() {
     source.list("w").unwrap();
     let mut watch = Watch::start(&source, spec(&[], &["w"]));
     server.wait_parked(1);
-    let old = server.kv_requests().last().unwrap().blocking_index().unwrap();
+    let old = server
+        .kv_requests()
+        .last()
+        .unwrap()
+        .blocking_index()
+        .unwrap();
     server.clear_requests();
     server.index_goes_backwards();
     let log = server.wait_until(

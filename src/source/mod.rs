@@ -86,9 +86,10 @@ pub enum SourceEvent {
     /// These keys (relative, normalized) changed: created, modified or
     /// deleted.
     Changed { source: String, keys: Vec<String> },
-    /// Changes may have been missed (etcd compacted the history, Consul's
-    /// index went backwards): everything this source feeds must be read
-    /// again.
+    /// Changes may have been missed (etcd compacted the history):
+    /// everything this source feeds must be read again. (Consul needs
+    /// none: each blocking query's answer holds the whole content, which is
+    /// compared with what was known, even when the index went backwards.)
     Resync { source: String },
     /// The source answers again after a failure.
     Up { source: String },
