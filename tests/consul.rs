@@ -809,6 +809,26 @@ fn a_dropped_connection_mid_query_loses_no_change() {
 }
 
 #[test]
+fn recovery_is_reported_without_waiting_for_a_change() {
+    let server = ConsulServer::start();
+    server.put("p/a", "1");
+    // A wait far longer than the test's deadline: only a plain read after
+    // the failure can say the server is back.
+    let source = source_on_server(&server, Duration::from_secs(600));
+    source.list("p").unwrap();
+    let mut watch = Watch::start(&source, spec(&[], &["p"]));
+    server.wait_parked(1);
+    server.drop_parked_connections();
+    assert!(matches!(watch.next(), SourceEvent::Failed { .. }));
+    assert!(matches!(watch.next(), SourceEvent::Up { .. }));
+    // And it blocks again, from the same index.
+    server.wait_parked(1);
+    let log = server.kv_requests();
+    let last = log.last().unwrap();
+    assert_eq!(last.blocking_index(), log[1].blocking_index(), "{log:#?}");
+}
+
+#[test]
 fn a_server_that_answers_at_once_is_not_queried_in_a_hot_loop() {
     let server = ConsulServer::start();
     // A query on a missing key returns on every write anywhere, with
@@ -878,4 +898,64 @@ fn a_watch_with_nothing_read_reports_what_it_finds() {
     }
     t.put("cold/b", "2");
     assert_eq!(watch.changed(), ["cold/b"]);
+}
+
+// ---------------------------------------------------------------------------
+// The real binary watching.
+
+#[test]
+fn stencil_watch_follows_consul_through_a_missing_key_an_outage_and_a_delete() {
+    let server = ConsulServer::start();
+    server.put("app/pool/x", "10.0.0.1");
+    let mut run = Test::new()
+        .file(
+            "a.j2",
+            // trim_blocks eats the newline after endfor.
+            "{{ key('port') }}{% for n in ls('pool') %} {{ key('pool/' ~ n) }}{% endfor %}\n\n",
+        )
+        .args([
+            "watch",
+            "--source",
+            &format!("consul={}?prefix=app", server.addr()),
+            "-t",
+            "a.j2:out.conf",
+        ])
+        .spawn();
+    // Pending on the missing key, rendered when it appears.
+    run.wait_for("the pending log line", |r| {
+        r.stderr()
+            .contains("waiting for key \"port\"")
+            .then_some(())
+    });
+    server.put("app/port", "80");
+    run.wait_file("out.conf", "80 10.0.0.1\n");
+    server.put("app/pool/y", "10.0.0.2");
+    run.wait_file("out.conf", "80 10.0.0.1 10.0.0.2\n");
+
+    // An outage: the file stays, a change made meanwhile is applied.
+    server.wait_until("the watch's queries to park", |_| server.parked() >= 2);
+    server.drop_parked_connections();
+    server.put("app/port", "8080");
+    run.wait_file("out.conf", "8080 10.0.0.1 10.0.0.2\n");
+    run.wait_for("the outage and the recovery in the log", |r| {
+        let log = r.stderr();
+        (log.contains("source is failing") && log.contains("source is answering again"))
+            .then_some(())
+    });
+
+    server.delete_tree("app/pool/");
+    run.wait_file("out.conf", "8080\n");
+    // One query per watched prefix and per other key, never one per key
+    // under a prefix.
+    let parked: Vec<String> = server
+        .kv_requests()
+        .iter()
+        .filter(|r| r.status.is_none() && r.blocking_index().is_some())
+        .map(|r| r.key().unwrap().to_string())
+        .collect();
+    assert!(
+        parked.iter().all(|k| k == "app/pool/" || k == "app/port"),
+        "{parked:?}"
+    );
+    assert!(!run.stderr().contains("app/pool/x\""), "{}", run.stderr());
 }

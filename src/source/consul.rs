@@ -799,10 +799,13 @@ impl ConsulSource {
                 }
             }
             let started = tokio::time::Instant::now();
-            tracing::trace!(source = %self.name, "consul blocking query on {what} from index {index}");
-            let read = self
-                .client
-                .read(&query.key, query.recurse, Some((index, self.query_wait)));
+            // After a failure, a plain read: a blocking query would only
+            // answer (and so show the source is back) when something
+            // changes. Its content is compared like any other, so nothing
+            // is lost.
+            let block = (!failing).then_some((index, self.query_wait));
+            tracing::trace!(source = %self.name, "consul query on {what} from index {index}, blocking: {}", block.is_some());
+            let read = self.client.read(&query.key, query.recurse, block);
             let result = tokio::select! {
                 r = read => r,
                 _ = tx.closed() => return Ok(()),
