@@ -886,6 +886,32 @@ fn a_token_revoked_while_watching_ends_the_watch_with_an_error() {
 }
 
 #[test]
+fn a_restarted_watch_goes_on_from_what_the_last_one_saw() {
+    let server = ConsulServer::start();
+    server.put("a", "1");
+    server.put("b", "1");
+    let source = source_on_server(&server, Duration::from_secs(300));
+    source.get("a").unwrap();
+    let mut first = Watch::start(&source, spec(&["a"], &[]));
+    server.wait_parked(1);
+    server.put("a", "2");
+    assert_eq!(first.changed(), ["a"]);
+    server.wait_parked(1);
+    drop(first);
+    // The next batch re-renders a template that reads only b, and the
+    // coordinator restarts the watch for a and b: a is not in the new
+    // snapshot, but the old watch saw it, so nothing is reported twice.
+    source.refresh();
+    source.get("b").unwrap();
+    let mut second = Watch::start(&source, spec(&["a", "b"], &[]));
+    server.wait_parked(2);
+    server.put("b", "2");
+    assert_eq!(second.changed(), ["b"]);
+    server.put("a", "3");
+    assert_eq!(second.changed(), ["a"]);
+}
+
+#[test]
 fn a_watch_with_nothing_read_reports_what_it_finds() {
     let t = ConsulTarget::start();
     t.put("cold/a", "1");

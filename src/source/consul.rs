@@ -27,8 +27,8 @@
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::fmt;
 use std::path::PathBuf;
-use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use anyhow::{Context, Result, anyhow, bail};
@@ -470,6 +470,11 @@ pub struct ConsulSource {
     prefix: String,
     query_wait: Duration,
     cache: Mutex<Cache>,
+    /// What the watch's queries last saw, by (recurse, key): a watch
+    /// restarted for a new set of keys (the coordinator does that when the
+    /// templates read something new) goes on from here for queries whose
+    /// data the last render did not read, rather than starting blind.
+    watched: Mutex<Watched>,
 }
 
 impl ConsulSource {
@@ -480,6 +485,7 @@ impl ConsulSource {
             prefix: super::normalize_key(&config.prefix).to_string(),
             query_wait: config.query_wait,
             cache: Mutex::new(Cache::default()),
+            watched: Mutex::new(HashMap::new()),
         })
     }
 
@@ -640,14 +646,17 @@ impl Source for ConsulSource {
 /// Full Consul key -> raw value.
 type Content = BTreeMap<String, Vec<u8>>;
 
+/// (recurse, Consul key) of a query -> what it last saw.
+type Watched = HashMap<(bool, String), Read<Arc<Content>>>;
+
 /// One blocking query of a watch.
 #[derive(Debug, Clone)]
 struct Query {
     /// A Consul key, or a folder (ending in `/`, or "") read with `recurse`.
     key: String,
     recurse: bool,
-    /// What the render read, and at which index.
-    known: Option<Read<Content>>,
+    /// What the render (or an earlier watch) read, and at which index.
+    known: Option<Read<Arc<Content>>>,
 }
 
 impl Query {
@@ -724,7 +733,7 @@ impl ConsulSource {
                 .find(|(f, _)| in_folder(f, &folder))
                 .map(|(_, r)| Read {
                     index: r.index,
-                    value: to_raw(&r.value, &|k| in_folder(&folder, k)),
+                    value: Arc::new(to_raw(&r.value, &|k| in_folder(&folder, k))),
                 });
             queries.push(Query {
                 key: folder,
@@ -736,15 +745,16 @@ impl ConsulSource {
             let known = match cache.keys.get(&key) {
                 Some(r) => Some(Read {
                     index: r.index,
-                    value: r
-                        .value
-                        .iter()
-                        .map(|v| (key.clone(), v.clone().into_bytes()))
-                        .collect(),
+                    value: Arc::new(
+                        r.value
+                            .iter()
+                            .map(|v| (key.clone(), v.clone().into_bytes()))
+                            .collect(),
+                    ),
                 }),
                 None => Self::cached_folder(&cache, &key).map(|r| Read {
                     index: r.index,
-                    value: to_raw(&r.value, &|k| k == key),
+                    value: Arc::new(to_raw(&r.value, &|k| k == key)),
                 }),
             };
             queries.push(Query {
@@ -753,7 +763,27 @@ impl ConsulSource {
                 known,
             });
         }
+        drop(cache);
+        // The newer of the render's read and what a watch saw: changes
+        // between the two were delivered already.
+        let mut watched = self.watched();
+        watched.retain(|(recurse, key), _| {
+            queries
+                .iter()
+                .any(|q| q.recurse == *recurse && q.key == *key)
+        });
+        for q in &mut queries {
+            if let Some(seen) = watched.get(&(q.recurse, q.key.clone()))
+                && q.known.as_ref().is_none_or(|k| k.index < seen.index)
+            {
+                q.known = Some(seen.clone());
+            }
+        }
         queries
+    }
+
+    fn watched(&self) -> std::sync::MutexGuard<'_, Watched> {
+        self.watched.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     async fn watch_queries(
@@ -869,6 +899,14 @@ impl ConsulSource {
             .iter()
             .filter_map(|k| self.relative_key(k))
             .collect();
+            let content = Arc::new(content);
+            self.watched().insert(
+                (query.recurse, query.key.clone()),
+                Read {
+                    index: reply.index.max(1),
+                    value: content.clone(),
+                },
+            );
             known = Some(content);
             if changed.is_empty() {
                 pace = Some(started);
