@@ -17,6 +17,7 @@ from wait4. The outputs are checked to be byte-identical before timing.
 Run from the repository root or anywhere:
 
   python3 bench/subst.py [--iterations 300] [--big-iterations 30] [--no-build]
+                         [--also static=target/x86_64-unknown-linux-gnu/release/stencil]
 
 Targets (issue 7): stencil at most 1.0x envsubst on small, 0.5x on 10mb.
 """
@@ -193,6 +194,13 @@ def main() -> None:
     parser.add_argument("--iterations", type=int, default=300)
     parser.add_argument("--big-iterations", type=int, default=30)
     parser.add_argument("--no-build", action="store_true")
+    parser.add_argument(
+        "--also",
+        action="append",
+        default=[],
+        metavar="LABEL=PATH",
+        help="another stencil binary to time in the same run, e.g. a static build",
+    )
     args = parser.parse_args()
 
     envsubst = shutil.which("envsubst") or sys.exit("envsubst not found: apt-get install gettext-base")
@@ -205,6 +213,9 @@ def main() -> None:
         "envsubst": [envsubst, FORMAT],
         "stencil subst": [stencil, "subst", FORMAT],
     }
+    for also in args.also:
+        label, path = also.split("=", 1)
+        tools[f"stencil subst ({label})"] = [os.path.abspath(path), "subst", FORMAT]
     assert TEMPLATE.count("\n") == 68, TEMPLATE.count("\n")
 
     out = []

@@ -294,6 +294,8 @@ fn edge_cases() {
     for (name, input) in cases {
         differential(name, input, FORMATS);
     }
+    // An empty SHELL-FORMAT names nothing, so nothing is replaced.
+    differential("empty-format", b"$HOST ${PORT} $", &[""]);
 }
 
 #[test]
