@@ -310,16 +310,17 @@ impl RenderState {
     fn get(&self, key: &str, kwargs: &Kwargs) -> Result<Lookup, Error> {
         let (name, src) = self.source(kwargs)?;
         let key = source::normalize_key(key).to_string();
+        let dep = Dep::Key {
+            source: name.clone(),
+            key: key.clone(),
+        };
+        // Recorded before reading: a read that failed is still a
+        // dependency, which watch mode must watch to see the source return.
+        self.record(dep.clone());
         let value = src
             .get(&key)
             .map_err(|e| self.source_error(&name, &src, e))?;
-        let dep = Dep::Key {
-            source: name.clone(),
-            key,
-        };
-        if value.is_some() {
-            self.record(dep);
-        } else {
+        if value.is_none() {
             self.record_missing(dep);
         }
         Ok(Lookup { value, name, src })
@@ -332,13 +333,14 @@ impl RenderState {
     ) -> Result<(String, Vec<(String, String)>), Error> {
         let (name, src) = self.source(kwargs)?;
         let prefix = source::normalize_key(prefix).to_string();
+        // Recorded before reading, so a failed read is still watched.
+        self.record(Dep::Prefix {
+            source: name.clone(),
+            prefix: prefix.clone(),
+        });
         let items = src
             .list(&prefix)
             .map_err(|e| self.source_error(&name, &src, e))?;
-        self.record(Dep::Prefix {
-            source: name,
-            prefix: prefix.clone(),
-        });
         Ok((prefix, items))
     }
 }

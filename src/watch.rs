@@ -125,6 +125,10 @@ struct TemplateInfo {
     state: TemplateState,
     /// The missing data last logged, so a pending template logs once.
     logged_pending: Option<BTreeSet<Dep>>,
+    /// Retries of a render that failed because a source did: a read can
+    /// fail while the source's watch is healthy (a 500 on one request), and
+    /// then no watch event would ever bring it back.
+    retry: runtime::Backoff,
 }
 
 struct Coordinator {
@@ -171,6 +175,7 @@ impl Coordinator {
                 deps: Deps::default(),
                 state: TemplateState::New,
                 logged_pending: None,
+                retry: runtime::Backoff::default(),
             })
             .collect();
         self.debouncer = Debouncer::default();
@@ -587,6 +592,12 @@ impl Coordinator {
                 }
                 (Ok(_), _) => self.templates[i].logged_pending = None,
             }
+            if unit.result.is_ok() {
+                self.templates[i].retry.reset();
+            } else if !unit.deps.failed.is_empty() {
+                let delay = self.templates[i].retry.next_delay();
+                self.debouncer.retry_at(i, Instant::now() + delay);
+            }
             self.templates[i].deps = unit.deps;
             self.set_state(i, state, detail);
         }
@@ -874,6 +885,15 @@ impl Debouncer {
             .or_insert((now, now, wait));
     }
 
+    /// Makes template `index` due at `at` (a retry), unless a change made
+    /// it due sooner.
+    pub fn retry_at(&mut self, index: usize, at: Instant) {
+        let entry = self.pending.entry(index).or_insert((at, at, None));
+        if Self::deadline(entry) > at {
+            *entry = (at, at, None);
+        }
+    }
+
     fn deadline((first, last, wait): &(Instant, Instant, Option<WaitSpec>)) -> Instant {
         match wait {
             None => *last,
@@ -939,6 +959,19 @@ mod tests {
         d.touch(0, t0 + ms(240), wait(100, 250));
         assert_eq!(d.next_deadline(), Some(t0 + ms(250)));
         assert_eq!(d.take_due(t0 + ms(250)), vec![0]);
+    }
+
+    #[test]
+    fn a_retry_waits_unless_a_change_comes_first() {
+        let t0 = Instant::now();
+        let ms = Duration::from_millis;
+        let mut d = Debouncer::default();
+        d.retry_at(0, t0 + ms(250));
+        assert!(d.take_due(t0 + ms(100)).is_empty());
+        assert_eq!(d.take_due(t0 + ms(250)), vec![0]);
+        d.touch(1, t0, None);
+        d.retry_at(1, t0 + ms(250));
+        assert_eq!(d.take_due(t0), vec![1], "the change is due at once");
     }
 
     #[test]
