@@ -188,7 +188,10 @@ const DEPS_EXAMPLES: &str = "\
 Example:
   stencil deps -c stencil.toml";
 
-const SUBST_EXAMPLES: &str = "\
+/// `stencil subst -h` shows these; `--help` adds to them (after_long_help).
+macro_rules! subst_examples {
+    () => {
+        "\
 Examples:
   # Replace every variable (GNU envsubst's default):
   stencil subst < in.conf > out.conf
@@ -197,7 +200,11 @@ Examples:
   stencil subst '$HOST $PORT' < nginx.conf.tmpl > nginx.conf
 
   # Which variables does a format name?
-  stencil subst --variables '$HOST ${PORT}'";
+  stencil subst --variables '$HOST ${PORT}'"
+    };
+}
+
+const SUBST_EXAMPLES: &str = subst_examples!();
 
 const EXEC_EXAMPLES: &str = "\
 Examples:
@@ -446,16 +453,7 @@ pub struct ExecOptions {
 }
 
 #[derive(Debug, Clone, Args)]
-#[command(after_long_help = "\
-Examples:
-  # Replace every variable (GNU envsubst's default):
-  stencil subst < in.conf > out.conf
-
-  # Only $HOST and $PORT; leaves nginx's $host and $remote_addr alone:
-  stencil subst '$HOST $PORT' < nginx.conf.tmpl > nginx.conf
-
-  # Which variables does a format name?
-  stencil subst --variables '$HOST ${PORT}'
+#[command(after_long_help = concat!(subst_examples!(), "
 
   # Defaults, and refuse to write a file with a blank in it:
   stencil subst --extended --no-empty -i app.conf.tmpl -o /etc/app.conf
@@ -468,7 +466,7 @@ Migrating from envsubst:
   ${VAR=default}, ${VAR:?message}, ${VAR?message}, ${VAR:+alt} and
   ${VAR+alt} as in a POSIX shell (quotes in the word are kept as written;
   \\$, \\} and \\\\ escape). --no-unset and --no-empty turn a silent blank into
-  exit status 1 naming every such variable, with nothing written.")]
+  exit status 1 naming every such variable, with nothing written."))]
 pub struct SubstArgs {
     /// Only replace the variables named in this string, e.g. '$HOST ${PORT}'.
     ///

@@ -233,12 +233,7 @@ pub fn run(args: &ExecArgs) -> Result<Exit> {
     pipeline.remove_stale();
     let all: Vec<usize> = (0..pipeline.units.len()).collect();
     let report = pipeline.run(&all, &args.options(), &mut std::io::stdout().lock());
-    let errors: Vec<anyhow::Error> = report
-        .units
-        .into_iter()
-        .filter_map(|u| u.result.err())
-        .chain(report.commands)
-        .collect();
+    let errors = report.into_errors();
     if !errors.is_empty() {
         let exit = crate::print_all(&errors).max(Exit::Failure);
         tracing::error!(

@@ -153,12 +153,7 @@ fn render(args: &TemplateArgs, opts: &Options) -> Result<Exit> {
             tracing::debug!(source = name, requests = n, "requests sent");
         }
     }
-    let errors: Vec<anyhow::Error> = report
-        .units
-        .into_iter()
-        .filter_map(|u| u.result.err())
-        .chain(report.commands)
-        .collect();
+    let errors = report.into_errors();
     Ok(print_all(&errors).max(if errors.is_empty() {
         Exit::Success
     } else {

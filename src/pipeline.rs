@@ -75,6 +75,15 @@ impl Report {
     pub fn ok(&self) -> bool {
         self.errors().next().is_none()
     }
+
+    /// Every error of the batch: templates first, then reload commands.
+    pub fn into_errors(self) -> Vec<anyhow::Error> {
+        self.units
+            .into_iter()
+            .filter_map(|u| u.result.err())
+            .chain(self.commands)
+            .collect()
+    }
 }
 
 impl Pipeline {

@@ -90,6 +90,23 @@ fn read(path: &Path, what: &str) -> Result<Vec<u8>> {
     std::fs::read(path).with_context(|| format!("cannot read the {what} {}", path.display()))
 }
 
+/// A reqwest error with its causes: reqwest's own message is vague ("error
+/// sending request"); the cause (connection refused, reset, certificate,
+/// timed out) is what helps an operator.
+pub fn describe_reqwest(e: &reqwest::Error) -> String {
+    let mut msg = e.to_string();
+    let mut source = std::error::Error::source(e);
+    while let Some(s) = source {
+        msg.push_str(": ");
+        msg.push_str(&s.to_string());
+        source = s.source();
+    }
+    if e.is_timeout() {
+        msg.push_str(" (timed out)");
+    }
+    msg
+}
+
 /// Exponential backoff with jitter: 250 ms doubling up to 1 min, each
 /// delay up to 20% shorter so many clients do not retry in step.
 #[derive(Debug, Clone)]

@@ -6,16 +6,8 @@ use std::time::Duration;
 use nix::sys::signal::Signal;
 
 use crate::support::consul::http;
-use crate::support::etcd::Etcd;
+use crate::support::etcd::{Etcd, free_port};
 use crate::support::{Running, Test};
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
 
 /// GET on the status server: (status code, body), or None while it is not
 /// up yet.

@@ -325,7 +325,7 @@ impl ConsulClient {
         let (status, index, body) = match tokio::time::timeout(limit, exchange).await {
             Ok(Ok(r)) => r,
             Ok(Err(e)) => {
-                return Err(anyhow!("{}", describe_reqwest(&e))
+                return Err(anyhow!("{}", runtime::describe_reqwest(&e))
                     .context(format!("consul at {} did not answer", self.address)));
             }
             Err(_) => bail!(
@@ -419,22 +419,6 @@ fn encode(s: &str, path: bool) -> String {
         }
     }
     out
-}
-
-fn describe_reqwest(e: &reqwest::Error) -> String {
-    // reqwest's top-level message is vague ("error sending request"); the
-    // cause (connection refused, reset, certificate) is what helps.
-    let mut msg = e.to_string();
-    let mut source = std::error::Error::source(e);
-    while let Some(s) = source {
-        msg.push_str(": ");
-        msg.push_str(&s.to_string());
-        source = s.source();
-    }
-    if e.is_timeout() {
-        msg.push_str(" (timed out)");
-    }
-    msg
 }
 
 /// Whether the Consul folder `folder` (ending in `/`, or "" for everything)

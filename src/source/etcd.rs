@@ -297,7 +297,7 @@ impl EtcdClient {
                 Err(e) => {
                     // Connection-level failure: try the next endpoint.
                     last_error = Some(
-                        anyhow!("{}", describe_reqwest(&e))
+                        anyhow!("{}", runtime::describe_reqwest(&e))
                             .context(format!("etcd at {} did not answer", self.endpoints[i])),
                     );
                     continue;
@@ -399,22 +399,6 @@ impl EtcdClient {
             .await?;
         Ok(())
     }
-}
-
-fn describe_reqwest(e: &reqwest::Error) -> String {
-    // reqwest's top-level message is vague ("error sending request"); the
-    // cause (connection refused, timed out, certificate) is what helps.
-    let mut msg = e.to_string();
-    let mut source = std::error::Error::source(e);
-    while let Some(s) = source {
-        msg.push_str(": ");
-        msg.push_str(&s.to_string());
-        source = s.source();
-    }
-    if e.is_timeout() {
-        msg.push_str(" (timed out)");
-    }
-    msg
 }
 
 fn gateway_error(status: reqwest::StatusCode, body: &[u8], endpoint: &str) -> anyhow::Error {
@@ -830,7 +814,7 @@ impl EtcdSource {
                     last_error = Some(anyhow!(
                         "etcd at {}: {}",
                         client.endpoints[i],
-                        describe_reqwest(&e)
+                        runtime::describe_reqwest(&e)
                     ))
                 }
                 Err(_) => {

@@ -50,7 +50,8 @@ pub fn binary() -> PathBuf {
     binaries().remove(0)
 }
 
-fn free_port() -> u16 {
+/// A port nothing listens on right now, on 127.0.0.1.
+pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
         .local_addr()
