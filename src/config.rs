@@ -26,7 +26,7 @@ use crate::source::etcd::EtcdConfig;
 pub const DEFAULT_COMMAND_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// The validated configuration every command works from.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Default, Serialize)]
 pub struct Config {
     /// The config file, when one was given.
     pub file: Option<PathBuf>,
@@ -306,14 +306,7 @@ fn de_command<'de, D: Deserializer<'de>>(d: D) -> Result<Option<CommandSpec>, D:
 impl Config {
     /// Reads the config file (if any) and merges the flags into it.
     pub fn load(args: &TemplateArgs) -> Result<Config> {
-        let mut config = Config {
-            file: None,
-            wait: None,
-            listen: None,
-            sources: BTreeMap::new(),
-            templates: Vec::new(),
-            exec: None,
-        };
+        let mut config = Config::default();
         if let Some(path) = &args.config {
             config.file = Some(path.clone());
             let text = std::fs::read_to_string(path)
@@ -352,6 +345,17 @@ impl Config {
             config.templates.push(parse_template_flag(flag)?);
         }
         config.validate()?;
+        Ok(config)
+    }
+
+    /// A config file's text as `load` reads it, without flags or
+    /// validation across templates (for the fuzz target and tools).
+    pub fn from_toml(path: &Path, text: &str) -> Result<Config> {
+        let mut config = Config {
+            file: Some(path.to_path_buf()),
+            ..Config::default()
+        };
+        config.merge_toml(path, text)?;
         Ok(config)
     }
 
@@ -634,7 +638,7 @@ pub fn parse_template_flag(flag: &str) -> Result<TemplateSpec> {
 /// `--source consul=http://127.0.0.1:8500?prefix=apps/web/` work as written
 /// in the design. Query parameters: `prefix`, `timeout`; for Consul also
 /// `dc` and `stale`. A token never goes in the URL.
-fn parse_source_flag(flag: &str) -> Result<(String, SourceSpec)> {
+pub fn parse_source_flag(flag: &str) -> Result<(String, SourceSpec)> {
     let Some((name, url)) = flag.split_once('=') else {
         return Err(usage(format!(
             "--source {flag:?}: expected NAME=URL, e.g. data=file:///etc/app/data.json"

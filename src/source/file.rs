@@ -214,10 +214,14 @@ fn toml_to_json(v: toml::Value) -> serde_json::Value {
 fn flatten(value: &serde_json::Value, path: &mut String, out: &mut BTreeMap<String, String>) {
     let mut child = |name: &str, v: &serde_json::Value, path: &mut String| {
         let len = path.len();
-        if !path.is_empty() {
+        // A name of slashes only (or empty) adds no segment: `a/` or `a//b`
+        // could never be read back, since lookups drop empty segments'
+        // slashes. (Found by the config fuzz target.)
+        let name = name.trim_matches('/');
+        if !path.is_empty() && !name.is_empty() {
             path.push('/');
         }
-        path.push_str(name.trim_matches('/'));
+        path.push_str(name);
         flatten(v, path, out);
         path.truncate(len);
     };
@@ -287,6 +291,13 @@ mod tests {
                 "hosts/1=b"
             ]
         );
+    }
+
+    #[test]
+    fn empty_and_slash_names_add_no_segment() {
+        let data = parse(Format::Json, r#"{"a": {"": "x", "/": {"b": "y"}}}"#).unwrap();
+        let got: Vec<_> = data.iter().map(|(k, v)| format!("{k}={v}")).collect();
+        assert_eq!(got, ["a=x", "a/b=y"]);
     }
 
     #[test]
