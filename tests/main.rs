@@ -3,6 +3,7 @@
 mod support;
 
 mod bad_input;
+mod bench_servers;
 mod cli;
 mod consul;
 mod consul_server;
