@@ -671,6 +671,7 @@ impl Coordinator {
             keep
         });
         for (name, spec) in specs {
+            let spec = spec.normalized();
             if self.watches.get(&name).is_some_and(|(s, _)| *s == spec) {
                 continue;
             }

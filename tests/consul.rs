@@ -985,3 +985,31 @@ fn stencil_watch_follows_consul_through_a_missing_key_an_outage_and_a_delete() {
     );
     assert!(!run.stderr().contains("app/pool/x\""), "{}", run.stderr());
 }
+
+#[test]
+fn keys_in_one_folder_share_one_blocking_query() {
+    // A hundred templates each reading its own key in one folder must not
+    // hold a hundred connections (consul-template's complaint).
+    let server = ConsulServer::start();
+    let names: Vec<String> = (0..100).map(|i| format!("app/k{i:03}")).collect();
+    server.put_many(names.iter().map(|k| (k.clone(), b"1".to_vec())));
+    server.put("app/unread", "x");
+    let source = source_on_server(&server, Duration::from_secs(5));
+    for k in &names {
+        source.get(k).unwrap();
+    }
+    let keys: Vec<&str> = names.iter().map(String::as_str).collect();
+    let mut watch = Watch::start(&source, spec(&keys, &[]));
+    server.wait_parked(1);
+    assert_eq!(server.parked(), 1, "one query for the folder");
+    server.put("app/k042", "2");
+    // The folder's neighbours the render did not read may be reported
+    // too (the coordinator ignores keys nobody read); k042 must be there.
+    let seen = watch.collect(&["app/k042"]);
+    assert!(
+        !seen
+            .iter()
+            .any(|k| k.starts_with("app/k0") && k != "app/k042"),
+        "{seen:?}"
+    );
+}

@@ -692,12 +692,38 @@ impl ConsulSource {
         // A folder inside another watched folder shares its query.
         let all: Vec<String> = folders.iter().cloned().collect();
         folders.retain(|f| !all.iter().any(|g| g != f && in_folder(g, f)));
-        let keys: BTreeSet<String> = spec
+        let mut keys: BTreeSet<String> = spec
             .keys
             .iter()
             .map(|k| self.full_key(k))
             .filter(|k| !k.is_empty() && !folders.iter().any(|f| in_folder(f, k)))
             .collect();
+        // Keys that share a folder share one recursive query on it: one
+        // connection per folder, not one per key (consul-template's
+        // hundreds of sockets). Keys at the root stay single queries rather
+        // than watching the whole store. The diff may report folder
+        // neighbours nobody reads; the coordinator ignores those.
+        let mut by_folder: BTreeMap<String, Vec<String>> = BTreeMap::new();
+        for key in &keys {
+            if let Some(i) = key.rfind('/') {
+                by_folder
+                    .entry(key[..=i].to_string())
+                    .or_default()
+                    .push(key.clone());
+            }
+        }
+        let mut grouped: BTreeMap<String, Vec<String>> = BTreeMap::new();
+        for (folder, members) in by_folder {
+            if members.len() > 1 {
+                for k in &members {
+                    keys.remove(k);
+                }
+                folders.insert(folder.clone());
+                grouped.insert(folder, members);
+            }
+        }
+        let all: Vec<String> = folders.iter().cloned().collect();
+        folders.retain(|f| !all.iter().any(|g| g != f && in_folder(g, f)));
 
         let cache = self.lock();
         let to_raw = |m: &BTreeMap<String, String>, within: &dyn Fn(&str) -> bool| -> Content {
@@ -718,7 +744,8 @@ impl ConsulSource {
                 .map(|(_, r)| Read {
                     index: r.index,
                     value: Arc::new(to_raw(&r.value, &|k| in_folder(&folder, k))),
-                });
+                })
+                .or_else(|| Self::known_from_keys(&cache, grouped.get(&folder)?));
             queries.push(Query {
                 key: folder,
                 recurse: true,
@@ -764,6 +791,25 @@ impl ConsulSource {
             }
         }
         queries
+    }
+
+    /// What the render saw of a folder it read key by key: the keys'
+    /// values, at the oldest of their indexes (so no later change is
+    /// missed). Only when every key was read.
+    fn known_from_keys(cache: &Cache, keys: &[String]) -> Option<Read<Arc<Content>>> {
+        let mut index = u64::MAX;
+        let mut content = Content::new();
+        for key in keys {
+            let r = cache.keys.get(key)?;
+            index = index.min(r.index);
+            if let Some(v) = &r.value {
+                content.insert(key.clone(), v.clone().into_bytes());
+            }
+        }
+        Some(Read {
+            index,
+            value: Arc::new(content),
+        })
     }
 
     fn watched(&self) -> std::sync::MutexGuard<'_, Watched> {

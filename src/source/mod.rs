@@ -78,6 +78,16 @@ impl WatchSpec {
     pub fn is_empty(&self) -> bool {
         self.keys.is_empty() && self.prefixes.is_empty()
     }
+
+    /// Drops keys a watched prefix already covers, so two specs that watch
+    /// the same thing compare equal (and a running watch is not restarted
+    /// because a template read one more key under a prefix it lists).
+    pub fn normalized(mut self) -> WatchSpec {
+        let prefixes = self.prefixes.clone();
+        self.keys
+            .retain(|k| !prefixes.iter().any(|p| is_under(k, p)));
+        self
+    }
 }
 
 /// What a source's watch reports to the coordinator.
