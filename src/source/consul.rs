@@ -207,9 +207,6 @@ fn is_denied(e: &anyhow::Error) -> bool {
 #[derive(Debug)]
 pub struct ConsulClient {
     http: reqwest::Client,
-    /// Without an overall timeout: blocking queries get one each, longer
-    /// than their wait.
-    blocking_http: reqwest::Client,
     address: String,
     /// Marked sensitive, so it is left out of `Debug` output.
     token: Option<reqwest::header::HeaderValue>,
@@ -247,8 +244,9 @@ impl ConsulClient {
             None => None,
         };
         Ok(ConsulClient {
-            http: runtime::http_client(&config.tls, config.timeout, false)?,
-            blocking_http: runtime::http_client(&config.tls, config.timeout, true)?,
+            // One client (one pool, one TLS setup) for reads and blocking
+            // queries; every exchange is bounded by its own timeout below.
+            http: runtime::http_client(&config.tls, config.timeout, true)?,
             address,
             token,
             datacenter: config.datacenter.clone().filter(|d| !d.is_empty()),
@@ -302,7 +300,7 @@ impl ConsulClient {
         let (client, limit) = match block {
             // Consul holds a query up to wait + wait/16 of jitter; the
             // normal timeout on top covers the network.
-            Some((_, wait)) => (&self.blocking_http, wait + wait / 16 + self.timeout),
+            Some((_, wait)) => (&self.http, wait + wait / 16 + self.timeout),
             None => (&self.http, self.timeout),
         };
         let mut req = client.get(&url);

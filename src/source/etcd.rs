@@ -190,7 +190,8 @@ pub enum EtcdError {
 #[derive(Debug)]
 pub struct EtcdClient {
     http: reqwest::Client,
-    stream_http: reqwest::Client,
+    /// The bound on every request but the watch stream.
+    timeout: Duration,
     endpoints: Vec<String>,
     preferred: AtomicUsize,
     credentials: Option<(String, String)>,
@@ -234,8 +235,10 @@ impl EtcdClient {
             (None, None) => None,
         };
         Ok(EtcdClient {
-            http: runtime::http_client(&config.tls, config.timeout, false)?,
-            stream_http: runtime::http_client(&config.tls, config.timeout, true)?,
+            // One client (one pool, one TLS setup) for reads and the watch
+            // stream; reads carry their own timeout.
+            http: runtime::http_client(&config.tls, config.timeout, true)?,
+            timeout: config.timeout,
             endpoints,
             preferred: AtomicUsize::new(0),
             credentials,
@@ -288,7 +291,7 @@ impl EtcdClient {
         for i in self.endpoint_order() {
             let url = format!("{}{path}", self.endpoints[i]);
             self.requests.fetch_add(1, Ordering::Relaxed);
-            let mut req = self.http.post(&url).json(body);
+            let mut req = self.http.post(&url).json(body).timeout(self.timeout);
             if let Some(t) = token {
                 req = req.header(reqwest::header::AUTHORIZATION, t);
             }
@@ -796,7 +799,7 @@ impl EtcdSource {
         for i in client.endpoint_order() {
             client.requests.fetch_add(1, Ordering::Relaxed);
             let mut req = client
-                .stream_http
+                .http
                 .post(format!("{}/v3/watch", client.endpoints[i]))
                 .json(&body);
             if let Some(t) = client.current_token() {
@@ -804,7 +807,7 @@ impl EtcdSource {
             }
             // The response head must come within the request timeout even
             // though the body streams forever.
-            match tokio::time::timeout(DEFAULT_TIMEOUT, req.send()).await {
+            match tokio::time::timeout(client.timeout, req.send()).await {
                 Ok(Ok(r)) => {
                     client.preferred.store(i, Ordering::Relaxed);
                     response = Some((r, i));
