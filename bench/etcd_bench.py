@@ -48,15 +48,22 @@ def b64(s):
 
 
 def run_measured(cmd):
-    """Runs cmd; returns (wall seconds, peak RSS KiB, stderr)."""
-    start = time.perf_counter()
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    stderr = proc.stderr.read().decode(errors="replace")
-    _, status, usage = os.wait4(proc.pid, 0)
-    wall = time.perf_counter() - start
-    if status != 0:
-        sys.exit(f"{cmd} failed: {stderr}")
-    return wall, usage.ru_maxrss, stderr
+    """Runs cmd; returns (wall seconds, peak RSS KiB, stderr).
+
+    Peak RSS comes from /usr/bin/time (Debian package `time`), not from
+    os.wait4: a child forked from Python is charged Python's own peak before
+    exec, so wait4 reports >10 MiB even for /bin/true.
+    """
+    with tempfile.NamedTemporaryFile() as rss_file:
+        start = time.perf_counter()
+        proc = subprocess.run(["/usr/bin/time", "-f", "%M", "-o", rss_file.name, *cmd],
+                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        wall = time.perf_counter() - start
+        stderr = proc.stderr.decode(errors="replace")
+        if proc.returncode != 0:
+            sys.exit(f"{cmd} failed: {stderr}")
+        rss = int(open(rss_file.name).read().split()[-1])
+    return wall, rss, stderr
 
 
 def main():
@@ -65,6 +72,8 @@ def main():
     ap.add_argument("--keys", type=int, default=10_000)
     args = ap.parse_args()
 
+    if not os.path.exists("/usr/bin/time"):
+        sys.exit("needs /usr/bin/time: apt-get install time")
     subprocess.run(["cargo", "build", "--release", "--quiet"], cwd=ROOT, check=True)
     stencil = os.path.join(ROOT, "target/release/stencil")
     etcd_bin = find_etcd()
