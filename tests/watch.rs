@@ -163,28 +163,35 @@ source = "b.j2"
 destination = "b.conf"
 "#;
 
-#[test]
-fn a_key_change_re_renders_only_the_templates_that_read_it() {
-    let etcd = Etcd::start();
-    etcd.put("/app/a", "1");
-    etcd.put("/app/b", "1");
-    etcd.put("/app/pool/x", "10.0.0.1");
+/// `stencil watch --listen` of a.j2 (reads key `a`) and b.j2 (`b_template`)
+/// on `etcd`, through [`TWO_TEMPLATES`]; the status port with it.
+fn watch_two(etcd: &Etcd, b_template: &str) -> (Running, u16) {
     let port = free_port();
-    let t = Test::new()
+    let run = Test::new()
         .file("a.j2", "a={{ key('a') }}\n")
-        .file(
-            "b.j2",
-            "b={{ key('b') }}{% for n in ls('pool') %} {{ key('pool/' ~ n) }}{% endfor %}\n\n",
-        )
-        .file("stencil.toml", etcd_config(&etcd, TWO_TEMPLATES))
+        .file("b.j2", b_template)
+        .file("stencil.toml", etcd_config(etcd, TWO_TEMPLATES))
         .args([
             "watch",
             "-c",
             "stencil.toml",
             "--listen",
             &format!("127.0.0.1:{port}"),
-        ]);
-    let mut run = t.spawn();
+        ])
+        .spawn();
+    (run, port)
+}
+
+#[test]
+fn a_key_change_re_renders_only_the_templates_that_read_it() {
+    let etcd = Etcd::start();
+    etcd.put("/app/a", "1");
+    etcd.put("/app/b", "1");
+    etcd.put("/app/pool/x", "10.0.0.1");
+    let (mut run, port) = watch_two(
+        &etcd,
+        "b={{ key('b') }}{% for n in ls('pool') %} {{ key('pool/' ~ n) }}{% endfor %}\n\n",
+    );
     run.wait_file("a.conf", "a=1\n");
     run.wait_file("b.conf", "b=1 10.0.0.1\n");
     wait_ready(&mut run, port);
@@ -211,19 +218,7 @@ fn a_key_change_re_renders_only_the_templates_that_read_it() {
 fn a_missing_key_keeps_the_template_pending_until_it_appears() {
     let etcd = Etcd::start();
     etcd.put("/app/a", "1");
-    let port = free_port();
-    let t = Test::new()
-        .file("a.j2", "a={{ key('a') }}\n")
-        .file("b.j2", "b={{ key('b') }}\n")
-        .file("stencil.toml", etcd_config(&etcd, TWO_TEMPLATES))
-        .args([
-            "watch",
-            "-c",
-            "stencil.toml",
-            "--listen",
-            &format!("127.0.0.1:{port}"),
-        ]);
-    let mut run = t.spawn();
+    let (mut run, port) = watch_two(&etcd, "b={{ key('b') }}\n");
     run.wait_file("a.conf", "a=1\n");
     run.wait_for("/readyz to say b.conf is pending", |_| {
         let (code, body) = get(port, "/readyz")?;
@@ -244,19 +239,7 @@ fn an_etcd_outage_keeps_the_files_and_applies_changes_made_meanwhile() {
     let mut etcd = Etcd::start();
     etcd.put("/app/a", "1");
     etcd.put("/app/b", "1");
-    let port = free_port();
-    let t = Test::new()
-        .file("a.j2", "a={{ key('a') }}\n")
-        .file("b.j2", "b={{ key('b') }}\n")
-        .file("stencil.toml", etcd_config(&etcd, TWO_TEMPLATES))
-        .args([
-            "watch",
-            "-c",
-            "stencil.toml",
-            "--listen",
-            &format!("127.0.0.1:{port}"),
-        ]);
-    let mut run = t.spawn();
+    let (mut run, port) = watch_two(&etcd, "b={{ key('b') }}\n");
     run.wait_file("a.conf", "a=1\n");
     wait_ready(&mut run, port);
 
