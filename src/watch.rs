@@ -438,35 +438,40 @@ impl Coordinator {
             self.reload();
             return;
         }
-        let mut affected: BTreeSet<usize> = BTreeSet::new();
-        for (i, t) in self.templates.iter().enumerate() {
-            if t.deps
-                .read
-                .iter()
-                .any(|d| matches!(d, Dep::File { path: p } if absolute(p) == path))
-            {
-                affected.insert(i);
-            }
-        }
+        // Templates that read the file as a template, an include or through
+        // file(): parsed again, since minijinja keeps an include it loaded.
+        let reparse: BTreeSet<usize> = (0..self.templates.len())
+            .filter(|&i| {
+                absolute(&self.pipeline.units[i].spec.source) == path
+                    || self.templates[i]
+                        .deps
+                        .read
+                        .iter()
+                        .any(|d| matches!(d, Dep::File { path: p } if absolute(p) == path))
+            })
+            .collect();
+        let mut affected = reparse.clone();
         if let Some(source) = self.files.sources.get(path).cloned() {
             affected.extend(self.reading_source(&source));
         }
-        if affected.is_empty() {
-            return;
-        }
-        // Template files are parsed once; one that changed is parsed again.
-        for &i in &affected {
+        for i in reparse {
             let unit = &mut self.pipeline.units[i];
-            if absolute(&unit.spec.source) == path {
-                match crate::template::Template::load(&unit.spec.source) {
-                    Ok(t) => unit.template = t,
-                    Err(e) => {
-                        tracing::error!("{}", error::Report(&e).to_string().trim_end());
-                        self.set_state(i, TemplateState::Failed, Some(format!("{e:#}")));
-                        continue;
-                    }
+            match crate::template::Template::load(&unit.spec.source) {
+                Ok(t) => unit.template = t,
+                Err(e) => {
+                    // Rendering the old parse would hide the error behind
+                    // the last good output: report it and leave the file.
+                    tracing::error!(
+                        "{}; the current file stays",
+                        error::Report(&e).to_string().trim_end()
+                    );
+                    self.set_state(i, TemplateState::Failed, Some(format!("{e:#}")));
+                    affected.remove(&i);
                 }
             }
+        }
+        if affected.is_empty() {
+            return;
         }
         self.mark(affected, "file changed");
     }

@@ -478,3 +478,37 @@ fn exec_watch_exits_with_the_apps_status() {
         run.stderr()
     );
 }
+
+#[test]
+fn an_edited_include_is_picked_up_and_a_broken_template_is_reported_not_rendered() {
+    let port = free_port();
+    let t = Test::new()
+        .file("tpl/a.j2", "{% include 'part.j2' %}")
+        .file("tpl/part.j2", "part one\n")
+        .args([
+            "watch",
+            "--listen",
+            &format!("127.0.0.1:{port}"),
+            "-t",
+            "tpl/a.j2:out/a.conf",
+        ]);
+    std::fs::create_dir_all(t.path("out")).unwrap();
+    let mut run = t.spawn();
+    run.wait_file("out/a.conf", "part one\n");
+
+    std::fs::write(t.path("tpl/part.j2"), "part two\n").unwrap();
+    run.wait_file("out/a.conf", "part two\n");
+
+    // A syntax error: reported, and the last good file stays (the old
+    // parse is not rendered in its place).
+    std::fs::write(t.path("tpl/a.j2"), "{% include 'part.j2' %}{% if %}").unwrap();
+    run.wait_for("the syntax error to be reported", |_| {
+        let (code, body) = get(port, "/readyz")?;
+        (code == 503 && body.contains("syntax error")).then_some(())
+    });
+    assert_eq!(run.file("out/a.conf").as_deref(), Some("part two\n"));
+
+    std::fs::write(t.path("tpl/a.j2"), "fixed: {% include 'part.j2' %}").unwrap();
+    run.wait_file("out/a.conf", "fixed: part two\n");
+    wait_ready(&mut run, port);
+}
