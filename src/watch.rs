@@ -129,7 +129,18 @@ struct TemplateInfo {
     /// fail while the source's watch is healthy (a 500 on one request), and
     /// then no watch event would ever bring it back.
     retry: runtime::Backoff,
+    /// A file it parses (the template, an include) changed: parse it again
+    /// before the next render.
+    reparse: bool,
 }
+
+/// How long a changed file must be quiet before it is read: an editor or a
+/// deploy tool writing in place truncates first and writes after, and a
+/// render in between would install an empty or half-written file.
+const FILE_SETTLE: WaitSpec = WaitSpec {
+    min: std::time::Duration::from_millis(100),
+    max: std::time::Duration::from_secs(1),
+};
 
 struct Coordinator {
     args: TemplateArgs,
@@ -176,6 +187,7 @@ impl Coordinator {
                 state: TemplateState::New,
                 logged_pending: None,
                 retry: runtime::Backoff::default(),
+                reparse: false,
             })
             .collect();
         self.debouncer = Debouncer::default();
@@ -359,10 +371,26 @@ impl Coordinator {
     }
 
     fn mark(&mut self, indices: impl IntoIterator<Item = usize>, why: &str) {
+        self.mark_with(indices, why, None);
+    }
+
+    /// Like `mark`, waiting at least `floor`.
+    fn mark_with(
+        &mut self,
+        indices: impl IntoIterator<Item = usize>,
+        why: &str,
+        floor: Option<WaitSpec>,
+    ) {
         let now = Instant::now();
         for i in indices {
             tracing::debug!(template = %self.pipeline.units[i].spec.source.display(), "{why}");
-            let wait = self.wait_for(i);
+            let wait = match (self.wait_for(i), floor) {
+                (Some(w), Some(f)) => Some(WaitSpec {
+                    min: w.min.max(f.min),
+                    max: w.max.max(f.max),
+                }),
+                (w, f) => w.or(f),
+            };
             self.debouncer.touch(i, now, wait);
         }
     }
@@ -454,26 +482,41 @@ impl Coordinator {
         if let Some(source) = self.files.sources.get(path).cloned() {
             affected.extend(self.reading_source(&source));
         }
-        for i in reparse {
+        for &i in &reparse {
+            self.templates[i].reparse = true;
+        }
+        if affected.is_empty() {
+            return;
+        }
+        self.mark_with(affected, "file changed", Some(FILE_SETTLE));
+    }
+
+    /// Parses again the templates whose files changed; one that no longer
+    /// parses is reported and left out of the batch, since rendering its old
+    /// parse would hide the error behind the last good output.
+    fn reparse(&mut self, which: &[usize]) -> Vec<usize> {
+        let mut keep = Vec::with_capacity(which.len());
+        for &i in which {
+            if !std::mem::take(&mut self.templates[i].reparse) {
+                keep.push(i);
+                continue;
+            }
             let unit = &mut self.pipeline.units[i];
             match crate::template::Template::load(&unit.spec.source) {
-                Ok(t) => unit.template = t,
+                Ok(t) => {
+                    unit.template = t;
+                    keep.push(i);
+                }
                 Err(e) => {
-                    // Rendering the old parse would hide the error behind
-                    // the last good output: report it and leave the file.
                     tracing::error!(
                         "{}; the current file stays",
                         error::Report(&e).to_string().trim_end()
                     );
                     self.set_state(i, TemplateState::Failed, Some(format!("{e:#}")));
-                    affected.remove(&i);
                 }
             }
         }
-        if affected.is_empty() {
-            return;
-        }
-        self.mark(affected, "file changed");
+        keep
     }
 
     fn reload(&mut self) {
@@ -523,6 +566,7 @@ impl Coordinator {
     /// states, status and watches. Returns whether a file was written.
     fn run_batch(&mut self, which: &[usize]) -> bool {
         let started = std::time::SystemTime::now();
+        let which = &self.reparse(which);
         for (_, source) in self.pipeline.sources.iter() {
             source.refresh();
         }
