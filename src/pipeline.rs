@@ -65,17 +65,6 @@ pub struct Report {
 }
 
 impl Report {
-    pub fn errors(&self) -> impl Iterator<Item = &anyhow::Error> {
-        self.units
-            .iter()
-            .filter_map(|u| u.result.as_ref().err())
-            .chain(self.commands.iter())
-    }
-
-    pub fn ok(&self) -> bool {
-        self.errors().next().is_none()
-    }
-
     /// Every error of the batch: templates first, then reload commands.
     pub fn into_errors(self) -> Vec<anyhow::Error> {
         self.units
