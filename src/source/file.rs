@@ -68,10 +68,6 @@ impl FileSource {
         })
     }
 
-    pub fn path(&self) -> &Path {
-        &self.path
-    }
-
     fn data(&self) -> Result<Arc<BTreeMap<String, String>>> {
         let state = self.state.read().unwrap_or_else(|e| e.into_inner());
         match &state.1 {

@@ -70,15 +70,6 @@ pub struct WatchSpec {
 }
 
 impl WatchSpec {
-    /// Whether a change to `key` matters to this spec.
-    pub fn covers(&self, key: &str) -> bool {
-        self.keys.contains(key) || self.prefixes.iter().any(|p| is_under(key, p))
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.keys.is_empty() && self.prefixes.is_empty()
-    }
-
     /// Drops keys a watched prefix already covers, so two specs that watch
     /// the same thing compare equal (and a running watch is not restarted
     /// because a template read one more key under a prefix it lists).
