@@ -222,8 +222,8 @@ fn ten_thousand_keys_under_a_prefix_cost_one_range_request() {
 const ROOT_PW: &str = "root-pw-7c1e";
 const USER_PW: &str = "web-pw-93ab1";
 
-fn with_auth() -> Etcd {
-    let etcd = Etcd::start();
+fn with_auth(binary: &std::path::Path) -> Etcd {
+    let etcd = Etcd::start_with(binary, None);
     seed(&etcd);
     etcd.enable_auth(ROOT_PW, "web", USER_PW, "/apps/web/");
     etcd
@@ -231,8 +231,10 @@ fn with_auth() -> Etcd {
 
 #[test]
 fn username_and_password_file_authenticate() {
-    let etcd = with_auth();
-    Test::new()
+    // On every etcd version found: 3.4 and 3.5 differ in their gateways.
+    for binary in etcd::binaries() {
+        let etcd = with_auth(&binary);
+        Test::new()
         .file("a.j2", TEMPLATE)
         .file("pw", format!("{USER_PW}\n"))
         .file(
@@ -247,103 +249,119 @@ fn username_and_password_file_authenticate() {
         .success()
         .stdout_is("db=db.internal:5432\nupstream a 10.0.0.1:80\nupstream b 10.0.0.2:80\n")
         .stderr_lacks(USER_PW);
+    }
 }
 
 #[test]
 fn etcdctl_user_gives_user_and_password() {
-    let etcd = with_auth();
-    Test::new()
-        .file("a.j2", "{{ key('db/host') }}\n")
-        .env("ETCDCTL_USER", format!("web:{USER_PW}"))
-        .args([
-            "render",
-            "--source",
-            &format!("etcd={}?prefix=/apps/web", etcd.url()),
-            "-t",
-            "a.j2",
-        ])
-        .run()
-        .success()
-        .stdout_is("db.internal\n");
+    // On every etcd version found: 3.4 and 3.5 differ in their gateways.
+    for binary in etcd::binaries() {
+        let etcd = with_auth(&binary);
+        Test::new()
+            .file("a.j2", "{{ key('db/host') }}\n")
+            .env("ETCDCTL_USER", format!("web:{USER_PW}"))
+            .args([
+                "render",
+                "--source",
+                &format!("etcd={}?prefix=/apps/web", etcd.url()),
+                "-t",
+                "a.j2",
+            ])
+            .run()
+            .success()
+            .stdout_is("db.internal\n");
+    }
 }
 
 #[test]
 fn wrong_password_is_a_clear_error_without_the_password() {
-    let etcd = with_auth();
-    Test::new()
-        .file("a.j2", "{{ key('db/host') }}\n")
-        .env("ETCDCTL_USER", "web:wrong-secret-5d2")
-        .args([
-            "render",
-            "--log-level",
-            "trace",
-            "--source",
-            &format!("etcd={}?prefix=/apps/web", etcd.url()),
-            "-t",
-            "a.j2",
-        ])
-        .run()
-        .code(1)
-        .stderr_has("cannot authenticate to etcd as user \"web\"")
-        .stderr_has("wrong username or password")
-        .stderr_lacks("wrong-secret-5d2");
+    // On every etcd version found: 3.4 and 3.5 differ in their gateways.
+    for binary in etcd::binaries() {
+        let etcd = with_auth(&binary);
+        Test::new()
+            .file("a.j2", "{{ key('db/host') }}\n")
+            .env("ETCDCTL_USER", "web:wrong-secret-5d2")
+            .args([
+                "render",
+                "--log-level",
+                "trace",
+                "--source",
+                &format!("etcd={}?prefix=/apps/web", etcd.url()),
+                "-t",
+                "a.j2",
+            ])
+            .run()
+            .code(1)
+            .stderr_has("cannot authenticate to etcd as user \"web\"")
+            .stderr_has("wrong username or password")
+            .stderr_lacks("wrong-secret-5d2");
+    }
 }
 
 #[test]
 fn a_prefix_the_user_may_not_read_says_permission() {
-    let etcd = with_auth();
-    Test::new()
-        .file("a.j2", "{{ key('secret') }}\n")
-        .env("ETCDCTL_USER", format!("web:{USER_PW}"))
-        .args([
-            "render",
-            "--source",
-            &format!("etcd={}?prefix=/apps/other", etcd.url()),
-            "-t",
-            "a.j2",
-        ])
-        .run()
-        .code(1)
-        .stderr_has("permission denied")
-        .stderr_has("lacks permission")
-        .stderr_lacks(USER_PW);
+    // On every etcd version found: 3.4 and 3.5 differ in their gateways.
+    for binary in etcd::binaries() {
+        let etcd = with_auth(&binary);
+        Test::new()
+            .file("a.j2", "{{ key('secret') }}\n")
+            .env("ETCDCTL_USER", format!("web:{USER_PW}"))
+            .args([
+                "render",
+                "--source",
+                &format!("etcd={}?prefix=/apps/other", etcd.url()),
+                "-t",
+                "a.j2",
+            ])
+            .run()
+            .code(1)
+            .stderr_has("permission denied")
+            .stderr_has("lacks permission")
+            .stderr_lacks(USER_PW);
+    }
 }
 
 #[test]
 fn auth_required_but_no_credentials_says_so() {
-    let etcd = with_auth();
-    Test::new()
-        .file("a.j2", "{{ key('db/host') }}\n")
-        .args([
-            "render",
-            "--source",
-            &format!("etcd={}?prefix=/apps/web", etcd.url()),
-            "-t",
-            "a.j2",
-        ])
-        .run()
-        .code(1)
-        .stderr_has("etcd has authentication enabled");
+    // On every etcd version found: 3.4 and 3.5 differ in their gateways.
+    for binary in etcd::binaries() {
+        let etcd = with_auth(&binary);
+        Test::new()
+            .file("a.j2", "{{ key('db/host') }}\n")
+            .args([
+                "render",
+                "--source",
+                &format!("etcd={}?prefix=/apps/web", etcd.url()),
+                "-t",
+                "a.j2",
+            ])
+            .run()
+            .code(1)
+            .stderr_has("etcd has authentication enabled");
+    }
 }
 
 #[test]
 fn reauthenticates_after_an_etcd_restart() {
-    let mut etcd = with_auth();
-    let mut config = etcd.config(Some(("web", USER_PW)));
-    config.prefix = "/apps/web/".into();
-    let source = EtcdSource::new("kv", &config).unwrap();
-    assert_eq!(
-        source.get("db/host").unwrap().as_deref(),
-        Some("db.internal")
-    );
-    // Simple tokens live in the server's memory: a restart invalidates the
-    // token the client holds.
-    etcd.restart();
-    source.refresh();
-    assert_eq!(
-        source.get("db/host").unwrap().as_deref(),
-        Some("db.internal")
-    );
+    // On every etcd version found: 3.4 and 3.5 differ in their gateways.
+    for binary in etcd::binaries() {
+        let mut etcd = with_auth(&binary);
+        let mut config = etcd.config(Some(("web", USER_PW)));
+        config.prefix = "/apps/web/".into();
+        let source = EtcdSource::new("kv", &config).unwrap();
+        assert_eq!(
+            source.get("db/host").unwrap().as_deref(),
+            Some("db.internal")
+        );
+        // Simple tokens live in the server's memory: a restart invalidates the
+        // token the client holds.
+        etcd.restart();
+        source.refresh();
+        assert_eq!(
+            source.get("db/host").unwrap().as_deref(),
+            Some("db.internal")
+        );
+    }
 }
 
 #[test]
@@ -457,50 +475,56 @@ fn watch_sees_changes_and_resumes_after_a_restart_without_losing_any() {
 
 #[test]
 fn a_compacted_start_revision_asks_for_a_full_read() {
-    let etcd = Etcd::start();
-    let first = etcd.put("/w/k", "1");
-    etcd.put("/w/k", "2");
-    let last = etcd.put("/w/k", "3");
-    runtime::block_on(etcd.client(None).compact(last)).unwrap();
-    let source = Arc::new(EtcdSource::new("kv", &etcd.config(None)).unwrap());
-    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
-    let watcher = {
-        let source = source.clone();
-        let spec = WatchSpec {
-            keys: Default::default(),
-            prefixes: ["w".to_string()].into(),
+    // On every etcd version found: 3.4 and 3.5 differ in their gateways.
+    for binary in etcd::binaries() {
+        let etcd = Etcd::start_with(&binary, None);
+        let first = etcd.put("/w/k", "1");
+        etcd.put("/w/k", "2");
+        let last = etcd.put("/w/k", "3");
+        runtime::block_on(etcd.client(None).compact(last)).unwrap();
+        let source = Arc::new(EtcdSource::new("kv", &etcd.config(None)).unwrap());
+        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+        let watcher = {
+            let source = source.clone();
+            let spec = WatchSpec {
+                keys: Default::default(),
+                prefixes: ["w".to_string()].into(),
+            };
+            runtime::get().spawn(async move { source.watch_from(&spec, first + 1, &tx).await })
         };
-        runtime::get().spawn(async move { source.watch_from(&spec, first + 1, &tx).await })
-    };
-    assert!(matches!(
-        recv(&mut rx, Duration::from_secs(30)),
-        SourceEvent::Resync { .. }
-    ));
-    // And the watch goes on after the resync.
-    etcd.put("/w/k", "4");
-    assert_eq!(collect_keys(&mut rx, &["w/k"]), vec!["w/k".to_string()]);
-    watcher.abort();
+        assert!(matches!(
+            recv(&mut rx, Duration::from_secs(30)),
+            SourceEvent::Resync { .. }
+        ));
+        // And the watch goes on after the resync.
+        etcd.put("/w/k", "4");
+        assert_eq!(collect_keys(&mut rx, &["w/k"]), vec!["w/k".to_string()]);
+        watcher.abort();
+    }
 }
 
 #[test]
 fn a_watch_the_user_may_not_make_is_an_error() {
-    let etcd = with_auth();
-    let mut config = etcd.config(Some(("web", USER_PW)));
-    config.prefix = "/apps/other/".into();
-    let source = EtcdSource::new("kv", &config).unwrap();
-    let (tx, _rx) = tokio::sync::mpsc::unbounded_channel();
-    let spec = WatchSpec {
-        keys: ["secret".to_string()].into(),
-        prefixes: Default::default(),
-    };
-    let result = runtime::block_on(async {
-        tokio::time::timeout(Duration::from_secs(30), source.watch_from(&spec, 1, &tx)).await
-    })
-    .expect("a refused watch must end, not hang");
-    let err = format!("{:#}", result.unwrap_err());
-    assert!(
-        err.contains("refused") && err.contains("permission denied"),
-        "{err}"
-    );
-    assert!(!err.contains(USER_PW));
+    // On every etcd version found: 3.4 and 3.5 differ in their gateways.
+    for binary in etcd::binaries() {
+        let etcd = with_auth(&binary);
+        let mut config = etcd.config(Some(("web", USER_PW)));
+        config.prefix = "/apps/other/".into();
+        let source = EtcdSource::new("kv", &config).unwrap();
+        let (tx, _rx) = tokio::sync::mpsc::unbounded_channel();
+        let spec = WatchSpec {
+            keys: ["secret".to_string()].into(),
+            prefixes: Default::default(),
+        };
+        let result = runtime::block_on(async {
+            tokio::time::timeout(Duration::from_secs(30), source.watch_from(&spec, 1, &tx)).await
+        })
+        .expect("a refused watch must end, not hang");
+        let err = format!("{:#}", result.unwrap_err());
+        assert!(
+            err.contains("refused") && err.contains("permission denied"),
+            "{err}"
+        );
+        assert!(!err.contains(USER_PW));
+    }
 }
