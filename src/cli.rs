@@ -27,6 +27,12 @@ Examples:
   # Validate config and templates without touching anything:
   stencil check -c stencil.toml
 
+  # The sidecar: keep files current, reload, serve health and metrics:
+  stencil watch -c /etc/stencil/stencil.toml --listen 127.0.0.1:9180
+
+  # The container entrypoint: render, wait for the database, become the app:
+  stencil exec -t /tpl/app.conf.j2:/etc/app.conf --wait tcp://db:5432 -- app --serve
+
   # Replace envsubst:
   stencil subst '$HOST $PORT' < in.conf > out.conf";
 
