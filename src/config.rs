@@ -162,6 +162,17 @@ struct SourceToml {
 }
 
 impl SourceToml {
+    /// The TLS files this table names, relative to the config's directory;
+    /// `None` when it names none (the environment's defaults then stand).
+    fn take_tls(&mut self, base: &Path) -> Option<Tls> {
+        let tls = Tls {
+            ca_file: self.ca_file.take().map(|f| base.join(f)),
+            cert_file: self.cert_file.take().map(|f| base.join(f)),
+            key_file: self.key_file.take().map(|f| base.join(f)),
+        };
+        (tls != Tls::default()).then_some(tls)
+    }
+
     /// The keys set in this table that `kind` does not use, for an error.
     fn foreign_keys(&self, kind: &str) -> Vec<&'static str> {
         let mut set = Vec::new();
@@ -385,7 +396,7 @@ impl Config {
         };
         for (name, source) in file.sources {
             let at = position(source.span());
-            let source = source.into_inner();
+            let mut source = source.into_inner();
             let kind = source.kind.get_ref().clone();
             let foreign = source.foreign_keys(&kind);
             if !foreign.is_empty() {
@@ -394,6 +405,7 @@ impl Config {
                     foreign.join(", ")
                 );
             }
+            let tls = source.take_tls(&base);
             let spec = match kind.as_str() {
                 "file" => SourceSpec::File {
                     path: base.join(source.path.ok_or_else(|| {
@@ -425,12 +437,7 @@ impl Config {
                         etcd.password_file = Some(base.join(f));
                         etcd.password = None;
                     }
-                    let tls = Tls {
-                        ca_file: source.ca_file.map(|f| base.join(f)),
-                        cert_file: source.cert_file.map(|f| base.join(f)),
-                        key_file: source.key_file.map(|f| base.join(f)),
-                    };
-                    if tls != Tls::default() {
+                    if let Some(tls) = tls {
                         etcd.tls = tls;
                     }
                     if let Some(t) = source.timeout {
@@ -462,12 +469,7 @@ impl Config {
                     if let Some(s) = source.stale {
                         consul.stale = s;
                     }
-                    let tls = Tls {
-                        ca_file: source.ca_file.map(|f| base.join(f)),
-                        cert_file: source.cert_file.map(|f| base.join(f)),
-                        key_file: source.key_file.map(|f| base.join(f)),
-                    };
-                    if tls != Tls::default() {
+                    if let Some(tls) = tls {
                         consul.tls = tls;
                     }
                     if let Some(t) = source.timeout {
