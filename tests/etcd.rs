@@ -222,6 +222,8 @@ fn ten_thousand_keys_under_a_prefix_cost_one_range_request() {
 const ROOT_PW: &str = "root-pw-7c1e";
 const USER_PW: &str = "web-pw-93ab1";
 
+/// The auth tests run on every etcd version found (`for binary in
+/// etcd::binaries()`): 3.4's and 3.5's gateways differ in their auth errors.
 fn with_auth(binary: &std::path::Path) -> Etcd {
     let etcd = Etcd::start_with(binary, None);
     seed(&etcd);
@@ -231,7 +233,6 @@ fn with_auth(binary: &std::path::Path) -> Etcd {
 
 #[test]
 fn username_and_password_file_authenticate() {
-    // On every etcd version found: 3.4 and 3.5 differ in their gateways.
     for binary in etcd::binaries() {
         let etcd = with_auth(&binary);
         Test::new()
@@ -254,7 +255,6 @@ fn username_and_password_file_authenticate() {
 
 #[test]
 fn etcdctl_user_gives_user_and_password() {
-    // On every etcd version found: 3.4 and 3.5 differ in their gateways.
     for binary in etcd::binaries() {
         let etcd = with_auth(&binary);
         Test::new()
@@ -275,7 +275,6 @@ fn etcdctl_user_gives_user_and_password() {
 
 #[test]
 fn wrong_password_is_a_clear_error_without_the_password() {
-    // On every etcd version found: 3.4 and 3.5 differ in their gateways.
     for binary in etcd::binaries() {
         let etcd = with_auth(&binary);
         Test::new()
@@ -300,7 +299,6 @@ fn wrong_password_is_a_clear_error_without_the_password() {
 
 #[test]
 fn a_prefix_the_user_may_not_read_says_permission() {
-    // On every etcd version found: 3.4 and 3.5 differ in their gateways.
     for binary in etcd::binaries() {
         let etcd = with_auth(&binary);
         Test::new()
@@ -323,7 +321,6 @@ fn a_prefix_the_user_may_not_read_says_permission() {
 
 #[test]
 fn auth_required_but_no_credentials_says_so() {
-    // On every etcd version found: 3.4 and 3.5 differ in their gateways.
     for binary in etcd::binaries() {
         let etcd = with_auth(&binary);
         Test::new()
@@ -343,7 +340,6 @@ fn auth_required_but_no_credentials_says_so() {
 
 #[test]
 fn reauthenticates_after_an_etcd_restart() {
-    // On every etcd version found: 3.4 and 3.5 differ in their gateways.
     for binary in etcd::binaries() {
         let mut etcd = with_auth(&binary);
         let mut config = etcd.config(Some(("web", USER_PW)));
@@ -475,7 +471,6 @@ fn watch_sees_changes_and_resumes_after_a_restart_without_losing_any() {
 
 #[test]
 fn a_compacted_start_revision_asks_for_a_full_read() {
-    // On every etcd version found: 3.4 and 3.5 differ in their gateways.
     for binary in etcd::binaries() {
         let etcd = Etcd::start_with(&binary, None);
         let first = etcd.put("/w/k", "1");
@@ -505,7 +500,6 @@ fn a_compacted_start_revision_asks_for_a_full_read() {
 
 #[test]
 fn a_watch_the_user_may_not_make_is_an_error() {
-    // On every etcd version found: 3.4 and 3.5 differ in their gateways.
     for binary in etcd::binaries() {
         let etcd = with_auth(&binary);
         let mut config = etcd.config(Some(("web", USER_PW)));
