@@ -10,6 +10,8 @@ use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
+use crate::spec::{Debounce, WaitTarget, parse_duration, parse_signal};
+
 const ABOUT: &str = "Render configuration files from templates with data from environment \
 variables, data files, Consul and etcd; install them atomically; check before and reload after.";
 
@@ -72,6 +74,18 @@ pub enum LogLevel {
     Info,
     Debug,
     Trace,
+}
+
+impl From<LogLevel> for tracing::Level {
+    fn from(l: LogLevel) -> tracing::Level {
+        match l {
+            LogLevel::Error => tracing::Level::ERROR,
+            LogLevel::Warn => tracing::Level::WARN,
+            LogLevel::Info => tracing::Level::INFO,
+            LogLevel::Debug => tracing::Level::DEBUG,
+            LogLevel::Trace => tracing::Level::TRACE,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -339,17 +353,8 @@ pub struct WatchOptions {
     ///
     /// For templates without their own `wait`; the config file's top-level
     /// `wait = { min, max }` sets the same.
-    #[arg(long, env = "STENCIL_DEBOUNCE", value_name = "MIN[:MAX]", value_parser = parse_wait)]
-    pub debounce: Option<crate::config::WaitSpec>,
-}
-
-/// `500ms` or `500ms:5s`.
-pub fn parse_wait(s: &str) -> Result<crate::config::WaitSpec, String> {
-    let (min, max) = match s.split_once(':') {
-        Some((min, max)) => (parse_duration(min)?, Some(parse_duration(max)?)),
-        None => (parse_duration(s)?, None),
-    };
-    Ok(crate::config::WaitSpec::new(min, max))
+    #[arg(long, env = "STENCIL_DEBOUNCE", value_name = "MIN[:MAX]", value_parser = Debounce::parse)]
+    pub debounce: Option<Debounce>,
 }
 
 #[derive(Debug, Clone, Args)]
@@ -407,8 +412,8 @@ pub struct ExecOptions {
     /// --wait http://api:8080/healthz. STENCIL_WAIT takes several, separated
     /// by spaces.
     #[arg(long, env = "STENCIL_WAIT", value_name = "URL", value_delimiter = ' ',
-          value_parser = crate::exec::WaitFor::parse)]
-    pub wait: Vec<crate::exec::WaitFor>,
+          value_parser = WaitTarget::parse)]
+    pub wait: Vec<WaitTarget>,
 
     /// How long to wait for all --wait dependencies together (e.g. 30s, 2m).
     #[arg(long, env = "STENCIL_WAIT_TIMEOUT", value_name = "DURATION", value_parser = parse_duration,
@@ -430,8 +435,8 @@ pub struct ExecOptions {
     pub listen: Option<std::net::SocketAddr>,
 
     /// With --watch: quiet period before acting on a change, MIN or MIN:MAX.
-    #[arg(long, env = "STENCIL_DEBOUNCE", value_name = "MIN[:MAX]", value_parser = parse_wait)]
-    pub debounce: Option<crate::config::WaitSpec>,
+    #[arg(long, env = "STENCIL_DEBOUNCE", value_name = "MIN[:MAX]", value_parser = Debounce::parse)]
+    pub debounce: Option<Debounce>,
 
     /// With --watch: the signal sent to the app after a change (e.g. SIGHUP, SIGUSR2). [default: SIGHUP]
     ///
@@ -439,7 +444,7 @@ pub struct ExecOptions {
     /// is to terminate): set the signal the app reloads on, or use
     /// --restart-on-change. Config: reload_signal in [exec].
     #[arg(long, env = "STENCIL_RELOAD_SIGNAL", value_name = "SIG",
-          value_parser = crate::exec::parse_signal)]
+          value_parser = parse_signal)]
     pub reload_signal: Option<nix::sys::signal::Signal>,
 
     /// With --watch: restart the app after a change instead of signalling it.
@@ -450,7 +455,7 @@ pub struct ExecOptions {
     ///
     /// Example: --kill-signal SIGQUIT for nginx's graceful stop.
     #[arg(long, env = "STENCIL_KILL_SIGNAL", value_name = "SIG",
-          value_parser = crate::exec::parse_signal)]
+          value_parser = parse_signal)]
     pub kill_signal: Option<nix::sys::signal::Signal>,
 
     /// With --watch: how long the app may take to stop before its process group is SIGKILLed. [default: 10s]
@@ -511,12 +516,6 @@ pub struct SubstArgs {
     /// staged beside it, fsynced, renamed over it; unchanged if equal.
     #[arg(short = 'o', long, env = "STENCIL_SUBST_OUTPUT", value_name = "FILE")]
     pub output: Option<PathBuf>,
-}
-
-/// Parses "500ms", "30s", "2m", "1h30m".
-pub fn parse_duration(s: &str) -> Result<Duration, String> {
-    humantime::parse_duration(s.trim())
-        .map_err(|e| format!("invalid duration {s:?} ({e}); examples: 500ms, 30s, 2m"))
 }
 
 #[cfg(test)]

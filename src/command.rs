@@ -8,104 +8,18 @@
 //! unnamed temporary file rather than a pipe: a backgrounded grandchild that
 //! keeps a pipe open would otherwise hang stencil after the command exits.
 
-use std::fmt;
 use std::io::{Read, Seek, SeekFrom};
 use std::os::unix::process::{CommandExt, ExitStatusExt};
 use std::process::{Command, ExitStatus, Stdio};
 use std::time::Duration;
 
 use anyhow::{Context, Result};
-use serde::{Deserialize, Serialize};
 use wait_timeout::ChildExt;
+
+use crate::spec::CommandSpec;
 
 /// How much of a command's output is kept for the error message.
 const OUTPUT_LIMIT: u64 = 16 * 1024;
-
-#[derive(Debug, Clone, PartialEq, Eq, Hash, Deserialize, Serialize)]
-#[serde(untagged)]
-pub enum CommandSpec {
-    /// Run with `sh -c`.
-    Shell(String),
-    /// Run as argv, no shell.
-    Argv(Vec<String>),
-}
-
-impl CommandSpec {
-    pub fn validate(&self) -> Result<(), String> {
-        match self {
-            CommandSpec::Shell(s) if s.trim().is_empty() => Err("the command is empty".into()),
-            CommandSpec::Argv(v) if v.is_empty() || v[0].is_empty() => {
-                Err("the command array is empty".into())
-            }
-            _ => Ok(()),
-        }
-    }
-
-    /// Whether the command uses the `{{ name }}` placeholder.
-    pub fn mentions(&self, name: &str) -> bool {
-        let probe = "\u{0}";
-        self.substitute(&[(name, probe)]) != *self
-    }
-
-    /// The command with `{{ name }}` placeholders replaced. In a shell string
-    /// the value is shell-quoted when it needs to be; argv elements get it
-    /// verbatim.
-    pub fn substitute(&self, vars: &[(&str, &str)]) -> CommandSpec {
-        match self {
-            CommandSpec::Shell(s) => CommandSpec::Shell(replace_placeholders(s, vars, true)),
-            CommandSpec::Argv(v) => CommandSpec::Argv(
-                v.iter()
-                    .map(|a| replace_placeholders(a, vars, false))
-                    .collect(),
-            ),
-        }
-    }
-}
-
-impl fmt::Display for CommandSpec {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            CommandSpec::Shell(s) => f.write_str(s),
-            CommandSpec::Argv(v) => {
-                let quoted: Vec<String> = v
-                    .iter()
-                    .map(|a| shlex::try_quote(a).map_or_else(|_| a.clone(), |q| q.into_owned()))
-                    .collect();
-                f.write_str(&quoted.join(" "))
-            }
-        }
-    }
-}
-
-fn replace_placeholders(s: &str, vars: &[(&str, &str)], quote: bool) -> String {
-    let mut out = String::with_capacity(s.len());
-    let mut rest = s;
-    while let Some(start) = rest.find("{{") {
-        let Some(len) = rest[start..].find("}}") else {
-            break;
-        };
-        let name = rest[start + 2..start + len].trim();
-        match vars.iter().find(|(k, _)| *k == name) {
-            Some((_, value)) => {
-                out.push_str(&rest[..start]);
-                if quote {
-                    match shlex::try_quote(value) {
-                        Ok(q) => out.push_str(&q),
-                        Err(_) => out.push_str(value),
-                    }
-                } else {
-                    out.push_str(value);
-                }
-            }
-            // Not ours: leave it for the command (it may be a Go template
-            // or similar).
-            None => out.push_str(&rest[..start + len + 2]),
-        }
-        rest = &rest[start + len + 2..];
-    }
-    out.push_str(rest);
-    out
-}
 
 /// A check or reload command that ran and failed (exit status, signal or
 /// timeout), as opposed to one that could not be started.
@@ -118,18 +32,12 @@ pub fn is_command_failure(e: &anyhow::Error) -> bool {
     e.chain().any(|c| c.is::<CommandFailed>())
 }
 
-/// What a finished command printed.
-#[derive(Debug)]
-pub struct Finished {
-    pub output: String,
-}
-
 /// Runs `spec` to completion or until `timeout`, then kills its process group.
 ///
 /// `what` names the command in errors ("check command", "reload command").
 /// A non-zero exit, a signal or a timeout is an error carrying the command's
 /// output.
-pub fn run(spec: &CommandSpec, what: &str, timeout: Duration) -> Result<Finished> {
+pub fn run(spec: &CommandSpec, what: &str, timeout: Duration) -> Result<()> {
     let mut cmd = match spec {
         CommandSpec::Shell(s) => {
             let mut c = Command::new("/bin/sh");
@@ -176,7 +84,10 @@ pub fn run(spec: &CommandSpec, what: &str, timeout: Duration) -> Result<Finished
         ))
         .into());
     }
-    Ok(Finished { output })
+    if !output.trim().is_empty() {
+        tracing::debug!("{what} `{spec}` succeeded{}", format_output(&output));
+    }
+    Ok(())
 }
 
 fn describe(status: ExitStatus) -> String {
@@ -216,25 +127,6 @@ fn format_output(output: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn placeholders_are_quoted_in_shell_strings_only_when_needed() {
-        let spec = CommandSpec::Shell("nginx -t -c {{ staged }} && echo {{destination}}".into());
-        let got = spec.substitute(&[("staged", "/etc/a b"), ("destination", "/etc/x")]);
-        assert_eq!(
-            got,
-            CommandSpec::Shell("nginx -t -c '/etc/a b' && echo /etc/x".into())
-        );
-    }
-
-    #[test]
-    fn unknown_placeholders_are_left_alone() {
-        let spec = CommandSpec::Argv(vec!["x".into(), "{{ other }}-{{ staged }}".into()]);
-        assert_eq!(
-            spec.substitute(&[("staged", "/a b")]),
-            CommandSpec::Argv(vec!["x".into(), "{{ other }}-/a b".into()])
-        );
-    }
 
     #[test]
     fn failing_command_reports_status_and_output() {

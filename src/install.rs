@@ -26,7 +26,8 @@ use std::time::Duration;
 
 use anyhow::{Context, Result, anyhow, bail};
 
-use crate::command::{self, CommandSpec};
+use crate::command;
+use crate::spec::CommandSpec;
 
 const STAGE_MARK: &str = ".stencil-";
 const DEFAULT_MODE: u32 = 0o644;

@@ -2,45 +2,62 @@
 //! atomically, check before and reload after.
 //!
 //! The binary is a thin wrapper around [`run`], which takes its arguments
-//! so tests and embedders can call it. Each command is a short function
-//! here; the work lives in the modules:
+//! so tests and embedders can call it. The modules, lowest layer first
+//! (ARCHITECTURE.md has the rules of who may use whom):
 //!
-//! - [`cli`]: the clap tree, `STENCIL_*` environment variables, help text.
-//! - [`config`]: config file + flags -> a validated [`config::Config`].
-//! - [`template`]: minijinja with stencil's functions, recording reads.
-//! - [`source`]: data sources behind `key()`, `ls()`, `kv()`, `tree()`.
-//! - [`pipeline`]: render -> install -> commands, shared by every command.
-//! - [`install`]: staging, check, rename, fsync.
-//! - [`command`]: check and reload commands with timeouts.
-//! - [`exec`]: the container entrypoint: exec into the app, or supervise it.
-//! - [`subst`]: the envsubst replacement.
+//! - `spec`, `error`: plain values parsed from text; exit codes and how
+//!   errors are printed. They use nothing of the crate.
+//! - `runtime`: the async runtime and HTTP client, built only when needed.
+//! - `source`: data sources behind `key()`, `ls()`, `kv()`, `tree()`:
+//!   files, etcd and Consul, each with its watch.
+//! - `template`: minijinja with stencil's functions, recording reads.
+//! - `command`, `install`: check and reload commands; staging, rename, fsync.
+//! - `cli` -> `config`: the clap tree, then file + environment + flags
+//!   merged into one validated `Config`.
+//! - `pipeline`: render -> install -> commands, shared by every command.
+//! - `serve`, `watch`: the health endpoints; the coordinator loop.
+//! - `commands` (render, check, deps, watch), `exec`, `subst`, `man`: the
+//!   subcommands.
 
 use std::ffi::OsString;
-use std::io::Write;
 
 use anyhow::Result;
 use clap::{CommandFactory, Parser};
 
-pub mod cli;
-pub mod command;
-pub mod config;
-pub mod error;
-pub mod exec;
-pub mod install;
+mod cli;
+mod command;
+mod commands;
+mod config;
+mod error;
+mod exec;
+mod install;
 mod logging;
-pub mod man;
-pub mod pipeline;
-pub mod runtime;
-pub mod serve;
-pub mod source;
-pub mod subst;
-pub mod template;
-pub mod watch;
+mod man;
+mod pipeline;
+mod runtime;
+mod serve;
+mod source;
+mod spec;
+mod subst;
+mod template;
+mod watch;
 
-use cli::{Cli, Command, TemplateArgs};
-use config::Config;
-use error::Exit;
-use pipeline::{Options, Pipeline};
+use cli::{Cli, Command};
+pub use error::Exit;
+
+// The public surface: what the integration tests and the fuzz targets
+// reach into. Everything else is private to the crate.
+pub use config::{Config, parse_source_flag, parse_template_flag};
+pub use man::pages as man_pages;
+pub use runtime::{block_on, get as async_runtime};
+pub use source::consul::{ConsulConfig, ConsulSource, MIN_INTERVAL as CONSUL_MIN_INTERVAL};
+pub use source::etcd::{EtcdClient, EtcdConfig, EtcdSource, prefix_range_end};
+pub use source::file::{Format as DataFormat, parse as parse_data};
+pub use source::{Source, SourceEvent, Sources, WatchSpec};
+pub use subst::{
+    Env as SubstEnv, Options as SubstOptions, Substituter, names as subst_names, substitute,
+};
+pub use template::{FILTERS, FUNCTIONS, Scope, Template};
 
 /// Runs stencil with `args` (the first is the program name) and returns
 /// the process exit code, printing errors on stderr.
@@ -76,12 +93,13 @@ where
             });
         }
     };
-    logging::init(cli.global.log_level, cli.global.log_format);
+    let json = cli.global.log_format == cli::LogFormat::Json;
+    logging::init(cli.global.log_level.into(), json);
     match cli.command {
-        Command::Render(args) => render(&args.templates, &args.output.into()),
-        Command::Watch(args) => watch(args),
-        Command::Check(args) => check(&args.templates),
-        Command::Deps(args) => deps(&args.templates, args.json),
+        Command::Render(args) => commands::render(args),
+        Command::Watch(args) => commands::watch(args),
+        Command::Check(args) => commands::check(&args.templates),
+        Command::Deps(args) => commands::deps(&args),
         Command::Exec(args) => exec::run(&args),
         Command::Subst(args) => subst::run(
             &args,
@@ -89,12 +107,8 @@ where
             &mut std::io::stdout().lock(),
         ),
         Command::Completions { shell } => {
-            clap_complete::generate(
-                shell,
-                &mut Cli::command(),
-                "stencil",
-                &mut std::io::stdout(),
-            );
+            let out = &mut std::io::stdout();
+            clap_complete::generate(shell, &mut Cli::command(), "stencil", out);
             Ok(Exit::Success)
         }
         Command::Man { dir } => {
@@ -102,151 +116,4 @@ where
             Ok(Exit::Success)
         }
     }
-}
-
-impl From<cli::OutputArgs> for Options {
-    fn from(a: cli::OutputArgs) -> Self {
-        Options {
-            dry_run: a.dry_run,
-            diff: a.diff,
-            no_reload: a.no_reload,
-            wait_for_data: a.wait_for_data,
-        }
-    }
-}
-
-/// Loads config, templates and sources; on failure prints every error.
-fn load(args: &TemplateArgs) -> Result<Result<Pipeline, Exit>> {
-    let config = Config::load(args)?;
-    if args.print_config {
-        println!("{}", serde_json::to_string_pretty(&config)?);
-        return Ok(Err(Exit::Success));
-    }
-    match Pipeline::load(config) {
-        Ok(p) => Ok(Ok(p)),
-        Err(errors) => Ok(Err(print_all(&errors))),
-    }
-}
-
-/// Prints each error; the exit status is the worst of them.
-fn print_all(errors: &[anyhow::Error]) -> Exit {
-    let mut exit = Exit::Success;
-    for e in errors {
-        error::print(e);
-        exit = exit.max(error::exit_for(e));
-    }
-    exit
-}
-
-fn render(args: &TemplateArgs, opts: &Options) -> Result<Exit> {
-    let mut pipeline = match load(args)? {
-        Ok(p) => p,
-        Err(exit) => return Ok(exit),
-    };
-    if !opts.dry_run {
-        pipeline.remove_stale();
-    }
-    let all: Vec<usize> = (0..pipeline.units.len()).collect();
-    let report = pipeline.run(&all, opts, &mut std::io::stdout().lock());
-    for (name, source) in pipeline.sources.iter() {
-        if let Some(n) = source.requests() {
-            tracing::debug!(source = name, requests = n, "requests sent");
-        }
-    }
-    let errors = report.into_errors();
-    Ok(print_all(&errors).max(if errors.is_empty() {
-        Exit::Success
-    } else {
-        Exit::Failure
-    }))
-}
-
-fn watch(args: cli::WatchArgs) -> Result<Exit> {
-    // Flags win over the config file for the listen address and the wait;
-    // the config file is read again inside for the templates.
-    let config = Config::load(&args.templates)?;
-    if args.templates.print_config {
-        println!("{}", serde_json::to_string_pretty(&config)?);
-        return Ok(Exit::Success);
-    }
-    let settings = watch::Settings {
-        once: args.watch.once,
-        listen: args.watch.listen.or(config.listen),
-        wait: args.watch.debounce.or(config.wait),
-        options: args.output.into(),
-        exec: None,
-    };
-    watch::run(&args.templates, settings)
-}
-
-fn check(args: &TemplateArgs) -> Result<Exit> {
-    let pipeline = match load(args)? {
-        Ok(p) => p,
-        Err(exit) => return Ok(exit.max(Exit::Usage)),
-    };
-    for unit in &pipeline.units {
-        let unknown = unit.template.unknown_names();
-        if !unknown.is_empty() {
-            tracing::warn!(
-                template = %unit.spec.source.display(),
-                "uses names that are neither stencil functions nor set in the template \
-                 (undefined when reached): {}",
-                unknown.join(", ")
-            );
-        }
-    }
-    tracing::info!(
-        "ok: {} template(s), {} source(s)",
-        pipeline.units.len(),
-        pipeline.sources.names().count()
-    );
-    Ok(Exit::Success)
-}
-
-fn deps(args: &TemplateArgs, json: bool) -> Result<Exit> {
-    let pipeline = match load(args)? {
-        Ok(p) => p,
-        Err(exit) => return Ok(exit),
-    };
-    let mut out = std::io::stdout().lock();
-    let mut exit = Exit::Success;
-    let mut all = Vec::new();
-    for unit in &pipeline.units {
-        let scope = template::Scope {
-            sources: pipeline.sources.clone(),
-            default_source: unit.default_source.clone(),
-        };
-        let rendered = unit.template.render(&scope);
-        if let Err(e) = &rendered.result {
-            error::print(e);
-            exit = Exit::Failure;
-        }
-        if json {
-            all.push(serde_json::json!({
-                "template": unit.spec.source,
-                "destination": unit.spec.destination.to_string(),
-                "reads": rendered.deps.read,
-                "missing": rendered.deps.missing,
-            }));
-        } else {
-            writeln!(
-                out,
-                "{} -> {}",
-                unit.spec.source.display(),
-                unit.spec.destination
-            )?;
-            for dep in &rendered.deps.read {
-                let mark = if rendered.deps.missing.contains(dep) {
-                    "  (missing)"
-                } else {
-                    ""
-                };
-                writeln!(out, "  {dep}{mark}")?;
-            }
-        }
-    }
-    if json {
-        writeln!(out, "{}", serde_json::to_string_pretty(&all)?)?;
-    }
-    Ok(exit)
 }

@@ -10,10 +10,11 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, anyhow};
 
-use crate::command::{self, CommandSpec};
+use crate::command;
 use crate::config::{Config, Destination, TemplateSpec};
 use crate::install::{self, Outcome};
 use crate::source::Sources;
+use crate::spec::CommandSpec;
 use crate::template::{Deps, Scope, Template};
 
 /// How a batch treats its output.

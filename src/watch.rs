@@ -33,13 +33,12 @@
 //! everything, waiting for data, runs the commands and exits.
 //!
 //! Under `stencil exec --watch` the loop also owns the app's
-//! [`Supervisor`](crate::exec::Supervisor): every signal stencil handles is
+//! [`Supervisor`](crate::exec::supervise::Supervisor): every signal stencil handles is
 //! the app's (forwarded, or a graceful stop for TERM and INT), a batch that
 //! changed a file sends the reload signal, and stencil exits with the app's
 //! status when it exits.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
-use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Instant;
@@ -47,14 +46,14 @@ use std::time::Instant;
 use anyhow::{Context, Result};
 use tokio::sync::mpsc::{UnboundedReceiver, UnboundedSender, unbounded_channel};
 
-use crate::cli::TemplateArgs;
-use crate::config::{Config, Destination, SourceSpec, WaitSpec};
+use crate::config::{Destination, Flags};
 use crate::error::{self, Exit};
 use crate::install::Outcome;
 use crate::pipeline::{Options, Pipeline};
 use crate::runtime;
 use crate::serve::{self, Shared, SourceStatus, TemplateState, TemplateStatus};
-use crate::source::{SourceEvent, WatchSpec, is_under};
+use crate::source::{SourceEvent, SourceSpec, WatchSpec, is_under};
+use crate::spec::Debounce;
 use crate::template::{Dep, Deps};
 
 /// How the loop runs.
@@ -62,12 +61,9 @@ use crate::template::{Dep, Deps};
 pub struct Settings {
     /// Render everything once (waiting for data), run commands, exit.
     pub once: bool,
-    pub listen: Option<SocketAddr>,
-    /// The quiescence period for templates that do not set their own.
-    pub wait: Option<WaitSpec>,
     pub options: Options,
     /// `stencil exec --watch`: the app to supervise.
-    pub exec: Option<crate::exec::ExecSpec>,
+    pub exec: Option<crate::exec::spec::ExecSpec>,
 }
 
 /// What producers tell the coordinator.
@@ -88,26 +84,11 @@ pub enum Event {
 }
 
 /// Runs the watch loop until a signal ends it (or, with `--once`, until
-/// every template is in place).
-pub fn run(args: &TemplateArgs, settings: Settings) -> Result<Exit> {
-    let config = Config::load(args)?;
-    let pipeline = match Pipeline::load(config) {
-        Ok(p) => p,
-        Err(errors) => {
-            let mut exit = Exit::Success;
-            for e in &errors {
-                error::print(e);
-                exit = exit.max(error::exit_for(e));
-            }
-            return Ok(exit);
-        }
-    };
-    run_with(args, settings, pipeline)
-}
-
-/// Runs the loop with a pipeline already loaded (exec has rendered with it).
-pub fn run_with(args: &TemplateArgs, settings: Settings, pipeline: Pipeline) -> Result<Exit> {
-    let args = args.clone();
+/// every template is in place), starting from `pipeline`, which was loaded
+/// from `flags` (and, under exec, has rendered once). A reload reads the
+/// config again from `flags`.
+pub fn run(flags: Flags, settings: Settings, pipeline: Pipeline) -> Result<Exit> {
+    let args = flags;
     // The coordinator runs as a task on the runtime's worker, so rendering
     // (synchronous, in block_in_place) can still block on source reads.
     runtime::get().block_on(async move {
@@ -137,13 +118,13 @@ struct TemplateInfo {
 /// How long a changed file must be quiet before it is read: an editor or a
 /// deploy tool writing in place truncates first and writes after, and a
 /// render in between would install an empty or half-written file.
-const FILE_SETTLE: WaitSpec = WaitSpec {
+const FILE_SETTLE: Debounce = Debounce {
     min: std::time::Duration::from_millis(100),
     max: std::time::Duration::from_secs(1),
 };
 
 struct Coordinator {
-    args: TemplateArgs,
+    args: Flags,
     settings: Settings,
     pipeline: Pipeline,
     templates: Vec<TemplateInfo>,
@@ -156,7 +137,7 @@ struct Coordinator {
 }
 
 impl Coordinator {
-    fn new(args: TemplateArgs, settings: Settings, pipeline: Pipeline) -> Result<Coordinator> {
+    fn new(args: Flags, settings: Settings, pipeline: Pipeline) -> Result<Coordinator> {
         let (tx, rx) = unbounded_channel();
         let files = FileWatch::new(tx.clone())?;
         let mut c = Coordinator {
@@ -225,7 +206,7 @@ impl Coordinator {
                 (
                     name.clone(),
                     old.unwrap_or(SourceStatus {
-                        kind: spec.kind(),
+                        kind: spec.kind().to_string(),
                         up: true,
                         errors: 0,
                         reconnects: 0,
@@ -241,12 +222,12 @@ impl Coordinator {
         // are the loop's.
         let mut app = match self.settings.exec.clone() {
             Some(spec) => {
-                let signals = crate::exec::Signals::new()?;
-                match crate::exec::Supervisor::spawn(&spec) {
+                let signals = crate::exec::supervise::Signals::new()?;
+                match crate::exec::supervise::Supervisor::spawn(&spec) {
                     Ok(sup) => Some((sup, signals)),
                     Err(e) => {
                         error::print(&e);
-                        return Ok(crate::exec::spawn_exit(&e));
+                        return Ok(crate::exec::supervise::spawn_exit(&e));
                     }
                 }
             }
@@ -256,7 +237,7 @@ impl Coordinator {
             }
         };
         let (stop_server, server_stopped) = tokio::sync::oneshot::channel::<()>();
-        let server = match self.settings.listen {
+        let server = match self.pipeline.config.listen {
             Some(addr) => {
                 let listener = serve::bind(addr).await?;
                 tracing::info!("listening on http://{}", listener.local_addr()?);
@@ -286,7 +267,10 @@ impl Coordinator {
 
     async fn main_loop(
         &mut self,
-        app: &mut Option<(crate::exec::Supervisor, crate::exec::Signals)>,
+        app: &mut Option<(
+            crate::exec::supervise::Supervisor,
+            crate::exec::supervise::Signals,
+        )>,
     ) -> Result<Exit> {
         loop {
             let now = Instant::now();
@@ -366,8 +350,11 @@ impl Coordinator {
         None
     }
 
-    fn wait_for(&self, index: usize) -> Option<WaitSpec> {
-        self.pipeline.units[index].spec.wait.or(self.settings.wait)
+    fn wait_for(&self, index: usize) -> Option<Debounce> {
+        self.pipeline.units[index]
+            .spec
+            .wait
+            .or(self.pipeline.config.wait)
     }
 
     fn mark(&mut self, indices: impl IntoIterator<Item = usize>, why: &str) {
@@ -379,13 +366,13 @@ impl Coordinator {
         &mut self,
         indices: impl IntoIterator<Item = usize>,
         why: &str,
-        floor: Option<WaitSpec>,
+        floor: Option<Debounce>,
     ) {
         let now = Instant::now();
         for i in indices {
             tracing::debug!(template = %self.pipeline.units[i].spec.source.display(), "{why}");
             let wait = match (self.wait_for(i), floor) {
-                (Some(w), Some(f)) => Some(WaitSpec {
+                (Some(w), Some(f)) => Some(Debounce {
                     min: w.min.max(f.min),
                     max: w.max.max(f.max),
                 }),
@@ -520,7 +507,7 @@ impl Coordinator {
     }
 
     fn reload(&mut self) {
-        let loaded = Config::load(&self.args).and_then(|config| {
+        let loaded = self.args.load().and_then(|config| {
             Pipeline::load(config).map_err(|errors| {
                 for e in &errors {
                     error::print(e);
@@ -820,7 +807,7 @@ enum Wake {
 }
 
 /// The app's exit, or never without an app.
-async fn app_exit(sup: Option<&mut crate::exec::Supervisor>) -> Result<Exit> {
+async fn app_exit(sup: Option<&mut crate::exec::supervise::Supervisor>) -> Result<Exit> {
     match sup {
         Some(sup) => sup.wait().await,
         None => std::future::pending().await,
@@ -828,7 +815,9 @@ async fn app_exit(sup: Option<&mut crate::exec::Supervisor>) -> Result<Exit> {
 }
 
 /// The next signal for the app, or never without an app.
-async fn app_signal(signals: Option<&mut crate::exec::Signals>) -> nix::sys::signal::Signal {
+async fn app_signal(
+    signals: Option<&mut crate::exec::supervise::Signals>,
+) -> nix::sys::signal::Signal {
     match signals {
         Some(signals) => signals.recv().await,
         None => std::future::pending().await,
@@ -920,12 +909,12 @@ impl FileWatch {
 /// Without a wait a template is due at once.
 #[derive(Debug, Default)]
 pub struct Debouncer {
-    pending: BTreeMap<usize, (Instant, Instant, Option<WaitSpec>)>,
+    pending: BTreeMap<usize, (Instant, Instant, Option<Debounce>)>,
 }
 
 impl Debouncer {
     /// Records a change affecting template `index` at `now`.
-    pub fn touch(&mut self, index: usize, now: Instant, wait: Option<WaitSpec>) {
+    pub fn touch(&mut self, index: usize, now: Instant, wait: Option<Debounce>) {
         self.pending
             .entry(index)
             .and_modify(|(_, last, w)| {
@@ -944,7 +933,7 @@ impl Debouncer {
         }
     }
 
-    fn deadline((first, last, wait): &(Instant, Instant, Option<WaitSpec>)) -> Instant {
+    fn deadline((first, last, wait): &(Instant, Instant, Option<Debounce>)) -> Instant {
         match wait {
             None => *last,
             Some(w) => (*last + w.min).min(*first + w.max),
@@ -976,8 +965,8 @@ mod tests {
     use super::*;
     use std::time::Duration;
 
-    fn wait(min: u64, max: u64) -> Option<WaitSpec> {
-        Some(WaitSpec {
+    fn wait(min: u64, max: u64) -> Option<Debounce> {
+        Some(Debounce {
             min: Duration::from_millis(min),
             max: Duration::from_millis(max),
         })

@@ -6,7 +6,7 @@ use crate::support::Test;
 #[test]
 fn man_pages_are_up_to_date() {
     let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("man");
-    for (name, text) in stencil::man::pages().unwrap() {
+    for (name, text) in stencil::man_pages().unwrap() {
         let committed = std::fs::read(dir.join(&name)).unwrap_or_default();
         assert!(
             committed == text,
@@ -67,20 +67,20 @@ fn options_can_come_from_stencil_environment_variables() {
 
 #[test]
 fn every_template_function_and_filter_is_documented() {
-    let pages = stencil::man::pages().unwrap();
+    let pages = stencil::man_pages().unwrap();
     let (_, page) = pages
         .iter()
         .find(|(name, _)| name == "stencil-templates.7")
         .expect("stencil-templates.7 is generated");
     let page = String::from_utf8_lossy(page);
     let documented = |forms: &[String]| forms.iter().any(|f| page.contains(f.as_str()));
-    for name in stencil::template::FUNCTIONS {
+    for name in stencil::FUNCTIONS {
         assert!(
             documented(&[format!("\\fB{name}("), format!("\\fB{name}.")]),
             "template function {name} is not documented in doc/stencil-templates.7.md"
         );
     }
-    for name in stencil::template::FILTERS {
+    for name in stencil::FILTERS {
         assert!(
             documented(&[format!("\\fB{name}\\fR"), format!("\\fB{name}(")]),
             "filter {name} is not documented in doc/stencil-templates.7.md"

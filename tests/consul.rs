@@ -10,9 +10,8 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use stencil::runtime;
-use stencil::source::consul::{ConsulConfig, ConsulSource};
-use stencil::source::{Source, SourceEvent, WatchSpec};
+use stencil::{ConsulConfig, ConsulSource};
+use stencil::{Source, SourceEvent, WatchSpec};
 use tokio::sync::mpsc::UnboundedReceiver;
 
 use crate::support::Test;
@@ -82,14 +81,14 @@ impl Watch {
             .expect("consul sources watch");
         Watch {
             rx,
-            task: Some(runtime::get().spawn(future)),
+            task: Some(stencil::async_runtime().spawn(future)),
         }
     }
 
     /// The next event, within a generous deadline.
     #[track_caller]
     fn next(&mut self) -> SourceEvent {
-        runtime::block_on(async {
+        stencil::block_on(async {
             tokio::time::timeout(Duration::from_secs(30), self.rx.recv()).await
         })
         .expect("no event arrived in time")
@@ -126,7 +125,7 @@ impl Watch {
     /// Waits for the watch to end by itself, returning its result.
     fn result(mut self) -> anyhow::Result<()> {
         let task = self.task.take().unwrap();
-        runtime::block_on(async { tokio::time::timeout(Duration::from_secs(30), task).await })
+        stencil::block_on(async { tokio::time::timeout(Duration::from_secs(30), task).await })
             .expect("the watch did not end")
             .expect("the watch panicked")
     }
@@ -568,18 +567,16 @@ fn ten_thousand_keys_under_a_prefix_cost_one_request() {
     let server = ConsulServer::start();
     server.put_many((0..10_000).map(|i| (format!("many/k{i:05}"), format!("v{i}"))));
     let source = source_on_server(&server, Duration::from_secs(60));
-    let sources = stencil::source::Sources::from_iter([(
-        "kv".to_string(),
-        source.clone() as Arc<dyn Source>,
-    )]);
-    let template = stencil::template::Template::from_source(
+    let sources =
+        stencil::Sources::from_iter([("kv".to_string(), source.clone() as Arc<dyn Source>)]);
+    let template = stencil::Template::from_source(
         std::path::Path::new("t.j2"),
         "{% for k, v in kv('many') | items %}{{ k }}={{ v }}\n{% endfor %}\
          {{ key('many/k00042') }} {{ ls('many') | length }} {{ key_exists('many/k99999') }}\n"
             .into(),
     )
     .unwrap();
-    let scope = stencil::template::Scope {
+    let scope = stencil::Scope {
         sources,
         default_source: Some("kv".into()),
     };
@@ -854,7 +851,7 @@ fn a_server_that_answers_at_once_is_not_queried_in_a_hot_loop() {
     let log = server.kv_requests();
     let spread = log[10].at - log[0].at;
     assert!(
-        spread >= stencil::source::consul::MIN_INTERVAL * 9,
+        spread >= stencil::CONSUL_MIN_INTERVAL * 9,
         "{spread:?} for {} queries",
         log.len()
     );

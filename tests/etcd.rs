@@ -4,9 +4,8 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use stencil::runtime;
-use stencil::source::etcd::EtcdSource;
-use stencil::source::{Source, SourceEvent, WatchSpec};
+use stencil::EtcdSource;
+use stencil::{Source, SourceEvent, WatchSpec};
 
 use crate::support::Test;
 use crate::support::etcd::{self, Certs, Etcd};
@@ -89,8 +88,8 @@ fn wait_for_data_waits_for_a_key_that_appears_later() {
         std::thread::spawn(move || {
             // Written while stencil is already waiting for it.
             std::thread::sleep(Duration::from_millis(700));
-            let client = stencil::source::etcd::EtcdClient::new(&config).unwrap();
-            runtime::block_on(client.put(b"/late", b"arrived")).unwrap();
+            let client = stencil::EtcdClient::new(&config).unwrap();
+            stencil::block_on(client.put(b"/late", b"arrived")).unwrap();
         })
     };
     Test::new()
@@ -174,7 +173,7 @@ fn a_one_mebibyte_value_renders() {
 fn ten_thousand_keys_under_a_prefix_cost_one_range_request() {
     let etcd = Etcd::start();
     let client = etcd.client(None);
-    runtime::block_on(async {
+    stencil::block_on(async {
         for i in 0..10_000 {
             client
                 .put(
@@ -186,16 +185,14 @@ fn ten_thousand_keys_under_a_prefix_cost_one_range_request() {
         }
     });
     let source = Arc::new(EtcdSource::new("kv", &etcd.config(None)).unwrap());
-    let sources = stencil::source::Sources::from_iter([(
-        "kv".to_string(),
-        source.clone() as Arc<dyn Source>,
-    )]);
-    let template = stencil::template::Template::from_source(
+    let sources =
+        stencil::Sources::from_iter([("kv".to_string(), source.clone() as Arc<dyn Source>)]);
+    let template = stencil::Template::from_source(
         std::path::Path::new("t.j2"),
         "{% for k, v in kv('many') | items %}{{ k }}={{ v }}\n{% endfor %}{{ key('many/k00042') }}\n".into(),
     )
     .unwrap();
-    let scope = stencil::template::Scope {
+    let scope = stencil::Scope {
         sources,
         default_source: Some("kv".into()),
     };
@@ -401,7 +398,7 @@ fn recv(
     rx: &mut tokio::sync::mpsc::UnboundedReceiver<SourceEvent>,
     within: Duration,
 ) -> SourceEvent {
-    runtime::block_on(async { tokio::time::timeout(within, rx.recv()).await })
+    stencil::block_on(async { tokio::time::timeout(within, rx.recv()).await })
         .expect("no change arrived in time")
         .expect("the watch ended")
 }
@@ -433,7 +430,7 @@ fn watch_sees_changes_and_resumes_after_a_restart_without_losing_any() {
         let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
         let watcher = {
             let source = source.clone();
-            runtime::get().spawn(async move {
+            stencil::async_runtime().spawn(async move {
                 let spec = WatchSpec {
                     keys: ["apps/web/db/host".to_string()].into(),
                     prefixes: ["apps/web/upstreams".to_string()].into(),
@@ -476,7 +473,7 @@ fn a_compacted_start_revision_asks_for_a_full_read() {
         let first = etcd.put("/w/k", "1");
         etcd.put("/w/k", "2");
         let last = etcd.put("/w/k", "3");
-        runtime::block_on(etcd.client(None).compact(last)).unwrap();
+        stencil::block_on(etcd.client(None).compact(last)).unwrap();
         let source = Arc::new(EtcdSource::new("kv", &etcd.config(None)).unwrap());
         let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
         let watcher = {
@@ -485,7 +482,8 @@ fn a_compacted_start_revision_asks_for_a_full_read() {
                 keys: Default::default(),
                 prefixes: ["w".to_string()].into(),
             };
-            runtime::get().spawn(async move { source.watch_from(&spec, first + 1, &tx).await })
+            stencil::async_runtime()
+                .spawn(async move { source.watch_from(&spec, first + 1, &tx).await })
         };
         assert!(matches!(
             recv(&mut rx, Duration::from_secs(30)),
@@ -510,7 +508,7 @@ fn a_watch_the_user_may_not_make_is_an_error() {
             keys: ["secret".to_string()].into(),
             prefixes: Default::default(),
         };
-        let result = runtime::block_on(async {
+        let result = stencil::block_on(async {
             tokio::time::timeout(Duration::from_secs(30), source.watch_from(&spec, 1, &tx)).await
         })
         .expect("a refused watch must end, not hang");

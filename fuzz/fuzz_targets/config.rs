@@ -9,8 +9,8 @@
 use std::path::Path;
 
 use libfuzzer_sys::fuzz_target;
-use stencil::config::{Config, parse_source_flag, parse_template_flag};
-use stencil::source::file::{Format, parse};
+use stencil::{Config, parse_source_flag, parse_template_flag};
+use stencil::{DataFormat as Format, parse_data as parse};
 
 fuzz_target!(|data: &[u8]| {
     let Ok(text) = std::str::from_utf8(data) else {

@@ -16,7 +16,7 @@
 use std::collections::HashSet;
 
 use libfuzzer_sys::fuzz_target;
-use stencil::subst::{Env, Options, Substituter, substitute};
+use stencil::{SubstEnv as Env, SubstOptions as Options, Substituter, substitute};
 
 fn env() -> Env {
     Env::from_pairs([
@@ -158,5 +158,5 @@ fuzz_target!(|data: &[u8]| {
         "extended: chunk size {step} changes the output"
     );
 
-    let _ = stencil::subst::names(input, control & 2 == 2);
+    let _ = stencil::subst_names(input, control & 2 == 2);
 });

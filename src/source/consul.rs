@@ -57,9 +57,6 @@ pub const DEFAULT_QUERY_WAIT: Duration = Duration::from_secs(60);
 /// followed without delay.
 pub const MIN_INTERVAL: Duration = Duration::from_millis(100);
 
-/// Consul's own default address.
-pub const DEFAULT_ADDRESS: &str = "http://127.0.0.1:8500";
-
 /// How to reach Consul.
 #[derive(Clone, PartialEq, serde::Serialize)]
 pub struct ConsulConfig {
@@ -76,10 +73,10 @@ pub struct ConsulConfig {
     /// Let any server answer reads (`?stale`), not only the leader.
     pub stale: bool,
     pub tls: Tls,
-    #[serde(with = "crate::config::duration_str")]
+    #[serde(with = "crate::spec::duration_serde")]
     pub timeout: Duration,
     /// The `wait` of blocking queries.
-    #[serde(with = "crate::config::duration_str")]
+    #[serde(with = "crate::spec::duration_serde")]
     pub query_wait: Duration,
 }
 

@@ -48,7 +48,7 @@ pub struct EtcdConfig {
     pub password: Option<String>,
     pub password_file: Option<PathBuf>,
     pub tls: Tls,
-    #[serde(with = "crate::config::duration_str")]
+    #[serde(with = "crate::spec::duration_serde")]
     pub timeout: Duration,
 }
 

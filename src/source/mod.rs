@@ -12,8 +12,6 @@ use std::sync::Arc;
 
 use anyhow::Result;
 
-use crate::config::SourceSpec;
-
 pub mod consul;
 pub mod etcd;
 pub mod file;
@@ -96,6 +94,33 @@ pub enum SourceEvent {
     Up { source: String },
     /// The source stopped answering; the watch keeps retrying.
     Failed { source: String, error: String },
+}
+
+/// A data source as configured, by kind.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+#[serde(tag = "kind", rename_all = "lowercase")]
+pub enum SourceSpec {
+    /// A JSON, TOML, YAML or dotenv file.
+    File {
+        path: std::path::PathBuf,
+        /// Keys in templates are relative to this prefix.
+        prefix: String,
+    },
+    /// etcd v3 through its HTTP/JSON gateway.
+    Etcd(etcd::EtcdConfig),
+    /// Consul KV.
+    Consul(consul::ConsulConfig),
+}
+
+impl SourceSpec {
+    /// The `kind` as written in the config file.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            SourceSpec::File { .. } => "file",
+            SourceSpec::Etcd(_) => "etcd",
+            SourceSpec::Consul(_) => "consul",
+        }
+    }
 }
 
 /// The sources of one configuration, by name.

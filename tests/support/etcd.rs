@@ -10,8 +10,7 @@ use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use stencil::runtime;
-use stencil::source::etcd::{EtcdClient, EtcdConfig};
+use stencil::{EtcdClient, EtcdConfig};
 
 /// Every etcd binary the tests should run against.
 pub fn binaries() -> Vec<PathBuf> {
@@ -222,7 +221,7 @@ impl Etcd {
         let client = self.client(None);
         loop {
             // Any answer (even "auth required") means it serves requests.
-            match runtime::block_on(client.put(b"/stencil-test-ready", b"1")) {
+            match stencil::block_on(client.put(b"/stencil-test-ready", b"1")) {
                 Ok(_) => return,
                 Err(e) if !format!("{e:#}").contains("did not answer") => return,
                 Err(e) => {
@@ -282,11 +281,11 @@ impl Etcd {
         key: &str,
         value: impl AsRef<[u8]>,
     ) -> i64 {
-        runtime::block_on(self.client(credentials).put(key.as_bytes(), value.as_ref())).unwrap()
+        stencil::block_on(self.client(credentials).put(key.as_bytes(), value.as_ref())).unwrap()
     }
 
     pub fn delete(&self, key: &str) -> i64 {
-        runtime::block_on(self.client(None).delete(key.as_bytes())).unwrap()
+        stencil::block_on(self.client(None).delete(key.as_bytes())).unwrap()
     }
 
     /// Sends a raw gateway request, for setting up users and roles.
@@ -296,7 +295,7 @@ impl Etcd {
         body: serde_json::Value,
         credentials: Option<(&str, &str)>,
     ) -> serde_json::Value {
-        runtime::block_on(self.client(credentials).raw(path, &body))
+        stencil::block_on(self.client(credentials).raw(path, &body))
             .unwrap_or_else(|e| panic!("{path}: {e:#}"))
     }
 
@@ -305,7 +304,7 @@ impl Etcd {
     pub fn enable_auth(&self, root_password: &str, user: &str, password: &str, read_prefix: &str) {
         use base64::Engine as _;
         let b64 = |s: &[u8]| base64::engine::general_purpose::STANDARD.encode(s);
-        let end = stencil::source::etcd::prefix_range_end(read_prefix.as_bytes());
+        let end = stencil::prefix_range_end(read_prefix.as_bytes());
         self.raw(
             "/v3/auth/user/add",
             serde_json::json!({"name": "root", "password": root_password}),

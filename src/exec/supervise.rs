@@ -1,39 +1,19 @@
-//! `stencil exec`: the container entrypoint.
-//!
-//! Render every template, wait for the `--wait` dependencies, then either
-//! become the app with exec(2) (the default: same PID, environment and argv,
-//! stencil is gone and signals reach the app directly), or, with `--watch`,
-//! stay as its parent and supervise it with a [`Supervisor`].
-//!
-//! A failed render or wait exits before the app starts, naming what failed:
-//! an app started with a half-written config is worse than one that never
-//! starts (issue 6).
-//!
-//! Exit status: the app's own (exec), or the child's code, or 128+N when
-//! signal N killed it (`--watch`, as a shell reports it); 126 when CMD cannot
-//! be run and 127 when it is not found (as env(1) and shells do).
+//! Supervising the app under `stencil exec --watch`: its process group,
+//! the signals it gets, its exit status, and the orphans it leaves.
 
 use std::collections::HashMap;
-use std::ffi::{CString, OsString};
-use std::fmt;
-use std::io::Write;
-use std::os::unix::ffi::OsStrExt;
 use std::os::unix::process::{CommandExt, ExitStatusExt};
-use std::path::PathBuf;
 use std::process::{Child, ExitStatus};
 use std::time::{Duration, Instant};
 
-use anyhow::{Context, Result, bail};
+use anyhow::{Context, Result};
 use nix::errno::Errno;
 use nix::sys::signal::{Signal, killpg};
 use nix::sys::wait::{WaitPidFlag, waitpid};
 use nix::unistd::Pid;
-use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
-use crate::cli::ExecArgs;
-use crate::command::CommandSpec;
-use crate::error::{Exit, usage};
-use crate::pipeline::Options;
+use super::spec::ExecSpec;
+use crate::error::Exit;
 
 /// The signals stencil forwards to a supervised child, and no others:
 /// runtime signals (SIGRTMIN+n) and job control stay with stencil.
@@ -47,262 +27,13 @@ pub const FORWARDED: [Signal; 7] = [
     Signal::SIGWINCH,
 ];
 
-/// Default `--wait-timeout`.
-pub const DEFAULT_WAIT_TIMEOUT: Duration = Duration::from_secs(60);
-/// Default `kill_timeout`: how long a child may take to stop before SIGKILL.
-pub const DEFAULT_KILL_TIMEOUT: Duration = Duration::from_secs(10);
-
-// ---------------------------------------------------------------------------
-// Configuration: the `[exec]` table and its merge with the flags.
-
-/// The `[exec]` table of the config file, as written. Flags win over it;
-/// a command after `--` wins over `command`.
-#[derive(Debug, Clone, Default, PartialEq, Deserialize, Serialize)]
-#[serde(deny_unknown_fields)]
-pub struct ExecTable {
-    /// A string runs with `sh -c`; an array is argv, no shell.
-    #[serde(default, deserialize_with = "de_command")]
-    pub command: Option<CommandSpec>,
-    #[serde(default, with = "signal_opt")]
-    pub reload_signal: Option<Signal>,
-    #[serde(default)]
-    pub restart_on_change: Option<bool>,
-    #[serde(default, with = "signal_opt")]
-    pub kill_signal: Option<Signal>,
-    #[serde(default, with = "duration_opt")]
-    pub kill_timeout: Option<Duration>,
-}
-
-fn de_command<'de, D: Deserializer<'de>>(d: D) -> Result<Option<CommandSpec>, D::Error> {
-    let spec = CommandSpec::deserialize(d)?;
-    spec.validate().map_err(serde::de::Error::custom)?;
-    Ok(Some(spec))
-}
-
-mod signal_opt {
-    use super::*;
-    pub fn serialize<S: Serializer>(s: &Option<Signal>, ser: S) -> Result<S::Ok, S::Error> {
-        match s {
-            Some(s) => ser.serialize_str(s.as_str()),
-            None => ser.serialize_none(),
-        }
-    }
-    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Signal>, D::Error> {
-        let s = String::deserialize(d)?;
-        parse_signal(&s).map(Some).map_err(serde::de::Error::custom)
-    }
-}
-
-mod duration_opt {
-    use super::*;
-    pub fn serialize<S: Serializer>(d: &Option<Duration>, ser: S) -> Result<S::Ok, S::Error> {
-        match d {
-            Some(d) => ser.serialize_str(&humantime::format_duration(*d).to_string()),
-            None => ser.serialize_none(),
-        }
-    }
-    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
-        let s = String::deserialize(d)?;
-        crate::cli::parse_duration(&s)
-            .map(Some)
-            .map_err(serde::de::Error::custom)
-    }
-}
-
-/// `SIGHUP`, `HUP`, `hup` or `1`.
-pub fn parse_signal(s: &str) -> Result<Signal, String> {
-    let t = s.trim();
-    if let Ok(n) = t.parse::<i32>() {
-        return Signal::try_from(n).map_err(|_| format!("unknown signal number {n}"));
-    }
-    let upper = t.to_ascii_uppercase();
-    let name = if upper.starts_with("SIG") {
-        upper
-    } else {
-        format!("SIG{upper}")
-    };
-    name.parse::<Signal>()
-        .map_err(|_| format!("unknown signal {s:?}; examples: SIGHUP, USR1, SIGTERM"))
-}
-
-/// What to run and how to treat it: flags merged over the `[exec]` table.
-#[derive(Debug, Clone, PartialEq)]
-pub struct ExecSpec {
-    /// argv; a string command from the config file is `/bin/sh -c STRING`.
-    pub command: Vec<OsString>,
-    /// Sent to the child's process group after a change (`--watch`).
-    pub reload_signal: Signal,
-    /// Restart the child after a change instead of signalling it.
-    pub restart_on_change: bool,
-    /// Asks the child to stop: sent when stencil gets SIGTERM, and before a
-    /// restart.
-    pub kill_signal: Signal,
-    /// How long the child may take to stop before its group is SIGKILLed.
-    pub kill_timeout: Duration,
-}
-
-impl ExecSpec {
-    pub fn resolve(args: &ExecArgs, table: Option<&ExecTable>) -> Result<ExecSpec> {
-        let table = table.cloned().unwrap_or_default();
-        let command = if !args.command.is_empty() {
-            args.command.clone()
-        } else {
-            match table.command {
-                Some(CommandSpec::Argv(v)) => v.into_iter().map(OsString::from).collect(),
-                Some(CommandSpec::Shell(s)) => vec!["/bin/sh".into(), "-c".into(), s.into()],
-                None => {
-                    return Err(usage(
-                        "no command to run: give it after `--` \
-                         (stencil exec -t app.conf.j2:/etc/app.conf -- app --serve) \
-                         or as `command` in the config file's [exec] table",
-                    ));
-                }
-            }
-        };
-        if command[0].is_empty() {
-            return Err(usage("the command to run is empty"));
-        }
-        let reload_signal = args
-            .exec
-            .reload_signal
-            .or(table.reload_signal)
-            .unwrap_or(Signal::SIGHUP);
-        if matches!(reload_signal, Signal::SIGKILL | Signal::SIGSTOP) {
-            return Err(usage(format!(
-                "{reload_signal} cannot be the reload signal: a reload never kills or stops the child \
-                 (use --restart-on-change to restart it)"
-            )));
-        }
-        Ok(ExecSpec {
-            command,
-            reload_signal,
-            restart_on_change: args.exec.restart_on_change
-                || table.restart_on_change.unwrap_or(false),
-            kill_signal: args
-                .exec
-                .kill_signal
-                .or(table.kill_signal)
-                .unwrap_or(Signal::SIGTERM),
-            kill_timeout: args
-                .exec
-                .kill_timeout
-                .or(table.kill_timeout)
-                .unwrap_or(DEFAULT_KILL_TIMEOUT),
-        })
-    }
-
-    /// The command as a user would type it, for logs and errors.
-    pub fn display(&self) -> String {
-        self.command
-            .iter()
-            .map(|a| {
-                let s = a.to_string_lossy();
-                shlex::try_quote(&s).map_or_else(|_| s.to_string(), |q| q.into_owned())
-            })
-            .collect::<Vec<_>>()
-            .join(" ")
-    }
-}
-
-impl ExecArgs {
-    /// The pipeline options of the render before the app starts: files are
-    /// installed and checked, but no reload command runs, since the app to
-    /// reload is not running yet (a `reload = "nginx -s reload"` shared with
-    /// `stencil watch` would fail and keep the app from starting). Re-renders
-    /// under `--watch` run them: set `no_reload` to false there.
-    pub fn options(&self) -> Options {
-        Options {
-            dry_run: false,
-            diff: false,
-            no_reload: true,
-            wait_for_data: self.render.wait_for_data,
-        }
-    }
-}
-
-// ---------------------------------------------------------------------------
-// The command.
-
-/// `stencil exec`: render, wait, then exec into the command (or supervise it).
-pub fn run(args: &ExecArgs) -> Result<Exit> {
-    let mut pipeline = match crate::load(&args.templates)? {
-        Ok(p) => p,
-        Err(exit) => return Ok(exit),
-    };
-    let spec = ExecSpec::resolve(args, pipeline.config.exec.as_ref())?;
-    pipeline.remove_stale();
-    let all: Vec<usize> = (0..pipeline.units.len()).collect();
-    let report = pipeline.run(&all, &args.options(), &mut std::io::stdout().lock());
-    let errors = report.into_errors();
-    if !errors.is_empty() {
-        let exit = crate::print_all(&errors).max(Exit::Failure);
-        tracing::error!(
-            "not starting `{}`: {} template(s) or command(s) failed",
-            spec.display(),
-            errors.len()
-        );
-        return Ok(exit);
-    }
-    wait_all(&args.exec.wait, args.exec.wait_timeout)
-        .with_context(|| format!("not starting `{}`", spec.display()))?;
-    if args.exec.watch {
-        // The loop starts the app, re-renders on change and sends it the
-        // reload signal; reload commands run from now on.
-        let settings = crate::watch::Settings {
-            once: false,
-            listen: args.exec.listen.or(pipeline.config.listen),
-            wait: args.exec.debounce.or(pipeline.config.wait),
-            options: Options {
-                no_reload: false,
-                wait_for_data: None,
-                ..args.options()
-            },
-            exec: Some(spec),
-        };
-        return crate::watch::run_with(&args.templates, settings, pipeline);
-    }
-    let err = exec_into(&spec.command);
-    crate::error::print(&err);
-    Ok(spawn_exit(&err))
-}
-
-/// Replaces stencil with `argv` through execvp(3). Returns only on failure.
-fn exec_into(argv: &[OsString]) -> anyhow::Error {
-    let args: Vec<CString> = match argv
-        .iter()
-        .map(|a| CString::new(a.as_bytes()))
-        .collect::<Result<_, _>>()
-    {
-        Ok(a) => a,
-        Err(_) => return usage("the command contains a NUL byte"),
-    };
-    tracing::debug!(command = %argv[0].to_string_lossy(), "exec");
-    let _ = std::io::stdout().flush();
-    restore_sigpipe();
-    let Err(errno) = nix::unistd::execvp(&args[0], &args);
-    anyhow::Error::new(SpawnError {
-        program: argv[0].to_string_lossy().into_owned(),
-        source: std::io::Error::from(errno),
-    })
-}
-
-/// Rust's runtime ignores SIGPIPE, and an ignored signal stays ignored
-/// across exec(2): the app would get EPIPE where it expects to die quietly
-/// (`app | head`). std's spawn resets it for children; exec must do it here.
-#[allow(unsafe_code)]
-fn restore_sigpipe() {
-    use nix::sys::signal::{SigHandler, signal};
-    // SAFETY: SIG_DFL installs no handler, so no code runs in signal context.
-    let _ = unsafe { signal(Signal::SIGPIPE, SigHandler::SigDfl) };
-}
-
 /// The command could not be started.
 #[derive(Debug, thiserror::Error)]
 #[error("cannot run `{program}`")]
 pub struct SpawnError {
-    program: String,
+    pub(super) program: String,
     #[source]
-    source: std::io::Error,
+    pub(super) source: std::io::Error,
 }
 
 /// 127 when the command was not found, 126 when it cannot be run, as
@@ -335,187 +66,6 @@ fn describe(status: ExitStatus) -> String {
         _ => status.to_string(),
     }
 }
-
-// ---------------------------------------------------------------------------
-// Waiting for dependencies.
-
-/// A `--wait` dependency: `tcp://host:port` (accepts a connection),
-/// `http(s)://…` (answers 2xx), `file:///path` (exists).
-#[derive(Debug, Clone, PartialEq)]
-pub struct WaitFor {
-    url: String,
-    kind: WaitKind,
-}
-
-#[derive(Debug, Clone, PartialEq)]
-enum WaitKind {
-    Tcp { host: String, port: u16 },
-    Http,
-    File(PathBuf),
-}
-
-impl fmt::Display for WaitFor {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.url)
-    }
-}
-
-impl WaitFor {
-    pub fn parse(s: &str) -> Result<WaitFor, String> {
-        let url = s.trim().to_string();
-        let bad = |why: &str| {
-            format!(
-                "--wait {s:?}: {why}; examples: tcp://db:5432, http://api:8080/healthz, \
-                 file:///run/secrets/token"
-            )
-        };
-        let Some((scheme, rest)) = url.split_once("://") else {
-            return Err(bad("expected a URL"));
-        };
-        let kind = match scheme.to_ascii_lowercase().as_str() {
-            "tcp" => {
-                let authority = rest.trim_end_matches('/');
-                let (host, port) = authority
-                    .rsplit_once(':')
-                    .ok_or_else(|| bad("a tcp address needs a port"))?;
-                let host = host.trim_start_matches('[').trim_end_matches(']');
-                if host.is_empty() || authority.contains('/') {
-                    return Err(bad("expected tcp://host:port"));
-                }
-                let port = port.parse().map_err(|_| bad("invalid port"))?;
-                WaitKind::Tcp {
-                    host: host.to_string(),
-                    port,
-                }
-            }
-            "http" | "https" => {
-                if rest.is_empty() || rest.starts_with('/') {
-                    return Err(bad("the URL has no host"));
-                }
-                WaitKind::Http
-            }
-            "file" => {
-                if rest.is_empty() {
-                    return Err(bad("the URL has no path"));
-                }
-                WaitKind::File(PathBuf::from(rest))
-            }
-            other => return Err(bad(&format!("unsupported scheme {other:?}"))),
-        };
-        Ok(WaitFor { url, kind })
-    }
-
-    /// One attempt: `Err` says what was seen ("connection refused", "HTTP
-    /// 503", "does not exist").
-    fn probe(&self, timeout: Duration) -> Result<(), String> {
-        match &self.kind {
-            WaitKind::Tcp { host, port } => {
-                use std::net::ToSocketAddrs;
-                let addrs = (host.as_str(), *port)
-                    .to_socket_addrs()
-                    .map_err(|e| format!("cannot resolve {host}: {e}"))?;
-                let mut last = format!("{host} has no address");
-                for addr in addrs {
-                    match std::net::TcpStream::connect_timeout(&addr, timeout) {
-                        Ok(_) => return Ok(()),
-                        Err(e) => last = io_reason(&e),
-                    }
-                }
-                Err(last)
-            }
-            WaitKind::Http => {
-                let client =
-                    crate::runtime::http_client(&crate::runtime::Tls::default(), timeout, false)
-                        .map_err(|e| format!("{e:#}"))?;
-                crate::runtime::block_on(async {
-                    let resp = client.get(&self.url).send().await.map_err(|e| {
-                        let mut why = String::new();
-                        let mut cause: Option<&dyn std::error::Error> = Some(&e);
-                        while let Some(c) = cause {
-                            why = c.to_string();
-                            cause = c.source();
-                        }
-                        if e.is_timeout() {
-                            "no answer in time".to_string()
-                        } else {
-                            why
-                        }
-                    })?;
-                    if resp.status().is_success() {
-                        Ok(())
-                    } else {
-                        Err(format!("HTTP {}", resp.status()))
-                    }
-                })
-            }
-            WaitKind::File(path) => match std::fs::metadata(path) {
-                Ok(_) => Ok(()),
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                    Err(format!("{} does not exist", path.display()))
-                }
-                Err(e) => Err(format!("{}: {}", path.display(), io_reason(&e))),
-            },
-        }
-    }
-}
-
-fn io_reason(e: &std::io::Error) -> String {
-    use std::io::ErrorKind;
-    match e.kind() {
-        ErrorKind::ConnectionRefused => "connection refused".into(),
-        ErrorKind::TimedOut | ErrorKind::WouldBlock => "no answer in time".into(),
-        _ => e.to_string(),
-    }
-}
-
-/// Waits for every dependency, polling each with backoff (50 ms doubling up
-/// to 1 s), all within one `timeout`. The error names the dependency that
-/// was not ready and what its last attempt saw.
-pub fn wait_all(deps: &[WaitFor], timeout: Duration) -> Result<()> {
-    let start = Instant::now();
-    let deadline = start + timeout;
-    for dep in deps {
-        let mut delay = Duration::from_millis(50);
-        let mut logged = false;
-        loop {
-            let left = deadline.saturating_duration_since(Instant::now());
-            let attempt = left.clamp(Duration::from_millis(100), Duration::from_secs(5));
-            let seen = match dep.probe(attempt) {
-                Ok(()) => {
-                    if logged {
-                        tracing::info!(
-                            "{dep} is ready after {}",
-                            humantime::format_duration(Duration::from_millis(
-                                start.elapsed().as_millis() as u64
-                            ))
-                        );
-                    }
-                    break;
-                }
-                Err(seen) => seen,
-            };
-            let now = Instant::now();
-            if now >= deadline {
-                bail!(
-                    "timed out after {} waiting for {dep}: {seen}",
-                    humantime::format_duration(timeout)
-                );
-            }
-            if logged {
-                tracing::debug!("still waiting for {dep}: {seen}");
-            } else {
-                tracing::info!("waiting for {dep}: {seen}");
-                logged = true;
-            }
-            std::thread::sleep(delay.min(deadline - now));
-            delay = (delay * 2).min(Duration::from_secs(1));
-        }
-    }
-    Ok(())
-}
-
-// ---------------------------------------------------------------------------
-// Supervision.
 
 /// Receives the signals stencil forwards ([`FORWARDED`]); while it exists,
 /// they no longer have their default action (terminating stencil).
@@ -737,6 +287,7 @@ impl Supervisor {
     }
 
     /// [`Supervisor::stop`] with `sig`, then waits for the child's status.
+    #[cfg(test)]
     pub async fn shutdown(&mut self, sig: Signal) -> Result<Exit> {
         self.stop(sig);
         self.wait().await
@@ -896,45 +447,6 @@ fn give_terminal(pgid: Pid, previous: Option<Pid>) {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn signals_parse_with_or_without_sig() {
-        assert_eq!(parse_signal("SIGHUP"), Ok(Signal::SIGHUP));
-        assert_eq!(parse_signal("usr1"), Ok(Signal::SIGUSR1));
-        assert_eq!(parse_signal("15"), Ok(Signal::SIGTERM));
-        assert!(parse_signal("SIGNOPE").unwrap_err().contains("SIGNOPE"));
-    }
-
-    #[test]
-    fn wait_urls() {
-        let t = WaitFor::parse("tcp://db:5432").unwrap();
-        assert_eq!(
-            t.kind,
-            WaitKind::Tcp {
-                host: "db".into(),
-                port: 5432
-            }
-        );
-        let t = WaitFor::parse("tcp://[::1]:80").unwrap();
-        assert_eq!(
-            t.kind,
-            WaitKind::Tcp {
-                host: "::1".into(),
-                port: 80
-            }
-        );
-        assert_eq!(
-            WaitFor::parse("file:///run/x").unwrap().kind,
-            WaitKind::File("/run/x".into())
-        );
-        assert_eq!(
-            WaitFor::parse("http://api:8080/healthz").unwrap().kind,
-            WaitKind::Http
-        );
-        assert!(WaitFor::parse("tcp://db").is_err());
-        assert!(WaitFor::parse("db:5432").is_err());
-        assert!(WaitFor::parse("udp://db:53").is_err());
-    }
 
     /// A child that writes its PID to `pid` and records HUP and TERM in
     /// `got`, started by a supervisor.

@@ -1,0 +1,187 @@
+//! The config file as written: TOML deserialized strictly, so an unknown
+//! or mistyped key is an error with its line and column, then turned into
+//! the plain values of [`Config`].
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::Result;
+use serde::{Deserialize, Deserializer};
+use toml::Spanned;
+
+use super::sources::SourceTable;
+use super::{Config, DEFAULT_COMMAND_TIMEOUT, Destination, ExecTable, TemplateSpec, valid_name};
+use crate::spec::{CommandSpec, Debounce, de_command_opt, duration_serde, duration_serde_opt};
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileConfig {
+    wait: Option<WaitToml>,
+    listen: Option<ListenToml>,
+    #[serde(default)]
+    sources: BTreeMap<String, Spanned<SourceTable>>,
+    #[serde(default)]
+    templates: Vec<Spanned<TemplateToml>>,
+    exec: Option<ExecTable>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct TemplateToml {
+    source: PathBuf,
+    destination: Option<String>,
+    data: Option<String>,
+    #[serde(default, deserialize_with = "de_mode")]
+    mode: Option<u32>,
+    owner: Option<String>,
+    group: Option<String>,
+    #[serde(default, deserialize_with = "de_command_opt")]
+    check: Option<CommandSpec>,
+    #[serde(default, deserialize_with = "de_command_opt")]
+    reload: Option<CommandSpec>,
+    #[serde(default, with = "duration_serde_opt")]
+    command_timeout: Option<Duration>,
+    #[serde(default)]
+    backup: bool,
+    #[serde(default)]
+    create_dirs: bool,
+    wait: Option<WaitToml>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ListenToml {
+    address: std::net::SocketAddr,
+}
+
+/// `wait = { min = "500ms", max = "5s" }`; `max` is optional.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct WaitToml {
+    #[serde(with = "duration_serde")]
+    min: Duration,
+    #[serde(default, with = "duration_serde_opt")]
+    max: Option<Duration>,
+}
+
+impl From<WaitToml> for Debounce {
+    fn from(w: WaitToml) -> Debounce {
+        Debounce::new(w.min, w.max)
+    }
+}
+
+/// `mode = "0640"`, an octal string as chmod takes it. A bare TOML integer
+/// is refused: `mode = 644` would be decimal 644 (0o1204), and `0o644`
+/// cannot be told apart from decimal 420 once parsed.
+fn de_mode<'de, D: Deserializer<'de>>(d: D) -> Result<Option<u32>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Raw {
+        Str(String),
+        Int(i64),
+    }
+    let mode = match Raw::deserialize(d)? {
+        Raw::Str(s) => u32::from_str_radix(s.trim_start_matches("0o"), 8).map_err(|_| {
+            serde::de::Error::custom(format!(
+                "invalid mode {s:?}: expected an octal string such as \"0644\""
+            ))
+        })?,
+        Raw::Int(i) => {
+            return Err(serde::de::Error::custom(format!(
+                "mode must be a quoted octal string such as \"0644\", not the number {i}"
+            )));
+        }
+    };
+    if mode > 0o7777 {
+        return Err(serde::de::Error::custom(format!(
+            "invalid mode {mode:o}: at most 4 octal digits (e.g. \"0644\")"
+        )));
+    }
+    Ok(Some(mode))
+}
+
+impl Config {
+    /// Adds what the config file at `path` (with contents `text`) says.
+    /// Relative paths in it are taken from its directory.
+    pub(super) fn merge_toml(&mut self, path: &Path, text: &str) -> Result<()> {
+        let file: FileConfig = toml::from_str(text).map_err(|e| anyhow::anyhow!("{e}"))?;
+        let base = path.parent().unwrap_or(Path::new(""));
+        let position = |span: std::ops::Range<usize>| {
+            let (line, col) = line_col(text, span.start);
+            format!("{}:{line}:{col}", path.display())
+        };
+        self.wait = file.wait.map(Debounce::from);
+        self.listen = file.listen.map(|l| l.address);
+        self.exec = file.exec;
+        for (name, table) in file.sources {
+            let at = position(table.span());
+            let table = table.into_inner();
+            let kind_at = position(table.kind_span());
+            let spec = table.into_spec(&name, &at, &kind_at, base)?;
+            if !valid_name(&name) {
+                anyhow::bail!(
+                    "{at}: invalid source name {name:?}: use letters, digits, '_' and '-'"
+                );
+            }
+            self.sources.insert(name, spec);
+        }
+        for tmpl in file.templates {
+            let at = position(tmpl.span());
+            self.templates.push(tmpl.into_inner().resolve(base, at));
+        }
+        Ok(())
+    }
+}
+
+impl TemplateToml {
+    fn resolve(self, base: &Path, origin: String) -> TemplateSpec {
+        let destination = match self.destination.as_deref() {
+            None | Some("-") => Destination::Stdout,
+            Some(d) => Destination::File(base.join(d)),
+        };
+        TemplateSpec {
+            source: base.join(self.source),
+            destination,
+            data: self.data,
+            mode: self.mode,
+            owner: self.owner,
+            group: self.group,
+            check: self.check,
+            reload: self.reload,
+            command_timeout: self.command_timeout.unwrap_or(DEFAULT_COMMAND_TIMEOUT),
+            backup: self.backup,
+            create_dirs: self.create_dirs,
+            wait: self.wait.map(Debounce::from),
+            origin,
+        }
+    }
+}
+
+/// 1-based line and column of a byte offset.
+pub(crate) fn line_col(text: &str, offset: usize) -> (usize, usize) {
+    let before = &text[..offset.min(text.len())];
+    let line = before.matches('\n').count() + 1;
+    let col = before.len() - before.rfind('\n').map_or(0, |i| i + 1) + 1;
+    (line, col)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn line_col_counts_from_one() {
+        assert_eq!(line_col("ab\ncd", 0), (1, 1));
+        assert_eq!(line_col("ab\ncd", 4), (2, 2));
+    }
+
+    #[test]
+    fn durations_in_the_file_are_bounded() {
+        let text = "[[templates]]\nsource = \"a.j2\"\ncommand_timeout = \"500000000000y\"\n";
+        let err = Config::from_toml(Path::new("s.toml"), text).unwrap_err();
+        assert!(format!("{err:#}").contains("too long"), "{err:#}");
+        let text = "wait = { min = \"200000000000y\" }\n";
+        assert!(Config::from_toml(Path::new("s.toml"), text).is_err());
+    }
+}

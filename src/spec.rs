@@ -1,0 +1,398 @@
+//! Plain values parsed from text: durations, signals, the debounce spec,
+//! `--wait` targets and check/reload/exec commands.
+//!
+//! This is the leaf every layer may use (the command line, the config file,
+//! exec and watch all parse the same values) and it uses nothing of the
+//! crate, so it can never be part of an import cycle. Each parser returns
+//! `Err(String)`: clap prefixes it with the flag and serde with the key and
+//! position, so the message itself says only what is wrong with the text.
+
+use std::fmt;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use nix::sys::signal::Signal;
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+/// The largest duration any flag or key takes: one year.
+///
+/// Every duration ends up added to a clock (`Instant::now() + d`), which
+/// panics on overflow; a bound keeps "500000000000y" a usage error (exit 2)
+/// instead of an abort. A year is longer than any timeout or quiet period
+/// anyone means.
+pub const MAX_DURATION: Duration = Duration::from_secs(365 * 24 * 3600);
+
+/// Parses "500ms", "30s", "2m", "1h30m", at most [`MAX_DURATION`].
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    let d = humantime::parse_duration(s.trim())
+        .map_err(|e| format!("invalid duration {s:?} ({e}); examples: 500ms, 30s, 2m"))?;
+    if d > MAX_DURATION {
+        return Err(format!(
+            "duration {s:?} is too long: at most {}",
+            humantime::format_duration(MAX_DURATION)
+        ));
+    }
+    Ok(d)
+}
+
+/// Durations in TOML and in `--print-config`: `"30s"`.
+pub mod duration_serde {
+    use super::{Deserialize, Deserializer, Duration, Serializer};
+
+    pub fn serialize<S: Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&humantime::format_duration(*d).to_string())
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+        let s = String::deserialize(d)?;
+        super::parse_duration(&s).map_err(serde::de::Error::custom)
+    }
+}
+
+/// [`duration_serde`] for an optional key.
+pub mod duration_serde_opt {
+    use super::{Deserializer, Duration, Serializer};
+
+    #[allow(clippy::ref_option)] // serde's `with` passes `&Option<T>`
+    pub fn serialize<S: Serializer>(d: &Option<Duration>, s: S) -> Result<S::Ok, S::Error> {
+        match d {
+            Some(d) => super::duration_serde::serialize(d, s),
+            None => s.serialize_none(),
+        }
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
+        super::duration_serde::deserialize(d).map(Some)
+    }
+}
+
+/// `SIGHUP`, `HUP`, `hup` or `1`.
+pub fn parse_signal(s: &str) -> Result<Signal, String> {
+    let t = s.trim();
+    if let Ok(n) = t.parse::<i32>() {
+        return Signal::try_from(n).map_err(|_| format!("unknown signal number {n}"));
+    }
+    let upper = t.to_ascii_uppercase();
+    let name = if upper.starts_with("SIG") {
+        upper
+    } else {
+        format!("SIG{upper}")
+    };
+    name.parse::<Signal>()
+        .map_err(|_| format!("unknown signal {s:?}; examples: SIGHUP, USR1, SIGTERM"))
+}
+
+/// Optional signals in TOML and in `--print-config`: `"SIGHUP"`.
+pub mod signal_serde_opt {
+    use super::{Deserialize, Deserializer, Serializer, Signal};
+
+    #[allow(clippy::ref_option)] // serde's `with` passes `&Option<T>`
+    pub fn serialize<S: Serializer>(s: &Option<Signal>, ser: S) -> Result<S::Ok, S::Error> {
+        match s {
+            Some(s) => ser.serialize_str(s.as_str()),
+            None => ser.serialize_none(),
+        }
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Signal>, D::Error> {
+        let s = String::deserialize(d)?;
+        super::parse_signal(&s)
+            .map(Some)
+            .map_err(serde::de::Error::custom)
+    }
+}
+
+/// Quiescence before acting on changes (watch mode): the data must be
+/// still for `min`, but no longer than `max` after the first change.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Debounce {
+    #[serde(with = "duration_serde")]
+    pub min: Duration,
+    #[serde(with = "duration_serde")]
+    pub max: Duration,
+}
+
+impl Debounce {
+    /// `max` defaults to 4 × `min`, as consul-template does, and is never
+    /// below `min`. Both are bounded by [`MAX_DURATION`], so the product
+    /// cannot overflow.
+    pub fn new(min: Duration, max: Option<Duration>) -> Debounce {
+        Debounce {
+            min,
+            max: max.unwrap_or(min * 4).max(min),
+        }
+    }
+
+    /// `500ms` or `500ms:5s`.
+    pub fn parse(s: &str) -> Result<Debounce, String> {
+        let (min, max) = match s.split_once(':') {
+            Some((min, max)) => (parse_duration(min)?, Some(parse_duration(max)?)),
+            None => (parse_duration(s)?, None),
+        };
+        Ok(Debounce::new(min, max))
+    }
+}
+
+/// A `--wait` dependency: `tcp://host:port` (accepts a connection),
+/// `http(s)://…` (answers 2xx), `file:///path` (exists).
+#[derive(Debug, Clone, PartialEq)]
+pub struct WaitTarget {
+    /// As given, for messages.
+    text: String,
+    kind: WaitKind,
+}
+
+/// What a [`WaitTarget`] waits for.
+#[derive(Debug, Clone, PartialEq)]
+pub enum WaitKind {
+    Tcp { host: String, port: u16 },
+    Http(url::Url),
+    File(PathBuf),
+}
+
+impl fmt::Display for WaitTarget {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.text)
+    }
+}
+
+impl WaitTarget {
+    pub fn parse(s: &str) -> Result<WaitTarget, String> {
+        let text = s.trim().to_string();
+        let bad = |why: &str| {
+            format!(
+                "{why}; examples: tcp://db:5432, http://api:8080/healthz, \
+                 file:///run/secrets/token"
+            )
+        };
+        let url = url::Url::parse(&text).map_err(|e| bad(&format!("not a URL ({e})")))?;
+        // url accepts `http:///x` as host `x`; a URL written without a host
+        // is a mistake worth naming.
+        let after_scheme = &text[url.scheme().len()..];
+        let has_authority = after_scheme.starts_with("://") && !after_scheme[3..].starts_with('/');
+        let kind = match url.scheme() {
+            "tcp" => {
+                let host = match url.host() {
+                    Some(url::Host::Domain(d)) if has_authority => d.to_string(),
+                    Some(url::Host::Ipv4(a)) => a.to_string(),
+                    Some(url::Host::Ipv6(a)) => a.to_string(),
+                    _ => return Err(bad("expected tcp://host:port")),
+                };
+                if !matches!(url.path(), "" | "/") || url.query().is_some() {
+                    return Err(bad("expected tcp://host:port"));
+                }
+                let port = url
+                    .port()
+                    .ok_or_else(|| bad("a tcp address needs a port"))?;
+                WaitKind::Tcp { host, port }
+            }
+            "http" | "https" => {
+                if !has_authority {
+                    return Err(bad("the URL has no host"));
+                }
+                WaitKind::Http(url)
+            }
+            "file" => {
+                let path = url
+                    .to_file_path()
+                    .map_err(|()| bad("expected file:///ABSOLUTE/PATH"))?;
+                WaitKind::File(path)
+            }
+            other => return Err(bad(&format!("unsupported scheme {other:?}"))),
+        };
+        Ok(WaitTarget { text, kind })
+    }
+
+    pub fn kind(&self) -> &WaitKind {
+        &self.kind
+    }
+}
+
+/// A check, reload or exec command: a string runs with `sh -c`, an array
+/// is argv with no shell.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Deserialize, Serialize)]
+#[serde(untagged)]
+pub enum CommandSpec {
+    /// Run with `sh -c`.
+    Shell(String),
+    /// Run as argv, no shell.
+    Argv(Vec<String>),
+}
+
+impl CommandSpec {
+    pub fn validate(&self) -> Result<(), String> {
+        match self {
+            CommandSpec::Shell(s) if s.trim().is_empty() => Err("the command is empty".into()),
+            CommandSpec::Argv(v) if v.is_empty() || v[0].is_empty() => {
+                Err("the command array is empty".into())
+            }
+            _ => Ok(()),
+        }
+    }
+
+    /// Whether the command uses the `{{ name }}` placeholder.
+    pub fn mentions(&self, name: &str) -> bool {
+        let probe = "\u{0}";
+        self.substitute(&[(name, probe)]) != *self
+    }
+
+    /// The command with `{{ name }}` placeholders replaced. In a shell string
+    /// the value is shell-quoted when it needs to be; argv elements get it
+    /// verbatim.
+    #[must_use]
+    pub fn substitute(&self, vars: &[(&str, &str)]) -> CommandSpec {
+        match self {
+            CommandSpec::Shell(s) => CommandSpec::Shell(replace_placeholders(s, vars, true)),
+            CommandSpec::Argv(v) => CommandSpec::Argv(
+                v.iter()
+                    .map(|a| replace_placeholders(a, vars, false))
+                    .collect(),
+            ),
+        }
+    }
+}
+
+/// Commands in TOML: a non-empty string or array.
+pub fn de_command_opt<'de, D: Deserializer<'de>>(d: D) -> Result<Option<CommandSpec>, D::Error> {
+    let spec = CommandSpec::deserialize(d)?;
+    spec.validate().map_err(serde::de::Error::custom)?;
+    Ok(Some(spec))
+}
+
+impl fmt::Display for CommandSpec {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            CommandSpec::Shell(s) => f.write_str(s),
+            CommandSpec::Argv(v) => {
+                let quoted: Vec<String> = v
+                    .iter()
+                    .map(|a| shlex::try_quote(a).map_or_else(|_| a.clone(), |q| q.into_owned()))
+                    .collect();
+                f.write_str(&quoted.join(" "))
+            }
+        }
+    }
+}
+
+fn replace_placeholders(s: &str, vars: &[(&str, &str)], quote: bool) -> String {
+    let mut out = String::with_capacity(s.len());
+    let mut rest = s;
+    while let Some(start) = rest.find("{{") {
+        let Some(len) = rest[start..].find("}}") else {
+            break;
+        };
+        let name = rest[start + 2..start + len].trim();
+        match vars.iter().find(|(k, _)| *k == name) {
+            Some((_, value)) => {
+                out.push_str(&rest[..start]);
+                if quote {
+                    match shlex::try_quote(value) {
+                        Ok(q) => out.push_str(&q),
+                        Err(_) => out.push_str(value),
+                    }
+                } else {
+                    out.push_str(value);
+                }
+            }
+            // Not ours: leave it for the command (it may be a Go template
+            // or similar).
+            None => out.push_str(&rest[..start + len + 2]),
+        }
+        rest = &rest[start + len + 2..];
+    }
+    out.push_str(rest);
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations_are_bounded() {
+        assert_eq!(parse_duration("2m"), Ok(Duration::from_secs(120)));
+        assert_eq!(parse_duration("365d"), Ok(MAX_DURATION));
+        let err = parse_duration("500000000000y").unwrap_err();
+        assert!(err.contains("too long"), "{err}");
+        assert!(parse_duration("366d").is_err());
+        assert!(Debounce::parse("1s:200000000000y").is_err());
+    }
+
+    #[test]
+    fn debounce_max_defaults_to_four_times_min() {
+        let d = Debounce::parse("500ms").unwrap();
+        assert_eq!(d.max, Duration::from_secs(2));
+        let d = Debounce::parse("2s:1s").unwrap();
+        assert_eq!(d.max, Duration::from_secs(2), "max is never below min");
+    }
+
+    #[test]
+    fn signals_parse_with_or_without_sig() {
+        assert_eq!(parse_signal("SIGHUP"), Ok(Signal::SIGHUP));
+        assert_eq!(parse_signal("usr1"), Ok(Signal::SIGUSR1));
+        assert_eq!(parse_signal("15"), Ok(Signal::SIGTERM));
+        assert!(parse_signal("SIGNOPE").unwrap_err().contains("SIGNOPE"));
+    }
+
+    #[test]
+    fn wait_targets() {
+        let kind = |s: &str| WaitTarget::parse(s).map(|t| t.kind().clone());
+        assert_eq!(
+            kind("tcp://db:5432"),
+            Ok(WaitKind::Tcp {
+                host: "db".into(),
+                port: 5432
+            })
+        );
+        assert_eq!(
+            kind("tcp://[::1]:80"),
+            Ok(WaitKind::Tcp {
+                host: "::1".into(),
+                port: 80
+            })
+        );
+        assert_eq!(kind("file:///run/x"), Ok(WaitKind::File("/run/x".into())));
+        assert!(matches!(
+            kind("http://api:8080/healthz"),
+            Ok(WaitKind::Http(_))
+        ));
+        for bad in [
+            "tcp://db",
+            "db:5432",
+            "udp://db:53",
+            "http:///x",
+            "tcp://db:5432/x",
+            "file://relative/x",
+        ] {
+            assert!(kind(bad).is_err(), "{bad} parsed");
+        }
+        assert_eq!(
+            WaitTarget::parse(" tcp://db:5432 ").unwrap().to_string(),
+            "tcp://db:5432"
+        );
+    }
+
+    #[test]
+    fn placeholders_are_quoted_in_shell_strings_only_when_needed() {
+        let c = CommandSpec::Shell("nginx -t -c {{ staged }}".into());
+        assert_eq!(
+            c.substitute(&[("staged", "/etc/a b")]),
+            CommandSpec::Shell("nginx -t -c '/etc/a b'".into())
+        );
+        let c = CommandSpec::Argv(vec!["x".into(), "{{staged}}".into()]);
+        assert_eq!(
+            c.substitute(&[("staged", "/etc/a b")]),
+            CommandSpec::Argv(vec!["x".into(), "/etc/a b".into()])
+        );
+    }
+
+    #[test]
+    fn unknown_placeholders_are_left_alone() {
+        let c = CommandSpec::Shell("echo {{ other }} {{ staged }}".into());
+        assert_eq!(
+            c.substitute(&[("staged", "x")]),
+            CommandSpec::Shell("echo {{ other }} x".into())
+        );
+    }
+}
