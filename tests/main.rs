@@ -13,3 +13,4 @@ mod exec;
 mod render;
 mod subst;
 mod watch;
+mod shape;
