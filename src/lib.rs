@@ -54,6 +54,7 @@ pub use source::consul::{ConsulConfig, ConsulSource, MIN_INTERVAL as CONSUL_MIN_
 pub use source::etcd::{EtcdClient, EtcdConfig, EtcdSource, prefix_range_end};
 pub use source::file::{Format as DataFormat, parse as parse_data};
 pub use source::{Source, SourceEvent, Sources, WatchSpec};
+pub use spec::{Debounce, MAX_DURATION, WaitTarget, parse_duration, parse_signal};
 pub use subst::{
     Env as SubstEnv, Options as SubstOptions, Substituter, names as subst_names, substitute,
 };

@@ -11,6 +11,6 @@ mod etcd;
 mod examples;
 mod exec;
 mod render;
+mod shape;
 mod subst;
 mod watch;
-mod shape;

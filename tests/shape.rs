@@ -131,7 +131,9 @@ fn every_crate_reference_goes_to_a_lower_layer() {
             continue; // lib.rs and main.rs: the top, they may use anything
         }
         let Some(from) = unit_of(&module, &layers) else {
-            wrong.push(format!("{rel}: module {module} is on no layer of ARCHITECTURE.md"));
+            wrong.push(format!(
+                "{rel}: module {module} is on no layer of ARCHITECTURE.md"
+            ));
             continue;
         };
         for target in references(&text) {
@@ -164,7 +166,11 @@ fn no_source_file_is_over_600_lines() {
             (n > MAX_LINES).then(|| format!("{} has {n} lines", path.display()))
         })
         .collect();
-    assert!(long.is_empty(), "over {MAX_LINES} lines:\n{}", long.join("\n"));
+    assert!(
+        long.is_empty(),
+        "over {MAX_LINES} lines:\n{}",
+        long.join("\n")
+    );
 }
 
 #[test]

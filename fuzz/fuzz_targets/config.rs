@@ -9,7 +9,8 @@
 use std::path::Path;
 
 use libfuzzer_sys::fuzz_target;
-use stencil::{Config, parse_source_flag, parse_template_flag};
+use stencil::{Config, Debounce, WaitTarget, parse_duration, parse_signal};
+use stencil::{parse_source_flag, parse_template_flag};
 use stencil::{DataFormat as Format, parse_data as parse};
 
 fuzz_target!(|data: &[u8]| {
@@ -19,6 +20,16 @@ fuzz_target!(|data: &[u8]| {
     let _ = Config::from_toml(Path::new("fuzz/stencil.toml"), text);
     let _ = parse_template_flag(text);
     let _ = parse_source_flag(text);
+    let _ = parse_signal(text);
+    let _ = WaitTarget::parse(text);
+    // Whatever parses is within the bound, so adding it to a clock cannot
+    // overflow.
+    if let Ok(d) = parse_duration(text) {
+        assert!(d <= stencil::MAX_DURATION);
+    }
+    if let Ok(d) = Debounce::parse(text) {
+        assert!(d.min <= d.max && d.max <= stencil::MAX_DURATION * 4);
+    }
     for format in [Format::Json, Format::Toml, Format::Yaml, Format::Dotenv] {
         if let Ok(keys) = parse(format, text) {
             // Flattened keys never carry the separators they were split on.
