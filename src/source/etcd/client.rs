@@ -1,0 +1,547 @@
+//! The etcd v3 HTTP/JSON gateway: requests, auth, range reads.
+//!
+//! The gateway speaks gRPC messages as JSON: keys and values are base64,
+//! 64-bit numbers are strings, and empty fields are omitted (a range with
+//! no match has no `kvs`, a PUT event has no `type`), so every field of the
+//! wire types below may be missing.
+//!
+//! Auth: a user and password are exchanged for a token that goes raw in
+//! `Authorization` (no "Bearer"). Tokens expire and die with an etcd
+//! restart; a 401 or gRPC code 16 re-authenticates once and retries.
+//! Several endpoints are tried in turn; the one that answered is used first
+//! next time.
+
+use std::fmt;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::time::Duration;
+
+use anyhow::{Context, Result, anyhow, bail};
+use base64::Engine as _;
+use serde::Deserialize;
+use serde_json::json;
+use url::Url;
+
+use super::EtcdConfig;
+use crate::runtime;
+
+pub(super) const B64: base64::engine::GeneralPurpose = base64::engine::general_purpose::STANDARD;
+
+// ---------------------------------------------------------------------------
+// Wire types.
+
+#[derive(Debug, Default, Deserialize)]
+pub(super) struct Header {
+    #[serde(default, deserialize_with = "de_i64")]
+    pub(super) revision: i64,
+}
+
+#[derive(Debug, Deserialize)]
+pub(super) struct Kv {
+    #[serde(default)]
+    pub(super) key: String,
+    #[serde(default)]
+    pub(super) value: String,
+    #[serde(default, deserialize_with = "de_i64")]
+    pub(super) mod_revision: i64,
+}
+
+#[derive(Debug, Default, Deserialize)]
+pub(super) struct RangeResponse {
+    #[serde(default)]
+    pub(super) header: Header,
+    #[serde(default)]
+    pub(super) kvs: Vec<Kv>,
+    #[serde(default)]
+    more: bool,
+}
+
+#[derive(Debug, Deserialize)]
+struct GatewayError {
+    #[serde(default)]
+    code: i64,
+    #[serde(default)]
+    message: String,
+    #[serde(default)]
+    error: String,
+}
+
+#[derive(Deserialize)]
+struct AuthResponse {
+    #[serde(default)]
+    token: String,
+}
+
+/// A 64-bit number, which the gateway writes as a string.
+pub(super) fn de_i64<'de, D: serde::Deserializer<'de>>(d: D) -> Result<i64, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Num {
+        S(String),
+        N(i64),
+    }
+    match Num::deserialize(d)? {
+        Num::S(s) => s.parse().map_err(serde::de::Error::custom),
+        Num::N(n) => Ok(n),
+    }
+}
+
+// ---------------------------------------------------------------------------
+
+/// What went wrong talking to etcd, when the caller branches on it.
+#[derive(Debug, thiserror::Error)]
+pub(super) enum EtcdError {
+    /// The store compacted the revision we asked for.
+    #[error("revision {0} has been compacted")]
+    Compacted(i64),
+    /// Permission denied or bad credentials: retrying will not help.
+    #[error("{0}")]
+    Denied(String),
+}
+
+impl EtcdError {
+    pub(super) fn is_compacted(e: &anyhow::Error) -> bool {
+        matches!(e.downcast_ref(), Some(EtcdError::Compacted(_)))
+    }
+
+    pub(super) fn is_denied(e: &anyhow::Error) -> bool {
+        matches!(e.downcast_ref(), Some(EtcdError::Denied(_)))
+    }
+}
+
+/// The token was refused (expired, or etcd restarted): authenticate again.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+struct AuthExpired(String);
+
+fn is_auth_expired(e: &anyhow::Error) -> bool {
+    e.downcast_ref::<AuthExpired>().is_some()
+}
+
+/// One etcd endpoint: as the user wrote it, for messages, and parsed, for
+/// requests.
+struct Endpoint {
+    shown: String,
+    url: Url,
+}
+
+impl Endpoint {
+    fn parse(written: &str) -> Result<Endpoint> {
+        let written = written.trim_end_matches('/');
+        // etcdctl takes `host:port` as plain http.
+        let shown = if written.contains("://") {
+            written.to_string()
+        } else {
+            format!("http://{written}")
+        };
+        let url =
+            Url::parse(&shown).with_context(|| format!("invalid etcd endpoint {written:?}"))?;
+        Ok(Endpoint { shown, url })
+    }
+
+    /// The URL of a gateway call (`v3/kv/range`), below the endpoint's own
+    /// path, so an etcd behind a proxy's path prefix is reached too.
+    fn at(&self, path: &str) -> Url {
+        let mut url = self.url.clone();
+        // Fails only for URLs without an authority, which `parse` never
+        // makes (it requires `://`).
+        if let Ok(mut segments) = url.path_segments_mut() {
+            segments.pop_if_empty().extend(path.split('/'));
+        }
+        url
+    }
+}
+
+/// A client for one etcd cluster.
+pub struct EtcdClient {
+    http: reqwest::Client,
+    /// The bound on every request but the watch stream.
+    timeout: Duration,
+    endpoints: Vec<Endpoint>,
+    preferred: AtomicUsize,
+    credentials: Option<(String, String)>,
+    token: Mutex<Option<String>>,
+    /// Requests sent, for tests and benchmarks.
+    pub requests: AtomicU64,
+}
+
+/// Without the password and the token: a Debug print must not leak them.
+impl fmt::Debug for EtcdClient {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("EtcdClient")
+            .field("endpoints", &self.describe_endpoints())
+            .field("user", &self.credentials.as_ref().map(|(u, _)| u))
+            .finish_non_exhaustive()
+    }
+}
+
+impl EtcdClient {
+    pub fn new(config: &EtcdConfig) -> Result<EtcdClient> {
+        if config.endpoints.is_empty() {
+            bail!("no etcd endpoints given");
+        }
+        let endpoints = config
+            .endpoints
+            .iter()
+            .map(|e| Endpoint::parse(e))
+            .collect::<Result<_>>()?;
+        Ok(EtcdClient {
+            // One client (one pool, one TLS setup) for reads and the watch
+            // stream; reads carry their own timeout.
+            http: runtime::http_client(&config.tls, config.timeout, true)?,
+            timeout: config.timeout,
+            endpoints,
+            preferred: AtomicUsize::new(0),
+            credentials: credentials(config)?,
+            token: Mutex::new(None),
+            requests: AtomicU64::new(0),
+        })
+    }
+
+    /// The endpoints as the user wrote them, for messages.
+    pub(super) fn describe_endpoints(&self) -> String {
+        let shown: Vec<&str> = self.endpoints.iter().map(|e| e.shown.as_str()).collect();
+        shown.join(",")
+    }
+
+    fn endpoint_order(&self) -> Vec<usize> {
+        let n = self.endpoints.len();
+        let first = self.preferred.load(Ordering::Relaxed) % n;
+        (0..n).map(|i| (first + i) % n).collect()
+    }
+
+    fn current_token(&self) -> Option<String> {
+        self.token.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    /// Drops a token etcd refused, so the next call authenticates again.
+    pub(super) fn forget_token(&self) {
+        *self.token.lock().unwrap_or_else(|e| e.into_inner()) = None;
+    }
+
+    /// Authenticates when credentials are set and no token is held.
+    async fn ensure_token(&self) -> Result<()> {
+        if self.credentials.is_some() && self.current_token().is_none() {
+            self.authenticate().await?;
+        }
+        Ok(())
+    }
+
+    /// POSTs a JSON request to every endpoint in turn until one answers.
+    /// Authenticates first when credentials are set, and once more when
+    /// the token is refused.
+    async fn call<T: serde::de::DeserializeOwned>(
+        &self,
+        path: &str,
+        body: &serde_json::Value,
+    ) -> Result<T> {
+        let mut reauthenticated = false;
+        loop {
+            self.ensure_token().await?;
+            match self.post(path, body, self.current_token().as_deref()).await {
+                Err(e) if !reauthenticated && self.credentials.is_some() && is_auth_expired(&e) => {
+                    tracing::debug!("etcd token refused; authenticating again");
+                    self.forget_token();
+                    reauthenticated = true;
+                }
+                other => return other,
+            }
+        }
+    }
+
+    async fn post<T: serde::de::DeserializeOwned>(
+        &self,
+        path: &str,
+        body: &serde_json::Value,
+        token: Option<&str>,
+    ) -> Result<T> {
+        let mut last_error = None;
+        for i in self.endpoint_order() {
+            let endpoint = &self.endpoints[i];
+            self.requests.fetch_add(1, Ordering::Relaxed);
+            let mut req = self
+                .http
+                .post(endpoint.at(path))
+                .json(body)
+                .timeout(self.timeout);
+            if let Some(t) = token {
+                req = req.header(reqwest::header::AUTHORIZATION, t);
+            }
+            let resp = match req.send().await {
+                Ok(r) => r,
+                Err(e) => {
+                    // Connection-level failure: try the next endpoint.
+                    last_error = Some(
+                        anyhow!("{}", runtime::describe_reqwest(&e))
+                            .context(format!("etcd at {} did not answer", endpoint.shown)),
+                    );
+                    continue;
+                }
+            };
+            self.preferred.store(i, Ordering::Relaxed);
+            let status = resp.status();
+            let bytes = resp
+                .bytes()
+                .await
+                .with_context(|| format!("reading the answer of etcd at {}", endpoint.shown))?;
+            if status.is_success() {
+                return serde_json::from_slice(&bytes).with_context(|| {
+                    format!(
+                        "etcd at {} sent a reply stencil cannot read",
+                        endpoint.shown
+                    )
+                });
+            }
+            return Err(gateway_error(status, &bytes, &endpoint.shown));
+        }
+        Err(last_error.unwrap_or_else(|| anyhow!("no etcd endpoint")))
+    }
+
+    async fn authenticate(&self) -> Result<()> {
+        let Some((user, password)) = &self.credentials else {
+            return Ok(());
+        };
+        let resp: AuthResponse = self
+            .post(
+                "v3/auth/authenticate",
+                &json!({"name": user, "password": password}),
+                None,
+            )
+            .await
+            .with_context(|| format!("cannot authenticate to etcd as user {user:?}"))?;
+        if resp.token.is_empty() {
+            bail!("etcd gave no token for user {user:?}: is auth enabled on the server?");
+        }
+        *self.token.lock().unwrap_or_else(|e| e.into_inner()) = Some(resp.token);
+        Ok(())
+    }
+
+    /// Reads `[key, range_end)` (or one key without `range_end`), at
+    /// `revision` when given.
+    pub(super) async fn range(
+        &self,
+        key: &[u8],
+        range_end: Option<&[u8]>,
+        revision: Option<i64>,
+    ) -> Result<RangeResponse> {
+        let mut body = json!({ "key": B64.encode(key) });
+        if let Some(end) = range_end {
+            body["range_end"] = json!(B64.encode(end));
+        }
+        if let Some(rev) = revision {
+            body["revision"] = json!(rev.to_string());
+        }
+        let resp: RangeResponse = self.call("v3/kv/range", &body).await?;
+        if resp.more {
+            bail!(
+                "etcd returned a partial range; stencil does not set a limit, so this should not happen"
+            );
+        }
+        Ok(resp)
+    }
+
+    /// Opens a watch stream with the `create_request` `body`, trying every
+    /// endpoint in turn; the stream and the endpoint that serves it.
+    ///
+    /// The response head must come within the request timeout, though the
+    /// body streams forever.
+    pub(super) async fn open_watch(
+        &self,
+        body: &serde_json::Value,
+    ) -> Result<(reqwest::Response, &str)> {
+        self.ensure_token().await?;
+        let mut last_error = None;
+        for i in self.endpoint_order() {
+            let endpoint = &self.endpoints[i];
+            self.requests.fetch_add(1, Ordering::Relaxed);
+            let mut req = self.http.post(endpoint.at("v3/watch")).json(body);
+            if let Some(t) = self.current_token() {
+                req = req.header(reqwest::header::AUTHORIZATION, t);
+            }
+            match tokio::time::timeout(self.timeout, req.send()).await {
+                Ok(Ok(resp)) => {
+                    self.preferred.store(i, Ordering::Relaxed);
+                    let resp = self.check_watch_head(resp, &endpoint.shown).await?;
+                    return Ok((resp, &endpoint.shown));
+                }
+                Ok(Err(e)) => {
+                    last_error = Some(anyhow!(
+                        "etcd at {}: {}",
+                        endpoint.shown,
+                        runtime::describe_reqwest(&e)
+                    ));
+                }
+                Err(_) => {
+                    last_error = Some(anyhow!(
+                        "etcd at {} did not answer the watch in time",
+                        endpoint.shown
+                    ));
+                }
+            }
+        }
+        Err(last_error.unwrap_or_else(|| anyhow!("no etcd endpoint")))
+    }
+
+    /// The watch response when its status says the stream is open, else
+    /// the gateway's error (dropping a refused token on the way).
+    async fn check_watch_head(
+        &self,
+        resp: reqwest::Response,
+        endpoint: &str,
+    ) -> Result<reqwest::Response> {
+        let status = resp.status();
+        if status.is_success() {
+            return Ok(resp);
+        }
+        let bytes = resp.bytes().await.unwrap_or_default();
+        let e = gateway_error(status, &bytes, endpoint);
+        if is_auth_expired(&e) {
+            self.forget_token();
+        }
+        Err(e)
+    }
+
+    /// Any gateway call, for tests and tools (user and role setup).
+    pub async fn raw(&self, path: &str, body: &serde_json::Value) -> Result<serde_json::Value> {
+        self.call(path, body).await
+    }
+
+    /// Writes a key (for tests and tools; stencil itself only reads).
+    pub async fn put(&self, key: &[u8], value: &[u8]) -> Result<i64> {
+        let resp: RangeResponse = self
+            .call(
+                "v3/kv/put",
+                &json!({"key": B64.encode(key), "value": B64.encode(value)}),
+            )
+            .await?;
+        Ok(resp.header.revision)
+    }
+
+    /// Deletes a key (for tests and tools).
+    pub async fn delete(&self, key: &[u8]) -> Result<i64> {
+        let resp: RangeResponse = self
+            .call("v3/kv/deleterange", &json!({"key": B64.encode(key)}))
+            .await?;
+        Ok(resp.header.revision)
+    }
+
+    /// Compacts history up to `revision` (for tests).
+    pub async fn compact(&self, revision: i64) -> Result<()> {
+        let _: serde_json::Value = self
+            .call(
+                "v3/kv/compaction",
+                &json!({"revision": revision.to_string(), "physical": true}),
+            )
+            .await?;
+        Ok(())
+    }
+}
+
+/// The user and password of `config`, the password read from its file when
+/// it is not given.
+fn credentials(config: &EtcdConfig) -> Result<Option<(String, String)>> {
+    let password = match (&config.password, &config.password_file) {
+        (Some(p), _) => Some(p.clone()),
+        (None, Some(f)) => Some(
+            std::fs::read_to_string(f)
+                .with_context(|| format!("cannot read password_file {}", f.display()))?
+                .trim_end_matches(['\n', '\r'])
+                .to_string(),
+        ),
+        (None, None) => None,
+    };
+    match (&config.username, password) {
+        (Some(u), Some(p)) => Ok(Some((u.clone(), p))),
+        (Some(u), None) => bail!(
+            "etcd user {u:?} has no password (password, password_file or ETCDCTL_USER=user:password)"
+        ),
+        (None, Some(_)) => bail!("an etcd password was given without a username"),
+        (None, None) => Ok(None),
+    }
+}
+
+/// The error a gateway's non-2xx answer means, typed where the caller
+/// branches on it (compaction, permission, a refused token).
+fn gateway_error(status: reqwest::StatusCode, body: &[u8], endpoint: &str) -> anyhow::Error {
+    let parsed: Option<GatewayError> = serde_json::from_slice(body).ok();
+    let (code, message) = match parsed {
+        Some(g) => (
+            g.code,
+            if g.message.is_empty() {
+                g.error
+            } else {
+                g.message
+            },
+        ),
+        None => (0, String::from_utf8_lossy(body).chars().take(200).collect()),
+    };
+    if message.contains("required revision has been compacted") {
+        return EtcdError::Compacted(0).into();
+    }
+    let text = format!("etcd at {endpoint} answered {status}: {message} (code {code})");
+    match (status.as_u16(), code) {
+        (403, _) | (_, 7) => anyhow::Error::new(EtcdError::Denied(format!(
+            "{text}: the user lacks permission for this key or prefix"
+        ))),
+        (400, 3) if message.contains("user name is empty") => {
+            anyhow::Error::new(EtcdError::Denied(format!(
+                "{text}: etcd has authentication enabled; give a username and password \
+             (username and password_file in the source, or ETCDCTL_USER=user:password)"
+            )))
+        }
+        (400, 3) if message.contains("authentication failed") => anyhow::Error::new(
+            EtcdError::Denied(format!("{text}: wrong username or password")),
+        ),
+        (401, _) | (_, 16) => anyhow!(AuthExpired(text)),
+        _ => anyhow!(text),
+    }
+}
+
+/// The end of the range holding every key that starts with `prefix`.
+pub fn prefix_range_end(prefix: &[u8]) -> Vec<u8> {
+    let mut end = prefix.to_vec();
+    while let Some(last) = end.pop() {
+        if last < 0xff {
+            end.push(last + 1);
+            return end;
+        }
+    }
+    // Every byte was 0xff (or the prefix was empty): to the end of the
+    // key space.
+    vec![0]
+}
+
+/// The range `[key, end)` of every key under `prefix`; the whole key space
+/// for an empty prefix (etcd refuses an empty key, and `\0` to `\0` means
+/// everything).
+pub(super) fn prefix_range(prefix: &str) -> (Vec<u8>, Vec<u8>) {
+    if prefix.is_empty() {
+        (vec![0], vec![0])
+    } else {
+        (
+            prefix.as_bytes().to_vec(),
+            prefix_range_end(prefix.as_bytes()),
+        )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn range_end_increments_the_last_byte() {
+        assert_eq!(prefix_range_end(b"/a/"), b"/a0".to_vec());
+        assert_eq!(prefix_range_end(b"a\xff"), b"b".to_vec());
+        assert_eq!(prefix_range_end(b""), vec![0]);
+    }
+
+    #[test]
+    fn gateway_paths_go_below_the_endpoint_path() {
+        let at = |e: &str| Endpoint::parse(e).unwrap().at("v3/kv/range").to_string();
+        assert_eq!(at("127.0.0.1:2379"), "http://127.0.0.1:2379/v3/kv/range");
+        assert_eq!(at("https://h:2379/"), "https://h:2379/v3/kv/range");
+        assert_eq!(at("http://proxy/etcd/"), "http://proxy/etcd/v3/kv/range");
+        assert_eq!(Endpoint::parse("h:1/").unwrap().shown, "http://h:1");
+    }
+}

@@ -1,0 +1,321 @@
+//! etcd v3 through its HTTP/JSON gateway (etcd 3.4 and 3.5): the source
+//! behind `key()`, `ls()`, `kv()` and `tree()`.
+//!
+//! Prefixes are read with one range request each (`range_end` = the prefix
+//! with its last byte incremented), so a template looping over 10,000 keys
+//! costs one request.
+//!
+//! Reads within one snapshot are pinned to the revision of the first read,
+//! so a template never mixes two states of the store, and a watch started
+//! at that revision + 1 cannot miss a change made after the render read.
+//!
+//! `client` speaks the gateway's protocol; `watch` follows its watch stream.
+
+use std::collections::{BTreeMap, HashMap};
+use std::fmt;
+use std::path::PathBuf;
+use std::sync::Mutex;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use anyhow::{Context, Result, anyhow};
+use base64::Engine as _;
+
+use super::{Source, SourceEvent, WatchFuture, WatchSpec};
+use crate::runtime::{self, Tls};
+use client::{B64, EtcdError, Kv, prefix_range};
+
+mod client;
+mod watch;
+
+pub use client::{EtcdClient, prefix_range_end};
+
+/// The default request timeout. A bogus token can make the gateway hang
+/// forever, so nothing waits without a bound.
+const DEFAULT_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// How to reach etcd.
+#[derive(Clone, PartialEq, serde::Serialize)]
+pub struct EtcdConfig {
+    pub endpoints: Vec<String>,
+    /// Prepended to every key; `/` by default, the convention of etcdctl
+    /// and confd (`/apps/web/db/host`).
+    pub prefix: String,
+    pub username: Option<String>,
+    #[serde(skip)]
+    pub password: Option<String>,
+    pub password_file: Option<PathBuf>,
+    pub tls: Tls,
+    #[serde(with = "crate::spec::duration_serde")]
+    pub timeout: Duration,
+}
+
+/// Without the password: a Debug print must not leak it.
+impl fmt::Debug for EtcdConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("EtcdConfig")
+            .field("endpoints", &self.endpoints)
+            .field("prefix", &self.prefix)
+            .field("username", &self.username)
+            .field("password", &self.password.as_ref().map(|_| "<hidden>"))
+            .field("password_file", &self.password_file)
+            .field("tls", &self.tls)
+            .field("timeout", &self.timeout)
+            .finish()
+    }
+}
+
+impl EtcdConfig {
+    /// Defaults from the environment variables etcdctl reads.
+    pub fn from_env() -> EtcdConfig {
+        let env = |k: &str| std::env::var(k).ok().filter(|v| !v.is_empty());
+        let (username, password) = match env("ETCDCTL_USER") {
+            Some(u) => match u.split_once(':') {
+                Some((user, pass)) => (Some(user.to_string()), Some(pass.to_string())),
+                None => (Some(u), env("ETCDCTL_PASSWORD")),
+            },
+            None => (None, env("ETCDCTL_PASSWORD")),
+        };
+        EtcdConfig {
+            endpoints: env("ETCDCTL_ENDPOINTS")
+                .map(|e| {
+                    e.split(',')
+                        .map(|s| s.trim().to_string())
+                        .filter(|s| !s.is_empty())
+                        .collect()
+                })
+                .unwrap_or_else(|| vec!["http://127.0.0.1:2379".to_string()]),
+            prefix: "/".to_string(),
+            username,
+            password,
+            password_file: None,
+            tls: Tls {
+                ca_file: env("ETCDCTL_CACERT").map(PathBuf::from),
+                cert_file: env("ETCDCTL_CERT").map(PathBuf::from),
+                key_file: env("ETCDCTL_KEY").map(PathBuf::from),
+            },
+            timeout: DEFAULT_TIMEOUT,
+        }
+    }
+}
+
+/// Reads cached for one snapshot.
+#[derive(Default)]
+struct Cache {
+    /// The revision every read of this snapshot is pinned to.
+    revision: Option<i64>,
+    /// Folder (etcd key ending in `/`, or "" for the whole source) -> its
+    /// keys (relative to the source) and values.
+    folders: HashMap<Vec<u8>, BTreeMap<String, String>>,
+    keys: HashMap<Vec<u8>, Option<String>>,
+}
+
+pub struct EtcdSource {
+    name: String,
+    client: EtcdClient,
+    prefix: String,
+    cache: Mutex<Cache>,
+    /// The revision the running (or last) watch would resume from, so a
+    /// restarted watch never skips what the old one had not delivered.
+    watch_position: Mutex<Option<i64>>,
+}
+
+/// Without the cached values: a Debug print must not leak them.
+impl fmt::Debug for EtcdSource {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("EtcdSource")
+            .field("name", &self.name)
+            .field("client", &self.client)
+            .field("prefix", &self.prefix)
+            .finish_non_exhaustive()
+    }
+}
+
+impl EtcdSource {
+    pub fn new(name: &str, config: &EtcdConfig) -> Result<EtcdSource> {
+        Ok(EtcdSource {
+            name: name.to_string(),
+            client: EtcdClient::new(config)?,
+            prefix: config.prefix.clone(),
+            cache: Mutex::new(Cache::default()),
+            watch_position: Mutex::new(None),
+        })
+    }
+
+    pub fn client(&self) -> &EtcdClient {
+        &self.client
+    }
+
+    /// The etcd key for a template key: the prefix and the key joined by
+    /// one `/`.
+    fn full_key(&self, key: &str) -> String {
+        let key = super::normalize_key(key);
+        if self.prefix.is_empty() {
+            key.to_string()
+        } else if self.prefix.ends_with('/') {
+            format!("{}{key}", self.prefix)
+        } else if key.is_empty() {
+            self.prefix.clone()
+        } else {
+            format!("{}/{key}", self.prefix)
+        }
+    }
+
+    /// The etcd folder holding everything under `prefix`.
+    fn folder(&self, prefix: &str) -> String {
+        let full = self.full_key(prefix);
+        if full.is_empty() || full.ends_with('/') {
+            full
+        } else {
+            format!("{full}/")
+        }
+    }
+
+    /// An etcd key back to the template's key space.
+    fn relative_key(&self, etcd_key: &str) -> Option<String> {
+        let base = if self.prefix.is_empty() || self.prefix.ends_with('/') {
+            self.prefix.clone()
+        } else {
+            format!("{}/", self.prefix)
+        };
+        etcd_key
+            .strip_prefix(&base)
+            .map(|k| super::normalize_key(k).to_string())
+    }
+
+    fn decode(&self, kv: &Kv) -> Result<(String, String)> {
+        let key = B64
+            .decode(&kv.key)
+            .context("etcd sent a key that is not base64")?;
+        let key = String::from_utf8(key).map_err(|e| {
+            anyhow!(
+                "a key under {:?} is not UTF-8: {:?}",
+                self.prefix,
+                String::from_utf8_lossy(e.as_bytes())
+            )
+        })?;
+        let value = B64
+            .decode(&kv.value)
+            .context("etcd sent a value that is not base64")?;
+        let value = String::from_utf8(value)
+            .map_err(|_| anyhow!("the value of key {key:?} is not UTF-8 text"))?;
+        Ok((key, value))
+    }
+
+    /// One range read at the snapshot's revision; the first read of a
+    /// snapshot sets it. A compacted pin is dropped and the read repeated
+    /// at the current revision.
+    fn read(&self, key: &[u8], range_end: Option<&[u8]>) -> Result<Vec<(String, String)>> {
+        let pinned = self.lock().revision;
+        let resp = match runtime::block_on(self.client.range(key, range_end, pinned)) {
+            Err(e) if pinned.is_some() && EtcdError::is_compacted(&e) => {
+                self.lock().revision = None;
+                runtime::block_on(self.client.range(key, range_end, None))?
+            }
+            other => other?,
+        };
+        {
+            let mut cache = self.lock();
+            if cache.revision.is_none() {
+                cache.revision = Some(resp.header.revision);
+            }
+        }
+        resp.kvs.iter().map(|kv| self.decode(kv)).collect()
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Cache> {
+        self.cache.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn set_position(&self, next: i64) {
+        *self
+            .watch_position
+            .lock()
+            .unwrap_or_else(|e| e.into_inner()) = Some(next);
+    }
+
+    /// Where a new watch starts: the earlier of what the last snapshot read
+    /// (+ 1) and where the previous watch stood. Replaying a change twice
+    /// costs a render whose output is unchanged; skipping one loses it.
+    fn watch_start(&self) -> i64 {
+        let snapshot = self.lock().revision.map(|r| r + 1);
+        let position = *self
+            .watch_position
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        match (snapshot, position) {
+            (Some(s), Some(p)) => s.min(p),
+            (Some(s), None) => s,
+            (None, Some(p)) => p,
+            (None, None) => 0,
+        }
+    }
+}
+
+impl Source for EtcdSource {
+    fn describe(&self) -> String {
+        format!("etcd {}", self.client.describe_endpoints())
+    }
+
+    fn refresh(&self) {
+        *self.lock() = Cache::default();
+    }
+
+    fn requests(&self) -> Option<u64> {
+        Some(self.client.requests.load(Ordering::Relaxed))
+    }
+
+    /// Watches from the revision the last snapshot read + 1: every change
+    /// after what the templates saw is delivered.
+    fn watch(
+        self: std::sync::Arc<Self>,
+        _name: String,
+        spec: WatchSpec,
+        tx: tokio::sync::mpsc::UnboundedSender<SourceEvent>,
+    ) -> Option<WatchFuture> {
+        let start = self.watch_start();
+        Some(Box::pin(
+            async move { self.watch_from(&spec, start, &tx).await },
+        ))
+    }
+
+    fn get(&self, key: &str) -> Result<Option<String>> {
+        let full = self.full_key(key);
+        {
+            let cache = self.lock();
+            let rel = self.relative_key(&full).unwrap_or_default();
+            for (folder, keys) in &cache.folders {
+                if full.as_bytes().starts_with(folder) {
+                    return Ok(keys.get(&rel).cloned());
+                }
+            }
+            if let Some(v) = cache.keys.get(full.as_bytes()) {
+                return Ok(v.clone());
+            }
+        }
+        let value = self
+            .read(full.as_bytes(), None)?
+            .into_iter()
+            .next()
+            .map(|(_, v)| v);
+        self.lock().keys.insert(full.into_bytes(), value.clone());
+        Ok(value)
+    }
+
+    fn list(&self, prefix: &str) -> Result<Vec<(String, String)>> {
+        let folder = self.folder(prefix);
+        if let Some(keys) = self.lock().folders.get(folder.as_bytes()) {
+            return Ok(keys.iter().map(|(k, v)| (k.clone(), v.clone())).collect());
+        }
+        let (key, end) = prefix_range(&folder);
+        let mut keys = BTreeMap::new();
+        for (k, v) in self.read(&key, Some(&end))? {
+            if let Some(rel) = self.relative_key(&k).filter(|r| !r.is_empty()) {
+                keys.insert(rel, v);
+            }
+        }
+        let out = keys.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
+        self.lock().folders.insert(folder.into_bytes(), keys);
+        Ok(out)
+    }
+}
