@@ -1,0 +1,393 @@
+//! One Consul agent's KV endpoint: requests, their URLs, and what the
+//! answers mean.
+//!
+//! The ACL token goes in the `X-Consul-Token` header, marked sensitive, and
+//! never in a URL: URLs end up in error messages, the token must not.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use anyhow::{Context, Result, anyhow, bail};
+use base64::Engine as _;
+use reqwest::StatusCode;
+use reqwest::header::HeaderValue;
+use serde::Deserialize;
+use url::Url;
+
+use super::ConsulConfig;
+use crate::runtime;
+
+const B64: base64::engine::GeneralPurpose = base64::engine::general_purpose::STANDARD;
+
+/// One entry of a KV read. Only what stencil uses; Consul sends more.
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "PascalCase")]
+pub(super) struct Entry {
+    pub(super) key: String,
+    /// base64; `null` for an empty value.
+    #[serde(default)]
+    value: Option<String>,
+}
+
+impl Entry {
+    pub(super) fn bytes(&self) -> Result<Vec<u8>> {
+        match &self.value {
+            None => Ok(Vec::new()),
+            Some(v) => B64.decode(v).with_context(|| {
+                format!(
+                    "Consul sent a value for key {:?} that is not base64",
+                    self.key
+                )
+            }),
+        }
+    }
+
+    pub(super) fn text(&self) -> Result<String> {
+        String::from_utf8(self.bytes()?)
+            .map_err(|_| anyhow!("the value of key {:?} is not UTF-8 text", self.key))
+    }
+}
+
+/// A read's answer: the entries (`None` for a 404) and `X-Consul-Index`.
+#[derive(Debug)]
+pub(super) struct Reply {
+    pub(super) index: u64,
+    pub(super) entries: Option<Vec<Entry>>,
+}
+
+/// What went wrong talking to Consul, when the caller branches on it.
+#[derive(Debug, thiserror::Error)]
+enum ConsulError {
+    /// The token may not read this: retrying will not help.
+    #[error("{0}")]
+    Denied(String),
+}
+
+/// Whether retrying `e` is pointless: the token may not read the key.
+pub(super) fn is_denied(e: &anyhow::Error) -> bool {
+    e.downcast_ref::<ConsulError>()
+        .is_some_and(|e| matches!(e, ConsulError::Denied(_)))
+}
+
+/// A client for one Consul agent.
+#[derive(Debug)]
+pub(crate) struct ConsulClient {
+    http: reqwest::Client,
+    /// As configured, normalized: what messages name.
+    address: String,
+    /// `address` parsed: what request URLs are built on.
+    base: Url,
+    /// Marked sensitive, so it is left out of `Debug` output.
+    token: Option<HeaderValue>,
+    datacenter: Option<String>,
+    stale: bool,
+    timeout: Duration,
+    /// Requests sent, for tests and benchmarks.
+    requests: AtomicU64,
+}
+
+impl ConsulClient {
+    pub(super) fn new(config: &ConsulConfig) -> Result<ConsulClient> {
+        let (address, base) = normalize_address(&config.address)?;
+        Ok(ConsulClient {
+            // One client (one pool, one TLS setup) for reads and blocking
+            // queries; every exchange is bounded by its own timeout below.
+            http: runtime::http_client(&config.tls, config.timeout, true)?,
+            address,
+            base,
+            token: token_header(config)?,
+            datacenter: config.datacenter.clone().filter(|d| !d.is_empty()),
+            stale: config.stale,
+            timeout: config.timeout,
+            requests: AtomicU64::new(0),
+        })
+    }
+
+    pub(super) fn address(&self) -> &str {
+        &self.address
+    }
+
+    pub(super) fn requests(&self) -> u64 {
+        self.requests.load(Ordering::Relaxed)
+    }
+
+    /// Whether `address` is one stencil can use, before anything connects.
+    pub(crate) fn check_address(address: &str) -> Result<()> {
+        normalize_address(address).map(|_| ())
+    }
+
+    /// `GET /v1/kv/<key>`, with `?recurse` for a folder, and as a blocking
+    /// query from `index` for at most `wait` when `block` is given.
+    pub(super) async fn read(
+        &self,
+        key: &str,
+        recurse: bool,
+        block: Option<(u64, Duration)>,
+    ) -> Result<Reply> {
+        let what = if recurse {
+            format!("prefix {key:?}")
+        } else {
+            format!("key {key:?}")
+        };
+        let url = self.kv_url(key, recurse, block)?;
+        let limit = match block {
+            // Consul holds a query up to wait + wait/16 of jitter; the
+            // normal timeout on top covers the network.
+            Some((_, wait)) => wait + wait / 16 + self.timeout,
+            None => self.timeout,
+        };
+        let (status, index, body) = self.exchange(url, limit, &what).await?;
+        self.reply(status, index, &body, &what)
+    }
+
+    /// The URL of a read. Each `/`-separated part of the key is one
+    /// percent-encoded path segment, as Consul keys may hold spaces, `?`,
+    /// `#`, `%` and `+`; the empty last part of a folder keeps its `/`.
+    fn kv_url(&self, key: &str, recurse: bool, block: Option<(u64, Duration)>) -> Result<Url> {
+        check_key(key)?;
+        let mut url = self.base.clone();
+        url.path_segments_mut()
+            .map_err(|()| anyhow!("Consul address {:?} cannot take a path", self.address))?
+            .pop_if_empty()
+            .extend(["v1", "kv"])
+            .extend(key.split('/'));
+        let mut query = url.query_pairs_mut();
+        if recurse {
+            query.append_key_only("recurse");
+        }
+        if let Some(dc) = &self.datacenter {
+            query.append_pair("dc", dc);
+        }
+        if self.stale {
+            query.append_key_only("stale");
+        }
+        if let Some((index, wait)) = block {
+            query.append_pair("index", &index.to_string());
+            query.append_pair("wait", &format!("{}ms", wait.as_millis().max(1)));
+        }
+        drop(query);
+        if url.query() == Some("") {
+            url.set_query(None);
+        }
+        Ok(url)
+    }
+
+    /// Sends a GET with the token and reads the whole answer within
+    /// `limit`: status, `X-Consul-Index` (0 when missing) and body.
+    async fn exchange(
+        &self,
+        url: Url,
+        limit: Duration,
+        what: &str,
+    ) -> Result<(StatusCode, u64, Vec<u8>)> {
+        let mut req = self.http.get(url);
+        if let Some(t) = &self.token {
+            req = req.header("X-Consul-Token", t.clone());
+        }
+        self.requests.fetch_add(1, Ordering::Relaxed);
+        let exchange = async {
+            let resp = req.send().await?;
+            let status = resp.status();
+            let index = resp
+                .headers()
+                .get("X-Consul-Index")
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.parse::<u64>().ok())
+                .unwrap_or(0);
+            let body = Vec::from(resp.bytes().await?);
+            Ok::<_, reqwest::Error>((status, index, body))
+        };
+        match tokio::time::timeout(limit, exchange).await {
+            Ok(Ok(answer)) => Ok(answer),
+            Ok(Err(e)) => Err(anyhow!("{}", runtime::describe_reqwest(&e))
+                .context(format!("consul at {} did not answer", self.address))),
+            Err(_) => bail!(
+                "consul at {} did not answer within {} (reading {what})",
+                self.address,
+                humantime::format_duration(limit)
+            ),
+        }
+    }
+
+    /// What an answer means: entries, a missing key, or an error.
+    fn reply(&self, status: StatusCode, index: u64, body: &[u8], what: &str) -> Result<Reply> {
+        match status.as_u16() {
+            200 => {
+                let entries: Vec<Entry> = serde_json::from_slice(body).with_context(|| {
+                    format!(
+                        "consul at {} sent a reply to the read of {what} stencil cannot read",
+                        self.address
+                    )
+                })?;
+                Ok(Reply {
+                    index,
+                    entries: Some(entries),
+                })
+            }
+            404 => Ok(Reply {
+                index,
+                entries: None,
+            }),
+            403 => Err(self.denied(body, what)),
+            _ => bail!(
+                "consul at {} answered {status} to the read of {what}: {}",
+                self.address,
+                excerpt(body)
+            ),
+        }
+    }
+
+    /// A 403, with the likely reason: no token, an unknown one, or one
+    /// without the right.
+    fn denied(&self, body: &[u8], what: &str) -> anyhow::Error {
+        let text = excerpt(body);
+        let why = if self.token.is_none() {
+            "the token lacks permission: no token is set (token, token_file or CONSUL_HTTP_TOKEN)"
+        } else if text.contains("ACL not found") {
+            "the token lacks permission: Consul does not know it (deleted or mistyped?)"
+        } else {
+            "the token lacks permission to read it"
+        };
+        ConsulError::Denied(format!(
+            "consul at {} refused to read {what}: {why} (403 {text})",
+            self.address
+        ))
+        .into()
+    }
+}
+
+/// The start of an error body, for a message: Consul's error bodies are one
+/// line of its own text, never a value.
+fn excerpt(body: &[u8]) -> String {
+    String::from_utf8_lossy(body)
+        .trim()
+        .chars()
+        .take(300)
+        .collect()
+}
+
+/// The token as a header, marked sensitive. As the consul CLI: the token
+/// file wins over the token.
+fn token_header(config: &ConsulConfig) -> Result<Option<HeaderValue>> {
+    let token = match &config.token_file {
+        Some(f) => {
+            let t = std::fs::read_to_string(f)
+                .with_context(|| format!("cannot read token_file {}", f.display()))?;
+            let t = t.trim().to_string();
+            if t.is_empty() {
+                bail!("token_file {} is empty", f.display());
+            }
+            t
+        }
+        None => match &config.token {
+            Some(t) => t.clone(),
+            None => return Ok(None),
+        },
+    };
+    let mut v = HeaderValue::from_str(&token)
+        .map_err(|_| anyhow!("the Consul token has characters an HTTP header cannot carry"))?;
+    v.set_sensitive(true);
+    Ok(Some(v))
+}
+
+/// `host:port` -> `http://host:port`, without a trailing `/`; with the
+/// address parsed.
+fn normalize_address(address: &str) -> Result<(String, Url)> {
+    let a = address.trim().trim_end_matches('/');
+    if a.is_empty() {
+        bail!("the Consul address is empty");
+    }
+    if a.starts_with("unix://") {
+        bail!("Consul address {a:?}: unix sockets are not supported; use http:// or https://");
+    }
+    let url = if a.contains("://") {
+        a.to_string()
+    } else {
+        format!("http://{a}")
+    };
+    let parsed = Url::parse(&url).with_context(|| format!("invalid Consul address {a:?}"))?;
+    if !matches!(parsed.scheme(), "http" | "https") {
+        bail!("Consul address {a:?}: use http:// or https://");
+    }
+    if parsed.host_str().is_none_or(str::is_empty) {
+        bail!("Consul address {a:?} has no host");
+    }
+    Ok((url, parsed))
+}
+
+/// Refuses the keys a URL cannot carry as they are: URL parsers (reqwest's
+/// too) drop tabs and line breaks and resolve `.` and `..` segments, so such
+/// a key would silently read another key.
+fn check_key(key: &str) -> Result<()> {
+    if key.contains(['\t', '\n', '\r']) {
+        bail!("Consul key {key:?} holds a tab or a line break, which a URL cannot carry");
+    }
+    if key.split('/').any(|s| s == "." || s == "..") {
+        bail!(
+            "Consul key {key:?} has a \".\" or \"..\" segment, which a URL cannot carry \
+             (it would read another key)"
+        );
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn client(config: &ConsulConfig) -> ConsulClient {
+        ConsulClient::new(config).unwrap()
+    }
+
+    #[test]
+    fn addresses_get_a_scheme_and_lose_the_slash() {
+        let address = |a: &str| normalize_address(a).map(|(a, _)| a);
+        assert_eq!(address("127.0.0.1:8500").unwrap(), "http://127.0.0.1:8500");
+        assert_eq!(
+            address("https://consul:8501/").unwrap(),
+            "https://consul:8501"
+        );
+        assert!(address("unix:///tmp/consul.sock").is_err());
+        assert!(address("ftp://x").is_err());
+        assert!(address("").is_err());
+    }
+
+    #[test]
+    fn keys_are_percent_encoded_segment_by_segment() {
+        let c = client(&ConsulConfig::new("127.0.0.1:8500"));
+        let url = c.kv_url("a b/c?d#e%f+g/", false, None).unwrap();
+        assert_eq!(
+            url.as_str(),
+            "http://127.0.0.1:8500/v1/kv/a%20b/c%3Fd%23e%25f+g/"
+        );
+        // The root folder, with every query parameter.
+        let mut config = ConsulConfig::new("https://consul:8501/base/");
+        config.datacenter = Some("eu 1/a".into());
+        config.stale = true;
+        let url = client(&config)
+            .kv_url("", true, Some((42, Duration::from_secs(60))))
+            .unwrap();
+        assert_eq!(
+            url.as_str(),
+            "https://consul:8501/base/v1/kv/?recurse&dc=eu+1%2Fa&stale&index=42&wait=60000ms"
+        );
+    }
+
+    #[test]
+    fn keys_a_url_cannot_carry_are_refused() {
+        let c = client(&ConsulConfig::new("127.0.0.1:8500"));
+        for key in ["a/../b", "./a", "a/.", "a\nb", "tab\there"] {
+            let err = c.kv_url(key, false, None).unwrap_err().to_string();
+            assert!(err.contains(&format!("{key:?}")), "{err}");
+        }
+        assert!(c.kv_url("a/.b/..c/...", false, None).is_ok());
+    }
+
+    #[test]
+    fn the_token_is_not_in_debug_output() {
+        let mut config = ConsulConfig::new("127.0.0.1:8500");
+        config.token = Some("s3cr3t-t0ken".into());
+        assert!(!format!("{config:?}").contains("s3cr3t"));
+        assert!(!format!("{:?}", client(&config)).contains("s3cr3t"));
+    }
+}
