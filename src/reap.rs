@@ -26,8 +26,9 @@
 //! it through the async runtime, whose one worker is the very thread that
 //! may block in a check command's wait, and the status must arrive while it
 //! blocks. With no child at all waitid fails at once (ECHILD), and the thread
-//! sleeps until the next spawn: a process without children has no
-//! descendants either (a subreaper inherits its orphaned descendants).
+//! sleeps until the next spawn: until then no process can become stencil's
+//! child (a subreaper's orphaned descendants come to it, but without
+//! children it has no descendants).
 //!
 //! **Reaping**, under the lock, until no zombie is left: waitid(P_ALL,
 //! WEXITED | WNOHANG | WNOWAIT) names the next zombie without reaping it.
@@ -37,7 +38,9 @@
 //! makes waitid fail with EINVAL instead of naming it (and makes waitpid
 //! reap it and then fail). Then every registered child is tried with
 //! `try_wait`, and if none had exited the zombie is an orphan, reaped with
-//! waitpid(-1).
+//! waitpid(-1). Should that take a registered child killed by such a signal
+//! in the instant since, its status is lost: its owner gets exit status
+//! 255 rather than waiting forever.
 //!
 //! **Signals.** A registered child's pid stays its own until the reaper
 //! reaps it. [`Claimed::signal_group`] sends under the lock and only while
@@ -333,7 +336,7 @@ impl Claimed {
     }
 
     /// Its status, once it exited.
-    pub fn status(&self) -> Option<ExitStatus> {
+    fn status(&self) -> Option<ExitStatus> {
         *self.slot.lock()
     }
 
