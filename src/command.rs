@@ -7,16 +7,16 @@
 //! helper must not outlive its deadline), and its stdout and stderr go to an
 //! unnamed temporary file rather than a pipe: a backgrounded grandchild that
 //! keeps a pipe open would otherwise hang stencil after the command exits.
+//! While stencil supervises an app, the child is spawned through the
+//! reaper (`reap`), which owns waitpid then and hands its status back.
 
 use std::io::{Read, Seek, SeekFrom};
 use std::os::unix::process::{CommandExt, ExitStatusExt};
 use std::process::{Command, ExitStatus, Stdio};
 use std::time::Duration;
 
-use anyhow::{Context, Result};
-use wait_timeout::ChildExt;
-
 use crate::spec::CommandSpec;
+use anyhow::{Context, Result};
 
 /// How much of a command's output is kept for the error message.
 const OUTPUT_LIMIT: u64 = 16 * 1024;
@@ -55,17 +55,14 @@ pub fn run(spec: &CommandSpec, what: &str, timeout: Duration) -> Result<()> {
         .stdout(out.try_clone()?)
         .stderr(out.try_clone()?)
         .process_group(0);
-    let mut child = cmd
-        .spawn()
+    let mut child = crate::reap::spawn(&mut cmd)
         .with_context(|| format!("{what} `{spec}` could not be started"))?;
-    let pgid = nix::unistd::Pid::from_raw(child.id() as i32);
     let status = match child.wait_timeout(timeout)? {
         // A daemon the command started and left running is its business
         // (`service foo start`); only a timeout kills the group.
         Some(status) => status,
         None => {
-            let _ = nix::sys::signal::killpg(pgid, nix::sys::signal::Signal::SIGKILL);
-            let _ = child.wait();
+            child.kill_group();
             let output = read_output(&mut out);
             return Err(CommandFailed(format!(
                 "{what} `{spec}` timed out after {}; its process group was killed{}",

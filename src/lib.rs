@@ -34,6 +34,7 @@ mod install;
 mod logging;
 mod man;
 mod pipeline;
+mod reap;
 mod runtime;
 mod serve;
 mod source;

@@ -59,7 +59,7 @@ impl Running {
     }
 
     fn pid(&self) -> Pid {
-        Pid::from_raw(self.child.id() as i32)
+        Pid::from_raw(i32::try_from(self.child.id()).unwrap())
     }
 
     fn signal(&self, sig: Signal) {
@@ -72,6 +72,26 @@ impl Running {
 
     fn read(&self, rel: &str) -> Option<String> {
         std::fs::read_to_string(self.dir.join(rel)).ok()
+    }
+
+    /// Waits until stencil logged `needle`.
+    #[track_caller]
+    fn logged(&mut self, needle: &str) {
+        let start = Instant::now();
+        while !self.stderr().contains(needle) {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                panic!(
+                    "stencil exited ({status}) before it logged {needle:?}\n{}",
+                    self.stderr()
+                );
+            }
+            assert!(
+                start.elapsed() < DEADLINE,
+                "stencil never logged {needle:?}\n{}",
+                self.stderr()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
     }
 
     /// Waits until the child script wrote `ready` (its traps are set).
@@ -362,27 +382,44 @@ fn bad_flags_are_usage_errors() {
 // ---------------------------------------------------------------------------
 // --wait
 
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+/// A port on 127.0.0.1 that refuses connections until [`ClosedPort::open`]
+/// and that nothing else can take meanwhile: its socket is bound, not yet
+/// listening. (A port found free, closed and bound again later may have
+/// been taken in between.)
+struct ClosedPort(tokio::net::TcpSocket);
+
+impl ClosedPort {
+    fn new() -> ClosedPort {
+        let socket = tokio::net::TcpSocket::new_v4().unwrap();
+        socket.bind(([127, 0, 0, 1], 0).into()).unwrap();
+        ClosedPort(socket)
+    }
+
+    fn url(&self) -> String {
+        format!("tcp://{}", self.0.local_addr().unwrap())
+    }
+
+    /// Starts listening; connections are accepted by the kernel while the
+    /// listener lives.
+    fn open(self) -> TcpListener {
+        // tokio registers a listener with a reactor, then hands it back.
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_io()
+            .build()
+            .unwrap();
+        let _in_runtime = rt.enter();
+        self.0.listen(16).unwrap().into_std().unwrap()
+    }
 }
 
 #[test]
 fn waits_for_a_tcp_port_that_opens_later() {
-    let port = free_port();
-    let url = format!("tcp://127.0.0.1:{port}");
-    // The condition under test: the port opens about a second after start.
-    let opener = std::thread::spawn(move || {
-        std::thread::sleep(Duration::from_secs(1));
-        let listener = TcpListener::bind(("127.0.0.1", port)).unwrap();
-        // Keep it open until stencil connected.
-        let _ = listener.accept();
-    });
-    with_template()
-        .args(exec_args(&[
+    let port = ClosedPort::new();
+    let url = port.url();
+    let t = with_template();
+    let mut run = Running::start(
+        &t,
+        &exec_args(&[
             "--wait",
             &url,
             "--wait-timeout",
@@ -390,18 +427,19 @@ fn waits_for_a_tcp_port_that_opens_later() {
             "--",
             "echo",
             "started",
-        ]))
-        .run()
-        .success()
-        .stdout_is("started\n")
-        .stderr_has(&format!("waiting for {url}: connection refused"));
-    opener.join().unwrap();
+        ]),
+    );
+    // The condition under test: the port opens once stencil found it closed.
+    run.logged(&format!("waiting for {url}: connection refused"));
+    let _listener = port.open();
+    run.exits_with(0);
+    assert_eq!(run.read("stencil.out").unwrap(), "started\n");
 }
 
 #[test]
 fn a_wait_that_times_out_names_the_dependency() {
-    let port = free_port();
-    let url = format!("tcp://127.0.0.1:{port}");
+    let port = ClosedPort::new();
+    let url = port.url();
     with_template()
         .args(exec_args(&[
             "--wait",
@@ -497,25 +535,27 @@ fn waits_for_a_file() {
     let t = with_template();
     let secret = t.path("secret");
     let url = format!("file://{}", secret.display());
-    // The condition under test: the file appears after a moment.
-    let maker = std::thread::spawn(move || {
-        std::thread::sleep(Duration::from_millis(500));
-        std::fs::write(secret, "s3cret").unwrap();
-    });
-    t.args(exec_args(&[
-        "--wait",
-        &url,
-        "--wait-timeout",
-        "30s",
-        "--",
-        "cat",
-        "secret",
-    ]))
-    .run()
-    .success()
-    .stdout_is("s3cret")
-    .stderr_has("does not exist");
-    maker.join().unwrap();
+    let mut run = Running::start(
+        &t,
+        &exec_args(&[
+            "--wait",
+            &url,
+            "--wait-timeout",
+            "30s",
+            "--",
+            "cat",
+            "secret",
+        ]),
+    );
+    // The condition under test: the file appears once stencil found it
+    // missing.
+    run.logged(&format!(
+        "waiting for {url}: {} does not exist",
+        secret.display()
+    ));
+    std::fs::write(secret, "s3cret").unwrap();
+    run.exits_with(0);
+    assert_eq!(run.read("stencil.out").unwrap(), "s3cret");
     with_template()
         .args(exec_args(&[
             "--wait",
@@ -770,6 +810,34 @@ fn watch_reaps_orphaned_zombies() {
     );
     run.signal(Signal::SIGTERM);
     run.exits_with(143);
+}
+
+#[test]
+fn watch_reload_commands_get_their_own_status() {
+    // Under --watch the reaper owns waitpid: the reload command's status
+    // must still reach the pipeline, not be reaped as an orphan's (which
+    // would end in a timeout).
+    let t = with_template();
+    let mut run = Running::start(
+        &t,
+        &[
+            "exec",
+            "-t",
+            "app.conf.j2:app.conf:echo reloaded >> reloads; exit 3",
+            "--watch",
+            "--",
+            "sh",
+            "-c",
+            RECORDER,
+        ],
+    );
+    run.ready();
+    std::fs::write(t.path("app.conf.j2"), "port={{ env.PORT }}\nchanged\n").unwrap();
+    run.logged("failed (exit status 3)");
+    assert_eq!(run.read("reloads").unwrap(), "reloaded\n");
+    assert_eq!(run.read("app.conf").unwrap(), "port=8080\nchanged\n");
+    run.signal(Signal::SIGTERM);
+    run.exits_with(5);
 }
 
 #[test]

@@ -1,19 +1,18 @@
 //! Supervising the app under `stencil exec --watch`: its process group,
 //! the signals it gets, its exit status, and the orphans it leaves.
 
-use std::collections::HashMap;
 use std::os::unix::process::{CommandExt, ExitStatusExt};
-use std::process::{Child, ExitStatus};
-use std::time::{Duration, Instant};
+use std::process::ExitStatus;
 
 use anyhow::{Context, Result};
 use nix::errno::Errno;
-use nix::sys::signal::{Signal, killpg};
-use nix::sys::wait::{WaitPidFlag, waitpid};
+use nix::sys::signal::Signal;
 use nix::unistd::Pid;
+use tokio::time::Instant;
 
 use super::spec::ExecSpec;
 use crate::error::Exit;
+use crate::reap::{Claimed, Reaper};
 
 /// The signals stencil forwards to a supervised child, and no others:
 /// runtime signals (SIGRTMIN+n) and job control stay with stencil.
@@ -50,8 +49,9 @@ pub fn spawn_exit(err: &anyhow::Error) -> Exit {
 /// signal N killed it.
 pub fn exit_of(status: ExitStatus) -> Exit {
     match (status.code(), status.signal()) {
-        (Some(code), _) => Exit::Code(code as u8),
-        (None, Some(sig)) => Exit::Code((128 + sig).min(255) as u8),
+        // Both fit: a code is WEXITSTATUS (0 to 255) and signals end at 64.
+        (Some(code), _) => Exit::Code(u8::try_from(code).unwrap_or(u8::MAX)),
+        (None, Some(sig)) => Exit::Code(u8::try_from(128 + sig).unwrap_or(u8::MAX)),
         _ => Exit::Failure,
     }
 }
@@ -104,10 +104,6 @@ impl Signals {
     }
 }
 
-/// How long a zombie outside the child's process group stays before
-/// stencil reaps it. See "Reaping" below.
-const REAP_GRACE: Duration = Duration::from_secs(2);
-
 /// Owns the supervised child (`stencil exec --watch`).
 ///
 /// # Theory of Operation
@@ -121,6 +117,9 @@ const REAP_GRACE: Duration = Duration::from_secs(2);
 ///
 /// All signals go to the child's process group: a shell script that runs
 /// the app without `exec` still has the signal reach the app.
+///
+/// **States** (`State`): `Running`; `Restarting` or `Stopping` once asked
+/// to stop, with the kill timer armed; `Exited` with stencil's exit status.
 ///
 /// **Signals stencil receives** ([`Signals`], then [`Supervisor::on_signal`]):
 /// SIGTERM sends `kill_signal` (SIGTERM unless configured) and SIGINT is
@@ -145,17 +144,11 @@ const REAP_GRACE: Duration = Duration::from_secs(2);
 /// timeout's SIGKILL). Processes the child left behind in its group are not
 /// killed when it exits of its own accord.
 ///
-/// **Reaping**: stencil makes itself a child subreaper
-/// (PR_SET_CHILD_SUBREAPER), so processes the child orphans are reparented
-/// to stencil rather than to PID 1, and when stencil is PID 1 they come to
-/// it anyway. On every SIGCHLD, stencil reaps the main child with
-/// waitpid(its pid) and scans /proc for its own zombie children. A zombie in
-/// a group stencil created for a child is an orphan and is reaped at once.
-/// Any other zombie may be a check or reload command that another part of
-/// stencil is about to wait for (`command::run`, which would fail if its
-/// child were reaped under it), so it is reaped only after it stayed a
-/// zombie for two seconds (`REAP_GRACE`): by then nobody is waiting for it. stencil
-/// never calls waitpid(-1), so it never takes another waiter's status.
+/// **Reaping**: the reaper (`crate::reap`) owns waitpid from the first
+/// spawn on. It makes stencil a child subreaper, so the child's orphans
+/// come to stencil (as they do to PID 1) and are reaped at once; the
+/// child's own status, and those of check and reload commands, go to
+/// whoever spawned them.
 ///
 /// **Use**: in a Tokio runtime, one task owns the supervisor and selects
 /// over [`Supervisor::wait`] (cancel-safe), [`Signals::recv`] and its other
@@ -163,80 +156,66 @@ const REAP_GRACE: Duration = Duration::from_secs(2);
 /// from the loop; none of those blocks.
 pub struct Supervisor {
     spec: ExecSpec,
-    /// The running child; `None` only between a restart's stop and start.
-    child: Option<Child>,
-    /// Every process group stencil created for a child (restarts add one).
-    groups: Vec<Pid>,
-    sigchld: tokio::signal::unix::Signal,
-    /// When to SIGKILL the child's group, once a stop was asked for.
-    kill_at: Option<tokio::time::Instant>,
-    /// Start the child again when it exits (a restart is in progress).
-    restart: bool,
-    /// A stop was asked for; no restart happens any more.
-    stopping: bool,
-    /// Zombies outside the children's groups, with when first seen.
-    zombies: HashMap<i32, Instant>,
-    /// The child's final status, once it exited for good.
-    exit: Option<Exit>,
+    reaper: &'static Reaper,
+    state: State,
+}
+
+/// Where the child is in its life.
+enum State {
+    Running(Claimed),
+    /// Asked to stop for a restart; started again once it exited.
+    /// `kill_at`: when its group gets SIGKILL, `None` once it got it.
+    Restarting {
+        child: Claimed,
+        kill_at: Option<Instant>,
+    },
+    /// Asked to stop for good.
+    Stopping {
+        child: Claimed,
+        kill_at: Option<Instant>,
+    },
+    /// Exited for good, or a restart could not start it again: stencil's
+    /// exit status.
+    Exited(Exit),
+}
+
+impl State {
+    fn child(&self) -> Option<&Claimed> {
+        match self {
+            State::Running(child)
+            | State::Restarting { child, .. }
+            | State::Stopping { child, .. } => Some(child),
+            State::Exited(_) => None,
+        }
+    }
 }
 
 impl Supervisor {
     /// Starts the child in its own process group. Call inside a Tokio
     /// runtime with signals and time enabled (`runtime::get()` has both).
     pub fn spawn(spec: &ExecSpec) -> Result<Supervisor> {
-        // Listen before the child exists, so its exit cannot go unnoticed.
-        let sigchld = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::child())
-            .context("cannot handle SIGCHLD")?;
-        if let Err(e) = nix::sys::prctl::set_child_subreaper(true) {
-            tracing::warn!("cannot become a child subreaper ({e}); orphans go to PID 1");
-        }
-        let mut sup = Supervisor {
+        let reaper = crate::reap::start()?;
+        let child = start(spec, reaper, None)?;
+        Ok(Supervisor {
             spec: spec.clone(),
-            child: None,
-            groups: Vec::new(),
-            sigchld,
-            kill_at: None,
-            restart: false,
-            stopping: false,
-            zombies: HashMap::new(),
-            exit: None,
-        };
-        sup.start()?;
-        Ok(sup)
-    }
-
-    fn start(&mut self) -> Result<()> {
-        let argv = &self.spec.command;
-        let child = std::process::Command::new(&argv[0])
-            .args(&argv[1..])
-            .process_group(0)
-            .spawn()
-            .map_err(|source| SpawnError {
-                program: argv[0].to_string_lossy().into_owned(),
-                source,
-            })?;
-        let pgid = Pid::from_raw(child.id() as i32);
-        tracing::info!(pid = child.id(), "started `{}`", self.spec.display());
-        let previous = self.groups.last().copied();
-        give_terminal(pgid, previous);
-        self.groups.push(pgid);
-        self.child = Some(child);
-        Ok(())
+            reaper,
+            state: State::Running(child),
+        })
     }
 
     /// The running child's PID (also its process group), if one runs.
+    #[cfg(test)]
     pub fn pid(&self) -> Option<Pid> {
-        self.child
-            .as_ref()
-            .filter(|_| self.exit.is_none())
-            .map(|c| Pid::from_raw(c.id() as i32))
+        self.state.child().map(Claimed::pid)
     }
 
     /// Sends `sig` to the child's process group, and nothing else.
     pub fn forward(&self, sig: Signal) {
-        let Some(pgid) = self.pid() else { return };
-        tracing::debug!(signal = %sig, pgid = pgid.as_raw(), "signalling the child's group");
-        match killpg(pgid, sig) {
+        let Some(child) = self.state.child() else {
+            return;
+        };
+        tracing::debug!(signal = %sig, pgid = child.pid().as_raw(), "signalling the child's group");
+        match child.signal_group(sig) {
             Ok(()) | Err(Errno::ESRCH) => {}
             Err(e) => tracing::warn!("cannot send {sig} to the child: {e}"),
         }
@@ -255,15 +234,18 @@ impl Supervisor {
 
     /// After a change: sends `reload_signal`, or restarts the child when
     /// `restart_on_change` is set ([`Supervisor::wait`] carries the restart
-    /// out). Does nothing while the child is stopping or restarting.
+    /// out). Does nothing unless the child is running.
     pub fn reload(&mut self) {
-        if self.stopping || self.restart || self.pid().is_none() {
+        if !matches!(self.state, State::Running(_)) {
             return;
         }
         if self.spec.restart_on_change {
             tracing::info!("restarting the child after a change");
-            self.restart = true;
-            self.signal_and_arm(self.spec.kill_signal);
+            self.forward(self.spec.kill_signal);
+            let kill_at = Some(self.kill_at());
+            if let State::Running(child) = self.take() {
+                self.state = State::Restarting { child, kill_at };
+            }
         } else {
             tracing::info!(signal = %self.spec.reload_signal, "signalling the child after a change");
             self.forward(self.spec.reload_signal);
@@ -271,19 +253,34 @@ impl Supervisor {
     }
 
     /// Asks the child to stop for good with `sig`; its group is SIGKILLed
-    /// if it still runs `kill_timeout` later. [`Supervisor::wait`] then
-    /// returns its status.
+    /// if it still runs `kill_timeout` later (the timer of a restart in
+    /// progress stays). [`Supervisor::wait`] then returns its status.
     pub fn stop(&mut self, sig: Signal) {
-        self.stopping = true;
-        self.restart = false;
-        self.signal_and_arm(sig);
+        self.forward(sig);
+        let armed = self.kill_at();
+        self.state = match self.take() {
+            State::Running(child) => State::Stopping {
+                child,
+                kill_at: Some(armed),
+            },
+            State::Restarting { child, kill_at } | State::Stopping { child, kill_at } => {
+                State::Stopping {
+                    child,
+                    kill_at: kill_at.or(Some(armed)),
+                }
+            }
+            exited @ State::Exited(_) => exited,
+        };
     }
 
-    fn signal_and_arm(&mut self, sig: Signal) {
-        self.forward(sig);
-        if self.kill_at.is_none() && self.pid().is_some() {
-            self.kill_at = Some(tokio::time::Instant::now() + self.spec.kill_timeout);
-        }
+    /// When the kill timer armed now fires.
+    fn kill_at(&self) -> Instant {
+        Instant::now() + self.spec.kill_timeout
+    }
+
+    /// The state, leaving a placeholder for the caller to replace.
+    fn take(&mut self) -> State {
+        std::mem::replace(&mut self.state, State::Exited(Exit::Failure))
     }
 
     /// [`Supervisor::stop`] with `sig`, then waits for the child's status.
@@ -294,126 +291,86 @@ impl Supervisor {
     }
 
     /// Runs the supervision until the child exited for good (not for a
-    /// restart) and returns stencil's exit status for it. Reaps orphans and
-    /// carries out the kill timer and restarts meanwhile, so it must be
-    /// polled for those to happen. Cancel-safe; after the child exited it
-    /// returns the same status at once. An error: a restart could not start
-    /// the command (see [`spawn_exit`]).
+    /// restart) and returns stencil's exit status for it. Carries out the
+    /// kill timer and restarts meanwhile, so it must be polled for those to
+    /// happen. Cancel-safe; after the child exited it returns the same
+    /// status at once. An error: a restart could not start the command (see
+    /// [`spawn_exit`]).
     pub async fn wait(&mut self) -> Result<Exit> {
         loop {
-            if let Some(exit) = self.exit {
-                return Ok(exit);
-            }
-            if self.child.is_none() {
-                // A restart whose start failed earlier; nothing to wait for.
-                return Ok(Exit::Failure);
-            }
-            self.collect()?;
-            if let Some(exit) = self.exit {
-                return Ok(exit);
-            }
-            self.reap_orphans();
-            let kill_at = self.kill_at;
-            let rescan = (!self.zombies.is_empty())
-                .then(|| tokio::time::Instant::now() + Duration::from_millis(500));
-            tokio::select! {
-                _ = self.sigchld.recv() => {}
-                () = sleep_until(kill_at) => {
-                    if let Some(pgid) = self.pid() {
-                        tracing::warn!(
-                            "the child did not stop within {}: sending SIGKILL to its process group",
-                            humantime::format_duration(self.spec.kill_timeout)
-                        );
-                        let _ = killpg(pgid, Signal::SIGKILL);
-                    }
-                    self.kill_at = None;
+            let (child, kill_at) = match &self.state {
+                State::Exited(exit) => return Ok(*exit),
+                State::Running(child) => (child, None),
+                State::Restarting { child, kill_at } | State::Stopping { child, kill_at } => {
+                    (child, *kill_at)
                 }
-                () = sleep_until(rescan) => {}
+            };
+            let exited = tokio::select! {
+                status = child.exited() => Some(status),
+                () = sleep_until(kill_at) => None,
+            };
+            match exited {
+                Some(status) => self.exited(status)?,
+                None => self.kill(),
             }
         }
     }
 
-    /// Collects the main child's status if it exited; restarts it when a
-    /// restart is pending.
-    fn collect(&mut self) -> Result<()> {
-        let Some(child) = self.child.as_mut() else {
-            return Ok(());
-        };
-        let Some(status) = child.try_wait().context("cannot wait for the child")? else {
-            return Ok(());
-        };
-        self.kill_at = None;
-        if self.restart && !self.stopping {
-            self.restart = false;
-            tracing::info!("the child exited ({}); starting it again", describe(status));
-            if let Err(e) = self.start() {
-                self.child = None;
-                self.exit = Some(spawn_exit(&e));
-                return Err(e);
-            }
-            return Ok(());
+    /// The kill timer fired: SIGKILL the child's group.
+    fn kill(&mut self) {
+        tracing::warn!(
+            "the child did not stop within {}: sending SIGKILL to its process group",
+            humantime::format_duration(self.spec.kill_timeout)
+        );
+        self.forward(Signal::SIGKILL);
+        if let State::Restarting { kill_at, .. } | State::Stopping { kill_at, .. } = &mut self.state
+        {
+            *kill_at = None;
         }
-        tracing::info!("the child exited ({})", describe(status));
-        self.exit = Some(exit_of(status));
-        Ok(())
     }
 
-    /// Reaps zombie children of stencil's that are not the main child; see
-    /// "Reaping" in the Theory of Operation.
-    fn reap_orphans(&mut self) {
-        let me = nix::unistd::getpid().as_raw();
-        let main = self.child.as_ref().map(|c| c.id() as i32);
-        let now = Instant::now();
-        let mut still = HashMap::new();
-        for z in zombie_children(me) {
-            if Some(z.pid) == main {
-                continue;
+    /// The child exited: start it again when restarting, else that is
+    /// stencil's exit status.
+    fn exited(&mut self, status: ExitStatus) -> Result<()> {
+        let State::Restarting { child, .. } = self.take() else {
+            tracing::info!("the child exited ({})", describe(status));
+            self.state = State::Exited(exit_of(status));
+            return Ok(());
+        };
+        tracing::info!("the child exited ({}); starting it again", describe(status));
+        match start(&self.spec, self.reaper, Some(child.pid())) {
+            Ok(child) => {
+                self.state = State::Running(child);
+                Ok(())
             }
-            let orphan = self.groups.iter().any(|g| g.as_raw() == z.pgrp);
-            let since = self.zombies.get(&z.pid).copied().unwrap_or(now);
-            if orphan || now.duration_since(since) >= REAP_GRACE {
-                match waitpid(Pid::from_raw(z.pid), Some(WaitPidFlag::WNOHANG)) {
-                    Ok(_) => tracing::debug!(pid = z.pid, "reaped an orphan"),
-                    Err(e) => tracing::debug!(pid = z.pid, "cannot reap: {e}"),
-                }
-            } else {
-                still.insert(z.pid, since);
+            Err(e) => {
+                self.state = State::Exited(spawn_exit(&e));
+                Err(e)
             }
         }
-        self.zombies = still;
     }
 }
 
-async fn sleep_until(at: Option<tokio::time::Instant>) {
+/// Starts the command in a process group of its own; `previous` is the
+/// group of the child it replaces, which may hold the terminal.
+fn start(spec: &ExecSpec, reaper: &'static Reaper, previous: Option<Pid>) -> Result<Claimed> {
+    let argv = &spec.command;
+    let mut cmd = std::process::Command::new(&argv[0]);
+    cmd.args(&argv[1..]).process_group(0);
+    let child = reaper.spawn(&mut cmd).map_err(|source| SpawnError {
+        program: argv[0].to_string_lossy().into_owned(),
+        source,
+    })?;
+    tracing::info!(pid = child.pid().as_raw(), "started `{}`", spec.display());
+    give_terminal(child.pid(), previous);
+    Ok(child)
+}
+
+async fn sleep_until(at: Option<Instant>) {
     match at {
         Some(at) => tokio::time::sleep_until(at).await,
         None => std::future::pending().await,
     }
-}
-
-struct Zombie {
-    pid: i32,
-    pgrp: i32,
-}
-
-/// Zombie processes whose parent is `parent`, from /proc/PID/stat.
-fn zombie_children(parent: i32) -> Vec<Zombie> {
-    let Ok(dir) = std::fs::read_dir("/proc") else {
-        return Vec::new();
-    };
-    dir.flatten()
-        .filter_map(|e| e.file_name().to_str()?.parse::<i32>().ok())
-        .filter_map(|pid| {
-            let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-            // "pid (comm) state ppid pgrp ...": comm may hold spaces and ')'.
-            let rest = &stat[stat.rfind(')')? + 2..];
-            let mut fields = rest.split(' ');
-            let state = fields.next()?;
-            let ppid: i32 = fields.next()?.parse().ok()?;
-            let pgrp: i32 = fields.next()?.parse().ok()?;
-            (state == "Z" && ppid == parent).then_some(Zombie { pid, pgrp })
-        })
-        .collect()
 }
 
 /// Makes `pgid` the terminal's foreground group when stencil (or the
@@ -447,16 +404,19 @@ fn give_terminal(pgid: Pid, previous: Option<Pid>) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::time::Duration;
 
     /// A child that writes its PID to `pid` and records HUP and TERM in
-    /// `got`, started by a supervisor.
+    /// `got`, started by a supervisor. Its sleeps ignore both: killed by
+    /// the signal sent to the group, they would have the shell print
+    /// "Hangup" or "Terminated" into the test output.
     fn recorder(dir: &std::path::Path, restart_on_change: bool) -> ExecSpec {
         let script = r#"cd "$1" || exit 1
 echo $$ > pid
 trap 'echo HUP >> got' HUP
 trap 'echo TERM >> got; exit 0' TERM
 echo > ready
-while :; do sleep 0.05; done"#;
+while :; do (trap '' HUP TERM; exec sleep 0.05); done"#;
         ExecSpec {
             command: vec![
                 "sh".into(),

@@ -59,6 +59,11 @@ fn probe(target: &WaitTarget, timeout: Duration) -> Result<(), String> {
     }
 }
 
+/// `d` cut to whole milliseconds: humantime prints every nanosecond.
+fn whole_millis(d: Duration) -> Duration {
+    Duration::new(d.as_secs(), d.subsec_millis() * 1_000_000)
+}
+
 fn io_reason(e: &std::io::Error) -> String {
     use std::io::ErrorKind;
     match e.kind() {
@@ -85,9 +90,7 @@ pub fn wait_all(deps: &[WaitTarget], timeout: Duration) -> Result<()> {
                     if logged {
                         tracing::info!(
                             "{dep} is ready after {}",
-                            humantime::format_duration(Duration::from_millis(
-                                start.elapsed().as_millis() as u64
-                            ))
+                            humantime::format_duration(whole_millis(start.elapsed()))
                         );
                     }
                     break;
