@@ -7,6 +7,7 @@
 //!
 //! - `spec`, `error`: plain values parsed from text; exit codes and how
 //!   errors are printed. They use nothing of the crate.
+//! - `reap`: the one owner of `waitpid` while stencil supervises an app.
 //! - `runtime`: the async runtime and HTTP client, built only when needed.
 //! - `source`: data sources behind `key()`, `ls()`, `kv()`, `tree()`:
 //!   files, etcd and Consul, each with its watch.

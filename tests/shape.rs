@@ -104,18 +104,24 @@ fn references(text: &str) -> BTreeSet<String> {
     out
 }
 
-/// `a::b::Thing` -> `a::b`: the lowercase segments at the start.
+/// `a::b::Thing` -> `a::b`: the lowercase segments at the start, up to the
+/// first that is not followed by `::`.
 fn path_head(s: &str) -> String {
     let mut segs = Vec::new();
-    for seg in s.split("::") {
-        let seg: String = seg
-            .chars()
-            .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
-            .collect();
-        if seg.is_empty() || seg.chars().next().is_some_and(|c| !c.is_ascii_lowercase()) {
+    let mut rest = s;
+    loop {
+        let len = rest
+            .find(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+            .unwrap_or(rest.len());
+        let seg = &rest[..len];
+        if seg.is_empty() || !seg.starts_with(|c: char| c.is_ascii_lowercase()) {
             break;
         }
         segs.push(seg);
+        match rest[len..].strip_prefix("::") {
+            Some(next) => rest = next,
+            None => break,
+        }
     }
     segs.join("::")
 }
@@ -176,7 +182,11 @@ fn no_source_file_is_over_600_lines() {
 #[test]
 fn the_reference_scanner_sees_groups_and_skips_comments() {
     let text = "use crate::config::{Flags, X};\nuse crate::{error::usage, spec};\n\
-                // crate::watch in a comment\nlet x = crate::source::etcd::EtcdSource::new();";
+                // crate::watch in a comment\nlet x = crate::source::etcd::EtcdSource::new();\n\
+                crate::reap::spawn(&mut c)?; humantime::format_duration(d)";
     let refs: Vec<String> = references(text).into_iter().collect();
-    assert_eq!(refs, ["config", "error::usage", "source::etcd", "spec"]);
+    assert_eq!(
+        refs,
+        ["config", "error::usage", "reap::spawn", "source::etcd", "spec"]
+    );
 }
