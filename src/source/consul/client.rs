@@ -12,6 +12,7 @@ use base64::Engine as _;
 use reqwest::StatusCode;
 use reqwest::header::HeaderValue;
 use serde::Deserialize;
+use percent_encoding::{AsciiSet, NON_ALPHANUMERIC, utf8_percent_encode};
 use url::Url;
 
 use super::ConsulConfig;
@@ -146,11 +147,22 @@ impl ConsulClient {
     fn kv_url(&self, key: &str, recurse: bool, block: Option<(u64, Duration)>) -> Result<Url> {
         check_key(key)?;
         let mut url = self.base.clone();
-        url.path_segments_mut()
-            .map_err(|()| anyhow!("Consul address {:?} cannot take a path", self.address))?
-            .pop_if_empty()
-            .extend(["v1", "kv"])
-            .extend(key.split('/'));
+        if url.cannot_be_a_base() {
+            bail!("Consul address {:?} cannot take a path", self.address);
+        }
+        // Each segment percent-encoded here rather than by
+        // `path_segments_mut`, which drops tabs and line breaks (the URL
+        // standard strips them from input) where Consul keys may hold them.
+        let segments: Vec<String> = key
+            .split('/')
+            .map(|s| utf8_percent_encode(s, SEGMENT).to_string())
+            .collect();
+        let path = format!(
+            "{}/v1/kv/{}",
+            url.path().trim_end_matches('/'),
+            segments.join("/")
+        );
+        url.set_path(&path);
         let mut query = url.query_pairs_mut();
         if recurse {
             query.append_key_only("recurse");
@@ -315,13 +327,18 @@ fn normalize_address(address: &str) -> Result<(String, Url)> {
     Ok((url, parsed))
 }
 
+/// What a key segment keeps as it is in a URL path: RFC 3986's unreserved
+/// characters. Everything else, `/` inside a segment included, is escaped.
+const SEGMENT: &AsciiSet = &NON_ALPHANUMERIC
+    .remove(b'-')
+    .remove(b'.')
+    .remove(b'_')
+    .remove(b'~');
+
 /// Refuses the keys a URL cannot carry as they are: URL parsers (reqwest's
-/// too) drop tabs and line breaks and resolve `.` and `..` segments, so such
-/// a key would silently read another key.
+/// too, and Consul's Go HTTP mux) resolve `.` and `..` segments, escaped or
+/// not, so such a key would silently read another key.
 fn check_key(key: &str) -> Result<()> {
-    if key.contains(['\t', '\n', '\r']) {
-        bail!("Consul key {key:?} holds a tab or a line break, which a URL cannot carry");
-    }
     if key.split('/').any(|s| s == "." || s == "..") {
         bail!(
             "Consul key {key:?} has a \".\" or \"..\" segment, which a URL cannot carry \
@@ -358,7 +375,14 @@ mod tests {
         let url = c.kv_url("a b/c?d#e%f+g/", false, None).unwrap();
         assert_eq!(
             url.as_str(),
-            "http://127.0.0.1:8500/v1/kv/a%20b/c%3Fd%23e%25f+g/"
+            "http://127.0.0.1:8500/v1/kv/a%20b/c%3Fd%23e%25f%2Bg/"
+        );
+        // Tabs and line breaks are escaped, not dropped as the URL
+        // standard drops them from unescaped input.
+        let url = c.kv_url("tab\there/new\nline", false, None).unwrap();
+        assert_eq!(
+            url.as_str(),
+            "http://127.0.0.1:8500/v1/kv/tab%09here/new%0Aline"
         );
         // The root folder, with every query parameter.
         let mut config = ConsulConfig::new("https://consul:8501/base/");
@@ -376,7 +400,7 @@ mod tests {
     #[test]
     fn keys_a_url_cannot_carry_are_refused() {
         let c = client(&ConsulConfig::new("127.0.0.1:8500"));
-        for key in ["a/../b", "./a", "a/.", "a\nb", "tab\there"] {
+        for key in ["a/../b", "./a", "a/."] {
             let err = c.kv_url(key, false, None).unwrap_err().to_string();
             assert!(err.contains(&format!("{key:?}")), "{err}");
         }
