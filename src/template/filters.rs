@@ -87,13 +87,30 @@ fn b64encode(v: Value) -> Result<String, Error> {
 fn b64decode(s: &str) -> Result<String, Error> {
     let bytes = base64::engine::general_purpose::STANDARD
         .decode(s.trim())
-        .map_err(|e| Error::new(ErrorKind::InvalidOperation, format!("b64decode: {e}")))?;
+        .map_err(|e| Error::new(ErrorKind::InvalidOperation, b64_error(&e)))?;
     String::from_utf8(bytes).map_err(|_| {
         Error::new(
             ErrorKind::InvalidOperation,
             "b64decode: the decoded bytes are not UTF-8 text",
         )
     })
+}
+
+/// The base64 crate's messages quote the offending character, which is a
+/// piece of the value: secrets are what gets base64-encoded, so only the
+/// offset is told.
+fn b64_error(e: &base64::DecodeError) -> String {
+    use base64::DecodeError::{InvalidByte, InvalidLastSymbol, InvalidLength, InvalidPadding};
+    match e {
+        InvalidByte(offset, _) => {
+            format!("b64decode: not base64: an invalid character at offset {offset}")
+        }
+        InvalidLastSymbol { offset, .. } => {
+            format!("b64decode: not base64: the last character (offset {offset}) has extra bits")
+        }
+        InvalidLength(_) => "b64decode: not base64: the length is wrong (truncated?)".to_string(),
+        InvalidPadding => "b64decode: not base64: the `=` padding is wrong".to_string(),
+    }
 }
 
 /// Like basename(1): `/etc/nginx/` -> `nginx`.
@@ -171,6 +188,19 @@ mod tests {
             .filter_map(|rest| rest.split('"').next())
             .collect();
         assert_eq!(registered, FILTERS.iter().copied().collect());
+    }
+
+    #[test]
+    fn b64decode_errors_do_not_quote_the_value() {
+        for input in ["c2Vj*mV0", "c2VjcmV0Z", "c2VjcmV0Zh==", "c2Vj=mV0"] {
+            let err = b64decode(input).unwrap_err().to_string();
+            assert!(err.contains("not base64"), "{input}: {err}");
+            for c in ['*', 'Z', 'h', '='] {
+                assert!(!err.contains(&format!("'{c}'")), "{input}: {err}");
+            }
+            assert!(!err.contains("42") && !err.contains("0x"), "{input}: {err}");
+        }
+        assert_eq!(b64decode("c2VjcmV0").unwrap(), "secret");
     }
 
     #[test]
