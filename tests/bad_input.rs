@@ -312,7 +312,7 @@ fn durations_over_a_year_are_usage_errors_naming_the_flag() {
         let mut args = command.to_vec();
         args.extend([flag, huge, "-t", "a.j2:out.conf"]);
         if command[0] == "exec" {
-            // The app.
+            // exec runs an app once the file is in place.
             args.extend(["--", "true"]);
         }
         let out = with_old_file()

@@ -5,7 +5,7 @@ use base64::Engine as _;
 use minijinja::value::{Kwargs, Rest, Serde, Value};
 use minijinja::{Environment, Error, ErrorKind};
 
-/// stencil's own filters, as registered by [`register`]; stencil-templates(7)
+/// stencil's own filters, as registered by `register`; stencil-templates(7)
 /// documents each (a test checks).
 pub const FILTERS: &[&str] = &[
     "fromjson",

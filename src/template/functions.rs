@@ -13,7 +13,7 @@ use super::reads::{Dep, current};
 use crate::source::{self, Source};
 
 /// stencil's own template functions (and the `env` global), as registered
-/// by [`register`]; stencil-templates(7) documents each (a test checks).
+/// by `register`; stencil-templates(7) documents each (a test checks).
 pub const FUNCTIONS: &[&str] = &[
     "env",
     "env_or_file",
