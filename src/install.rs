@@ -34,39 +34,39 @@ const DEFAULT_MODE: u32 = 0o644;
 
 /// Everything [`install`] needs to know about one file.
 #[derive(Debug, Clone)]
-pub struct Request<'a> {
-    pub destination: &'a Path,
-    pub content: &'a [u8],
-    pub mode: Option<u32>,
-    pub owner: Option<&'a str>,
-    pub group: Option<&'a str>,
-    pub check: Option<&'a CommandSpec>,
-    pub command_timeout: Duration,
-    pub backup: bool,
-    pub create_dirs: bool,
+pub(crate) struct Request<'a> {
+    pub(crate) destination: &'a Path,
+    pub(crate) content: &'a [u8],
+    pub(crate) mode: Option<u32>,
+    pub(crate) owner: Option<&'a str>,
+    pub(crate) group: Option<&'a str>,
+    pub(crate) check: Option<&'a CommandSpec>,
+    pub(crate) command_timeout: Duration,
+    pub(crate) backup: bool,
+    pub(crate) create_dirs: bool,
 }
 
 /// What the destination holds now, and what installing would change.
 #[derive(Debug)]
-pub struct Plan {
+pub(crate) struct Plan {
     /// The file actually written: the destination, or its symlink target.
-    pub target: PathBuf,
+    pub(crate) target: PathBuf,
     /// Its current content, if it exists.
-    pub current: Option<Vec<u8>>,
-    pub mode: u32,
-    pub uid: Option<u32>,
-    pub gid: Option<u32>,
-    pub changed: bool,
+    pub(crate) current: Option<Vec<u8>>,
+    pub(crate) mode: u32,
+    pub(crate) uid: Option<u32>,
+    pub(crate) gid: Option<u32>,
+    pub(crate) changed: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Outcome {
+pub(crate) enum Outcome {
     Unchanged,
     Written,
 }
 
 /// Compares the wanted file with the current one without writing anything.
-pub fn plan(req: &Request) -> Result<Plan> {
+pub(crate) fn plan(req: &Request) -> Result<Plan> {
     let target = resolve_symlinks(req.destination)?;
     let dir = parent(&target);
     if !dir.is_dir() && !req.create_dirs {
@@ -112,7 +112,7 @@ pub fn plan(req: &Request) -> Result<Plan> {
 }
 
 /// Installs one file as the module documentation describes.
-pub fn install(req: &Request) -> Result<Outcome> {
+pub(crate) fn install(req: &Request) -> Result<Outcome> {
     let plan = plan(req)?;
     if !plan.changed {
         return Ok(Outcome::Unchanged);
@@ -311,7 +311,7 @@ fn resolve_symlinks(dest: &Path) -> Result<PathBuf> {
 }
 
 /// Removes staged files a crashed run left beside `destination`.
-pub fn remove_stale(destination: &Path) {
+pub(crate) fn remove_stale(destination: &Path) {
     let Ok(target) = resolve_symlinks(destination) else {
         return;
     };

@@ -19,55 +19,55 @@ use crate::template::{Deps, Scope, Template};
 
 /// How a batch treats its output.
 #[derive(Debug, Clone, Copy, Default)]
-pub struct Options {
+pub(crate) struct Options {
     /// Print what would be written; write nothing, run nothing.
-    pub dry_run: bool,
+    pub(crate) dry_run: bool,
     /// Print a unified diff of each changed file.
-    pub diff: bool,
+    pub(crate) diff: bool,
     /// Install, but run no reload command.
-    pub no_reload: bool,
+    pub(crate) no_reload: bool,
     /// How long to wait for missing data before giving up.
-    pub wait_for_data: Option<Duration>,
+    pub(crate) wait_for_data: Option<Duration>,
 }
 
 /// One template with its configuration.
 #[derive(Debug)]
-pub struct Unit {
-    pub spec: TemplateSpec,
-    pub template: Template,
-    pub default_source: Option<String>,
+pub(crate) struct Unit {
+    pub(crate) spec: TemplateSpec,
+    pub(crate) template: Template,
+    pub(crate) default_source: Option<String>,
 }
 
 /// The loaded configuration: sources opened, templates parsed.
 #[derive(Debug)]
-pub struct Pipeline {
-    pub config: Config,
-    pub units: Vec<Unit>,
-    pub sources: Sources,
+pub(crate) struct Pipeline {
+    pub(crate) config: Config,
+    pub(crate) units: Vec<Unit>,
+    pub(crate) sources: Sources,
 }
 
 /// What happened to one template in a batch.
 #[derive(Debug)]
-pub struct UnitReport {
-    pub index: usize,
-    pub result: Result<Outcome>,
-    pub deps: Deps,
+pub(crate) struct UnitReport {
+    pub(crate) index: usize,
+    pub(crate) result: Result<Outcome>,
+    pub(crate) deps: Deps,
 }
 
 /// What a batch did.
 #[derive(Debug, Default)]
-pub struct Report {
-    pub units: Vec<UnitReport>,
+pub(crate) struct Report {
+    pub(crate) units: Vec<UnitReport>,
     /// Failed reload commands, after every file was installed.
-    pub commands: Vec<anyhow::Error>,
+    pub(crate) commands: Vec<anyhow::Error>,
     /// Check and reload commands run, and how many of them failed.
-    pub commands_run: u64,
-    pub command_failures: u64,
+    pub(crate) commands_run: u64,
+    pub(crate) command_failures: u64,
 }
 
 impl Report {
     /// Every error of the batch: templates first, then reload commands.
-    pub fn into_errors(self) -> Vec<anyhow::Error> {
+    pub(crate) fn into_errors(self) -> Vec<anyhow::Error> {
         self.units
             .into_iter()
             .filter_map(|u| u.result.err())
@@ -79,7 +79,7 @@ impl Report {
 impl Pipeline {
     /// Parses every template and opens every source, collecting every error
     /// rather than stopping at the first.
-    pub fn load(config: Config) -> Result<Pipeline, Vec<anyhow::Error>> {
+    pub(crate) fn load(config: Config) -> Result<Pipeline, Vec<anyhow::Error>> {
         let mut errors = Vec::new();
         let mut units = Vec::new();
         for spec in &config.templates {
@@ -115,7 +115,7 @@ impl Pipeline {
     /// Each template stands alone: one that fails keeps its old file and is
     /// reported, the others are installed. Reload commands run after every
     /// file of the batch is in place, each distinct command once.
-    pub fn run(&mut self, which: &[usize], opts: &Options, out: &mut dyn Write) -> Report {
+    pub(crate) fn run(&mut self, which: &[usize], opts: &Options, out: &mut dyn Write) -> Report {
         let rendered = self.render_waiting(which, opts);
         let mut report = Report::default();
         let mut reloads: Vec<(CommandSpec, Duration)> = Vec::new();
@@ -226,7 +226,7 @@ impl Pipeline {
     }
 
     /// Removes staged files left beside the destinations by a crashed run.
-    pub fn remove_stale(&self) {
+    pub(crate) fn remove_stale(&self) {
         for unit in &self.units {
             if let Destination::File(dest) = &unit.spec.destination {
                 install::remove_stale(dest);

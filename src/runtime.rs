@@ -46,7 +46,11 @@ pub struct Tls {
 ///
 /// `timeout` bounds connecting and each request; long-lived watch streams
 /// are built with `for_streams` and rely on TCP keepalive instead.
-pub fn http_client(tls: &Tls, timeout: Duration, for_streams: bool) -> Result<reqwest::Client> {
+pub(crate) fn http_client(
+    tls: &Tls,
+    timeout: Duration,
+    for_streams: bool,
+) -> Result<reqwest::Client> {
     static PROVIDER: OnceLock<()> = OnceLock::new();
     PROVIDER.get_or_init(|| {
         // Fails only if another provider was installed first, which is fine.
@@ -93,7 +97,7 @@ fn read(path: &Path, what: &str) -> Result<Vec<u8>> {
 /// A reqwest error with its causes: reqwest's own message is vague ("error
 /// sending request"); the cause (connection refused, reset, certificate,
 /// timed out) is what helps an operator.
-pub fn describe_reqwest(e: &reqwest::Error) -> String {
+pub(crate) fn describe_reqwest(e: &reqwest::Error) -> String {
     let mut msg = e.to_string();
     let mut source = std::error::Error::source(e);
     while let Some(s) = source {
@@ -110,7 +114,7 @@ pub fn describe_reqwest(e: &reqwest::Error) -> String {
 /// Exponential backoff with jitter: 250 ms doubling up to 1 min, each
 /// delay up to 20% shorter so many clients do not retry in step.
 #[derive(Debug, Clone)]
-pub struct Backoff {
+pub(crate) struct Backoff {
     next: Duration,
 }
 
@@ -123,13 +127,13 @@ impl Default for Backoff {
 }
 
 impl Backoff {
-    pub fn next_delay(&mut self) -> Duration {
+    pub(crate) fn next_delay(&mut self) -> Duration {
         let d = self.next;
         self.next = (self.next * 2).min(Duration::from_secs(60));
         d.mul_f64(1.0 - jitter_fraction() * 0.2)
     }
 
-    pub fn reset(&mut self) {
+    pub(crate) fn reset(&mut self) {
         *self = Backoff::default();
     }
 }
@@ -145,5 +149,6 @@ fn jitter_fraction() -> f64 {
             .map(|d| d.as_nanos())
             .unwrap_or(0),
     );
-    (h.finish() % 10_000) as f64 / 10_000.0
+    let bucket = u32::try_from(h.finish() % 10_000).expect("below 10 000");
+    f64::from(bucket) / 10_000.0
 }

@@ -298,3 +298,66 @@ fn template_errors_do_not_print_values() {
         .code(1)
         .stderr_lacks("hunter2-secret");
 }
+
+/// Durations are bounded (a year): a huge one is a usage error naming the
+/// flag, where adding it to the clock used to panic (exit 134).
+#[test]
+fn durations_over_a_year_are_usage_errors_naming_the_flag() {
+    for (command, flag, huge) in [
+        (&["render"][..], "--wait-for-data", "500000000000y"),
+        (&["watch", "--once"], "--debounce", "200000000000y"),
+        (&["exec"], "--wait-timeout", "500000000000y"),
+        (&["exec", "--watch"], "--kill-timeout", "500000000000y"),
+    ] {
+        let mut args = command.to_vec();
+        args.extend([flag, huge, "-t", "a.j2:out.conf"]);
+        if command[0] == "exec" {
+            // exec runs an app once the file is in place.
+            args.extend(["--", "true"]);
+        }
+        let out = with_old_file()
+            .file("a.j2", "new\n")
+            .args(args)
+            .run()
+            .code(2)
+            .stderr_has(&format!("for '{flag} <"))
+            .stderr_has(&format!("duration \"{huge}\" is too long"))
+            .stderr_lacks("panicked");
+        untouched(out);
+    }
+}
+
+/// The same bound in a config file: the message names the file, the line
+/// and the key.
+#[test]
+fn durations_over_a_year_in_the_config_name_file_line_and_key() {
+    for (command, config, line, key) in [
+        (
+            "render",
+            "[[templates]]\nsource = \"a.j2\"\ndestination = \"out.conf\"\n\
+             command_timeout = \"500000000000y\"\n",
+            4,
+            "command_timeout",
+        ),
+        (
+            "exec",
+            "[[templates]]\nsource = \"a.j2\"\ndestination = \"out.conf\"\n\n\
+             [exec]\ncommand = [\"true\"]\nkill_timeout = \"500000000000y\"\n",
+            7,
+            "kill_timeout",
+        ),
+    ] {
+        let out = with_old_file()
+            .file("a.j2", "new\n")
+            .file("stencil.toml", config)
+            .args([command, "-c", "stencil.toml"])
+            .run()
+            .code(2)
+            .stderr_has("invalid config file stencil.toml")
+            .stderr_has(&format!("line {line}, column"))
+            .stderr_has(&format!("{key} = \"500000000000y\""))
+            .stderr_has("duration \"500000000000y\" is too long")
+            .stderr_lacks("panicked");
+        untouched(out);
+    }
+}

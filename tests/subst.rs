@@ -180,7 +180,8 @@ impl Rng {
     }
 
     fn below(&mut self, n: usize) -> usize {
-        (self.next() % n as u64) as usize
+        let n = u64::try_from(n).expect("a usize fits in u64");
+        usize::try_from(self.next() % n).expect("below n, which was a usize")
     }
 
     fn pick<T: Copy>(&mut self, items: &[T]) -> T {

@@ -27,6 +27,9 @@ use std::process::{Command, Stdio};
 
 pub const BIN: &str = env!("CARGO_BIN_EXE_stencil");
 
+/// A test of the `stencil` binary, built step by step; nothing runs until
+/// [`run`](Test::run) or [`spawn`](Test::spawn).
+#[must_use = "a Test does nothing until .run() or .spawn()"]
 pub struct Test {
     // Shared with every Output, so the directory outlives the Test
     // temporary in `Test::new()...run()` chains.
@@ -58,6 +61,7 @@ impl Test {
 
     /// Runs stencil through a wrapper: `via(["sh", "-c", "…; exec \"$0\" \"$@\""])`
     /// runs the wrapper with stencil's path and arguments appended.
+    #[must_use = "a Test does nothing until .run() or .spawn()"]
     pub fn via<I, S>(mut self, wrapper: I) -> Test
     where
         I: IntoIterator<Item = S>,
@@ -69,6 +73,7 @@ impl Test {
 
     /// Runs stencil as an ordinary user even when the tests run as root
     /// (CI does), so permission errors are real: root ignores file modes.
+    #[must_use = "a Test does nothing until .run() or .spawn()"]
     pub fn unprivileged(mut self) -> Test {
         self.unprivileged = true;
         std::fs::set_permissions(self.dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
@@ -76,6 +81,7 @@ impl Test {
     }
 
     /// Writes a file (creating its directories) relative to the test dir.
+    #[must_use = "a Test does nothing until .run() or .spawn()"]
     pub fn file(self, rel: &str, content: impl AsRef<[u8]>) -> Test {
         let path = self.path(rel);
         std::fs::create_dir_all(path.parent().unwrap()).unwrap();
@@ -83,6 +89,7 @@ impl Test {
         self
     }
 
+    #[must_use = "a Test does nothing until .run() or .spawn()"]
     pub fn mode(self, rel: &str, mode: u32) -> Test {
         std::fs::set_permissions(self.path(rel), std::fs::Permissions::from_mode(mode)).unwrap();
         self
@@ -96,11 +103,13 @@ impl Test {
         self.dir.path().join(rel)
     }
 
+    #[must_use = "a Test does nothing until .run() or .spawn()"]
     pub fn env(mut self, k: impl Into<OsString>, v: impl Into<OsString>) -> Test {
         self.env.push((k.into(), v.into()));
         self
     }
 
+    #[must_use = "a Test does nothing until .run() or .spawn()"]
     pub fn args<I, S>(mut self, args: I) -> Test
     where
         I: IntoIterator<Item = S>,
@@ -110,12 +119,14 @@ impl Test {
         self
     }
 
+    #[must_use = "a Test does nothing until .run() or .spawn()"]
     pub fn stdin(mut self, input: impl Into<Vec<u8>>) -> Test {
         self.stdin = Some(input.into());
         self
     }
 
     /// Runs `stencil` with the args in the test dir.
+    #[must_use = "check the Output: .success(), .code(N), …"]
     pub fn run(&self) -> Output {
         let mut cmd = match self.via.split_first() {
             Some((program, rest)) => {
@@ -188,6 +199,7 @@ impl Test {
 }
 
 /// A stencil running in the background; killed on drop.
+#[must_use = "stencil is killed when the Running is dropped"]
 pub struct Running {
     child: std::process::Child,
     logs: tempfile::TempDir,
@@ -197,7 +209,7 @@ pub struct Running {
 
 impl Running {
     pub fn pid(&self) -> i32 {
-        self.child.id() as i32
+        i32::try_from(self.child.id()).expect("a pid fits in pid_t")
     }
 
     pub fn stderr(&self) -> String {

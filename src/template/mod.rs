@@ -1,0 +1,230 @@
+//! The template language: minijinja configured as DESIGN.md says, plus
+//! stencil's functions and filters, with every read recorded.
+//!
+//! Jinja2 users expect strict undefined values, `trim_blocks` and a kept
+//! trailing newline; auto-escaping is off because the output is
+//! configuration, not HTML.
+//!
+//! Reads are recorded per render: a template's dependencies are what it
+//! actually read (including keys it asked for that did not exist), so watch
+//! mode can watch exactly those, and `stencil deps` can show them.
+//!
+//! - `reads`: what a render may read and what it read, and the render in
+//!   progress that the functions record into.
+//! - `functions`, `filters`: what stencil adds to minijinja.
+
+mod filters;
+mod functions;
+mod reads;
+
+use std::collections::BTreeSet;
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+
+use anyhow::{Context, Result};
+use minijinja::{AutoEscape, Environment, Error, ErrorKind, UndefinedBehavior};
+
+use crate::error::UsageError;
+pub use filters::FILTERS;
+pub use functions::FUNCTIONS;
+pub use reads::{Dep, Deps, Scope};
+use reads::{RenderState, lock};
+
+/// The outcome of one render: the text, or the error, and always the reads
+/// made up to that point (a template waiting for a key depends on it).
+#[derive(Debug)]
+pub struct Rendered {
+    pub result: Result<String>,
+    pub deps: Deps,
+}
+
+/// A parsed template, ready to render any number of times.
+pub struct Template {
+    path: PathBuf,
+    env: Environment<'static>,
+    /// Files pulled in by include/import/extends, recorded by the loader;
+    /// the loader runs once per file, so they are kept across renders.
+    included: Arc<Mutex<BTreeSet<PathBuf>>>,
+}
+
+impl fmt::Debug for Template {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Template")
+            .field("path", &self.path)
+            .finish()
+    }
+}
+
+impl Template {
+    /// Reads and parses a template. A syntax error is a usage error naming
+    /// file, line and column.
+    pub(crate) fn load(path: &Path) -> Result<Template> {
+        let source = std::fs::read_to_string(path)
+            .with_context(|| format!("cannot read template {}", path.display()))?;
+        Template::from_source(path, source)
+    }
+
+    pub fn from_source(path: &Path, source: String) -> Result<Template> {
+        let dir = path.parent().unwrap_or(Path::new("")).to_path_buf();
+        let included = Arc::new(Mutex::new(BTreeSet::new()));
+        let mut env = new_environment();
+        let loader_included = included.clone();
+        env.set_loader(move |name| {
+            let file = dir.join(name);
+            match std::fs::read_to_string(&file) {
+                Ok(text) => {
+                    lock(&loader_included).insert(file);
+                    Ok(Some(text))
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+                Err(e) => Err(Error::new(
+                    ErrorKind::TemplateNotFound,
+                    format!("cannot read {}: {e}", file.display()),
+                )),
+            }
+        });
+        let name = path.display().to_string();
+        env.add_template_owned(name, source).map_err(|e| {
+            anyhow::Error::new(e).context(UsageError(format!(
+                "template {} has a syntax error",
+                path.display()
+            )))
+        })?;
+        Ok(Template {
+            path: path.to_path_buf(),
+            env,
+            included,
+        })
+    }
+
+    /// Top-level names the template uses that are neither stencil's functions
+    /// nor defined in the template: with an empty context they are undefined
+    /// whenever they are reached.
+    pub(crate) fn unknown_names(&self) -> Vec<String> {
+        let Ok(tmpl) = self.env.get_template(&self.path.display().to_string()) else {
+            return Vec::new();
+        };
+        let globals: BTreeSet<&str> = self.env.globals().map(|(name, _)| name).collect();
+        let mut unknown: Vec<String> = tmpl
+            .undeclared_variables(false)
+            .into_iter()
+            .filter(|n| !globals.contains(n.as_str()))
+            .filter(|n| {
+                !matches!(
+                    n.as_str(),
+                    "loop" | "self" | "super" | "caller" | "varargs" | "kwargs"
+                )
+            })
+            .collect();
+        unknown.sort();
+        unknown
+    }
+
+    /// Renders with the reads recorded.
+    pub fn render(&self, scope: &Scope) -> Rendered {
+        let dir = self.path.parent().unwrap_or(Path::new("")).to_path_buf();
+        let state = RenderState::new(scope.clone(), dir);
+        let name = self.path.display().to_string();
+        let (result, mut deps) = RenderState::run(state, || {
+            self.env.get_template(&name).and_then(|t| t.render(()))
+        });
+        deps.read.insert(Dep::File {
+            path: self.path.clone(),
+        });
+        for path in lock(&self.included).iter() {
+            deps.read.insert(Dep::File { path: path.clone() });
+        }
+        let result = result.map_err(|e| explain(e, &deps, &self.path));
+        Rendered { result, deps }
+    }
+}
+
+/// Adds what stencil knows about a render error: which environment
+/// variable was unset, which key was missing.
+fn explain(err: Error, deps: &Deps, path: &Path) -> anyhow::Error {
+    let line_text = err
+        .template_source()
+        .zip(err.line())
+        .and_then(|(src, line)| src.lines().nth(line.wrapping_sub(1)))
+        .unwrap_or_default()
+        .to_string();
+    let unset_env: Vec<&str> = deps
+        .missing
+        .iter()
+        .filter_map(|d| match d {
+            Dep::Env { name } if line_text.contains(name.as_str()) => Some(name.as_str()),
+            _ => None,
+        })
+        .collect();
+    let mut error = anyhow::Error::new(err);
+    if err_is_undefined(&error) && !unset_env.is_empty() {
+        let names = unset_env
+            .iter()
+            .map(|n| format!("{n:?}"))
+            .collect::<Vec<_>>()
+            .join(", ");
+        error = error.context(format!(
+            "environment variable {names} is not set (for an optional one write env.{} | default(\"…\"))",
+            unset_env[0]
+        ));
+    }
+    error.context(format!("cannot render template {}", path.display()))
+}
+
+fn err_is_undefined(err: &anyhow::Error) -> bool {
+    err.downcast_ref::<Error>()
+        .is_some_and(|e| e.kind() == ErrorKind::UndefinedError)
+}
+
+fn new_environment() -> Environment<'static> {
+    let mut env = Environment::new();
+    env.set_syntax(
+        minijinja::syntax::SyntaxConfig::builder()
+            .trim_blocks(true)
+            .keep_trailing_newline(true)
+            .build()
+            .expect("default delimiters are valid"),
+    );
+    env.set_undefined_behavior(UndefinedBehavior::Strict);
+    env.set_auto_escape_callback(|_| AutoEscape::None);
+    env.set_debug(true);
+    env.set_auto_reload(false);
+    // Booleans print as `true`/`false`, not Python's `True`/`False`: the
+    // output is YAML, TOML, JSON, nginx, where only the lowercase form is
+    // valid, and it is what confd and consul-template print.
+    env.set_formatter(|out, state, value| match value.kind() {
+        minijinja::value::ValueKind::Bool => out
+            .write_str(if value.is_true() { "true" } else { "false" })
+            .map_err(|e| Error::new(ErrorKind::WriteFailure, e.to_string())),
+        _ => minijinja::escape_formatter(out, state, value),
+    });
+
+    // Jinja2 templates call Python methods (`d.items()`, `s.split(',')`);
+    // people porting templates from Python tools expect them to work.
+    env.set_unknown_method_callback(minijinja_contrib::pycompat::unknown_method_callback);
+
+    functions::register(&mut env);
+    filters::register(&mut env);
+    env
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn functions_list_matches_the_environment() {
+        let env = new_environment();
+        let builtin: BTreeSet<String> = Environment::new()
+            .globals()
+            .map(|(name, _)| name.to_string())
+            .collect();
+        let ours: BTreeSet<&str> = env
+            .globals()
+            .map(|(name, _)| name)
+            .filter(|name| !builtin.contains(*name))
+            .collect();
+        assert_eq!(ours, FUNCTIONS.iter().copied().collect());
+    }
+}
