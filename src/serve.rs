@@ -20,6 +20,7 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
 use serde::Serialize;
 
+use crate::command::CommandFailed;
 use crate::config::{Destination, TemplateSpec};
 use crate::install::Outcome;
 use crate::pipeline::{Pipeline, UnitReport};
@@ -305,7 +306,7 @@ pub(crate) fn state_after(unit: &UnitReport) -> (TemplateState, Option<String>) 
         // A source that failed may answer later (etcd restarting, a data
         // file half-written): pending, with the source's error as the
         // reason.
-        Err(e) if !unit.deps.failed.is_empty() => (TemplateState::Pending, Some(format!("{e:#}"))),
+        Err(e) if !unit.deps.failed.is_empty() => (TemplateState::Pending, Some(detail(e))),
         Err(_) if unit.deps.may_appear() => {
             let waiting: Vec<String> = unit.deps.waiting_for.iter().map(describe_dep).collect();
             (
@@ -313,8 +314,27 @@ pub(crate) fn state_after(unit: &UnitReport) -> (TemplateState, Option<String>) 
                 Some(format!("waiting for {}", waiting.join(", "))),
             )
         }
-        Err(e) => (TemplateState::Failed, Some(format!("{e:#}"))),
+        Err(e) => (TemplateState::Failed, Some(detail(e))),
     }
+}
+
+/// An error as `/status` and `/readyz` show it: as `{:#}` prints it, but
+/// a failed check or reload command without its output, which may echo
+/// the rendered file (`cat {{ staged }}`, `nginx -t`) and so its values.
+/// The output stays in the log, where the operator looks.
+pub(crate) fn detail(e: &anyhow::Error) -> String {
+    let mut parts = Vec::new();
+    for cause in e.chain() {
+        if cause.is::<CommandFailed>() {
+            // The output starts on the second line.
+            let text = cause.to_string();
+            let first = text.lines().next().unwrap_or_default();
+            parts.push(first.trim_end_matches("; its output:").to_string());
+            break;
+        }
+        parts.push(cause.to_string());
+    }
+    parts.join(": ")
 }
 
 fn describe_dep(d: &Dep) -> String {

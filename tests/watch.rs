@@ -492,6 +492,33 @@ fn secrets_and_passwords_never_reach_the_logs() {
 }
 
 #[test]
+fn a_failed_checks_output_stays_out_of_the_endpoints() {
+    // The check prints the staged file, as `nginx -t` prints a bad line:
+    // its output holds values, for the operator's log only.
+    let t = Test::new()
+        .file("a.j2", "password={{ key('pw') }}\n")
+        .file("d.json", r#"{"pw": "s3cret-value-in-check-output"}"#)
+        .file(
+            "stencil.toml",
+            "[sources.d]\nkind = \"file\"\npath = \"d.json\"\n\n\
+             [[templates]]\nsource = \"a.j2\"\ndestination = \"a.conf\"\n\
+             check = \"cat {{ staged }}; false\"\n",
+        )
+        .args(["watch", "-c", "stencil.toml", "--listen", "127.0.0.1:0"]);
+    let mut run = t.spawn();
+    let addr = serving_on(&mut run, 1);
+    let readyz = run.wait_for("the failed check to be reported", |_| {
+        let (code, body) = get(addr, "/readyz")?;
+        (code == 503 && body.contains("check command")).then_some(body)
+    });
+    let status = get(addr, "/status").unwrap().1;
+    for body in [&readyz, &status] {
+        assert!(body.contains("failed (exit status 1)"), "{body}");
+        assert!(!body.contains("s3cret-value"), "{body}");
+    }
+}
+
+#[test]
 fn deps_shows_live_etcd_reads() {
     let etcd = Etcd::start();
     etcd.put("/app/a", "1");

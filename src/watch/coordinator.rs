@@ -382,7 +382,7 @@ impl Coordinator {
                         "{}; the current file stays",
                         error::Report(&e).to_string().trim_end()
                     );
-                    self.set_state(i, TemplateState::Failed, Some(format!("{e:#}")));
+                    self.set_state(i, TemplateState::Failed, Some(serve::detail(&e)));
                 }
             }
         }
