@@ -96,6 +96,8 @@ mod tests {
         let mut d = Debouncer::default();
         d.touch(0, t0, wait(100, 250));
         assert_eq!(d.next_deadline(), Some(t0 + ms(100)));
+        assert_eq!(d.deadline_of(0), Some(t0 + ms(100)));
+        assert_eq!(d.deadline_of(1), None);
         // Another change at 80 ms pushes it to 180 ms...
         d.touch(0, t0 + ms(80), wait(100, 250));
         assert!(d.take_due(t0 + ms(100)).is_empty());

@@ -2,45 +2,48 @@
 //!
 //! # Theory of operation
 //!
-//! One coordinator task owns all state. Producers send [`Event`]s into one
-//! channel: a watch task per network source (etcd, Consul) reporting
-//! changed keys, a notify watcher on every file the templates read (the
-//! templates themselves, their includes, `file()` reads, data files, the
-//! config file), and signal handlers. The coordinator never blocks on a
-//! producer.
+//! One coordinator task ([`coordinator`]) owns all state. Producers send
+//! [`Event`]s into one channel: a watch task per network source (etcd,
+//! Consul; [`sources`]) reporting changed keys, a notify watcher on every
+//! file the templates read (the templates themselves, their includes,
+//! `file()` reads, data files, the config file; [`files`]), and signal
+//! handlers. The coordinator never blocks on a producer.
 //!
-//! Every render records what the template read ([`Deps`](crate::template::Deps)). The coordinator
-//! keeps those per template and answers each event with the templates that
-//! read what changed: a key change re-renders only its dependents, never
-//! everything (consul-template's complaint). Affected templates wait their
-//! quiescence period (`wait = { min, max }`: the data must be still for
-//! `min`, but no longer than `max` after the first change) in a
-//! [`Debouncer`](debounce::Debouncer), then run through the same [`Pipeline`] `render` uses:
-//! render, install, reload.
+//! Every render records what the template read
+//! ([`Deps`](crate::template::Deps)). The coordinator keeps those per
+//! template and answers each event with the templates that read what
+//! changed: a key change re-renders only its dependents, never everything
+//! (consul-template's complaint). Affected templates wait their quiescence
+//! period (`wait = { min, max }`: the data must be still for `min`, but no
+//! longer than `max` after the first change) in a
+//! [`Debouncer`](debounce::Debouncer), then run through the same
+//! [`Pipeline`] `render` uses: render, install, reload.
 //!
 //! A template whose data is missing stays pending (logged once, not ready)
-//! and renders as soon as the key appears, because the missing key is one of
-//! its recorded reads. A template that fails keeps its last good file. A
-//! source that stops answering is retried by its watch with backoff forever,
-//! and when it is back its dependents render again; etcd resumes from the
-//! last revision it delivered, so no change made meanwhile is lost.
+//! and renders as soon as the key appears, because the missing key is one
+//! of its recorded reads. A template that fails keeps its last good file. A
+//! source that stops answering is retried by its watch with backoff
+//! forever, and when it is back its dependents render again; etcd resumes
+//! from the last revision it delivered, so no change made meanwhile is
+//! lost.
 //!
 //! After each batch the set of watched keys is recomputed; a source whose
 //! set changed gets a new watch, started from what the templates last read.
 //!
 //! SIGHUP (or an edit of the config file) reads the config again through
 //! the same [`Flags`] and rebuilds everything derived from it: templates,
-//! sources and their watches, the default `wait`, and the `[listen]`
-//! address (the new one is bound before the old one closes). A config that
-//! does not load, or an address that cannot be bound, keeps everything as
-//! it was. SIGTERM and SIGINT exit 0 after the batch in progress. `--once` renders
-//! everything, waiting for data, runs the commands and exits.
+//! sources and their watches, the top-level `wait`, and the `[listen]`
+//! address (the new one is bound before the old one closes; a `--listen`
+//! flag wins over the file and stays). A config that does not load, or an
+//! address that cannot be bound, keeps everything as it was. SIGTERM and
+//! SIGINT exit 0 after the batch in progress. `--once` renders everything,
+//! waiting for data, runs the commands and exits.
 //!
 //! Under `stencil exec --watch` the loop also owns the app's
 //! [`Supervisor`](crate::exec::supervise::Supervisor): every signal
-//! stencil handles is the app's (forwarded, or a graceful stop for TERM and INT), a batch that
-//! changed a file sends the reload signal, and stencil exits with the app's
-//! status when it exits.
+//! stencil handles is the app's (forwarded, or a graceful stop for TERM and
+//! INT), a batch that changed a file sends the reload signal, and stencil
+//! exits with the app's status when it exits.
 
 mod coordinator;
 mod debounce;
