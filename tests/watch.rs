@@ -417,6 +417,12 @@ fn a_reload_applies_the_new_top_level_wait_to_the_next_change() {
     run.wait_for("the reload", |r| {
         r.stderr().contains("configuration reloaded").then_some(())
     });
+    // The reload renders everything at once, reading a.j2 then: the edit
+    // must come after that render, the first of the counters the reload
+    // starts over (they were 2 before it).
+    run.wait_for("the render after the reload", |_| {
+        (renders(addr, "a.conf") == 1).then_some(())
+    });
     replace(&t, "a.j2", "three\n");
     let in_half_an_hour = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
