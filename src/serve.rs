@@ -351,6 +351,8 @@ pub(crate) struct Server {
     /// The address as configured: a reload that keeps `127.0.0.1:0` keeps
     /// the port it was given rather than moving to a new one.
     configured: SocketAddr,
+    /// Where it listens: the configured address with the port it got.
+    bound: SocketAddr,
     stop: tokio::sync::oneshot::Sender<()>,
     task: tokio::task::JoinHandle<Result<()>>,
 }
@@ -370,6 +372,7 @@ impl Server {
         }));
         Ok(Server {
             configured: addr,
+            bound,
             stop,
             task,
         })
@@ -377,6 +380,10 @@ impl Server {
 
     pub(crate) fn configured(&self) -> SocketAddr {
         self.configured
+    }
+
+    pub(crate) fn bound(&self) -> SocketAddr {
+        self.bound
     }
 
     /// Closes the listening socket at once; the task returned ends when the

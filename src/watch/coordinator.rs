@@ -437,7 +437,7 @@ impl Coordinator {
             .map(|addr| Server::start(addr, self.status.clone()))
             .transpose()?;
         if let Some(old) = std::mem::replace(&mut self.server, new) {
-            tracing::info!("no longer serving on {}", old.configured());
+            tracing::info!("no longer serving on {}", old.bound());
             // Not awaited: a slow client must not hold up the loop. The
             // socket is closed already; its last requests finish alone.
             drop(old.stop());
