@@ -6,27 +6,40 @@
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
+use std::sync::atomic::AtomicU64;
 use std::sync::{Arc, Mutex};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use anyhow::{Context, Result};
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
+use prometheus_client::encoding::text::encode;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::registry::Registry;
 use serde::Serialize;
+
+use crate::command::CommandFailed;
+use crate::config::{Destination, TemplateSpec};
+use crate::install::Outcome;
+use crate::pipeline::{Pipeline, UnitReport};
+use crate::template::Dep;
 
 /// What the coordinator reports.
 #[derive(Debug, Clone, Serialize)]
-pub struct Status {
-    pub started_unix: f64,
-    pub templates: BTreeMap<String, TemplateStatus>,
-    pub sources: BTreeMap<String, SourceStatus>,
-    pub commands: CommandStats,
+pub(crate) struct Status {
+    pub(crate) started_unix: f64,
+    pub(crate) templates: BTreeMap<String, TemplateStatus>,
+    pub(crate) sources: BTreeMap<String, SourceStatus>,
+    pub(crate) commands: CommandStats,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "lowercase")]
-pub enum TemplateState {
+pub(crate) enum TemplateState {
     /// Not rendered yet.
+    #[default]
     New,
     /// The last render succeeded and its output is in place.
     Ok,
@@ -37,36 +50,73 @@ pub enum TemplateState {
 }
 
 #[derive(Debug, Clone, Serialize)]
-pub struct TemplateStatus {
-    pub source: String,
-    pub destination: String,
-    pub state: TemplateState,
+pub(crate) struct TemplateStatus {
+    pub(crate) source: String,
+    pub(crate) destination: String,
+    pub(crate) state: TemplateState,
     /// Why it is pending or failed.
-    pub detail: Option<String>,
-    pub renders: u64,
-    pub render_errors: u64,
-    pub writes: u64,
-    pub last_success_unix: Option<f64>,
+    pub(crate) detail: Option<String>,
+    pub(crate) renders: u64,
+    pub(crate) render_errors: u64,
+    pub(crate) writes: u64,
+    pub(crate) last_success_unix: Option<f64>,
+    /// When a change that is waiting out the template's `wait` (or a retry)
+    /// renders it next; `None` while nothing is due.
+    pub(crate) next_render_unix: Option<f64>,
+}
+
+impl TemplateStatus {
+    /// A template not rendered yet.
+    pub(crate) fn new(source: String, destination: String) -> TemplateStatus {
+        TemplateStatus {
+            source,
+            destination,
+            state: TemplateState::New,
+            detail: None,
+            renders: 0,
+            render_errors: 0,
+            writes: 0,
+            last_success_unix: None,
+            next_render_unix: None,
+        }
+    }
+
+    /// Counts one render, check and install that ended with `result` at
+    /// `now_unix`.
+    pub(crate) fn count(&mut self, result: &Result<Outcome>, now_unix: f64) {
+        self.renders += 1;
+        match result {
+            Ok(outcome) => {
+                self.last_success_unix = Some(now_unix);
+                if *outcome == Outcome::Written {
+                    self.writes += 1;
+                }
+            }
+            Err(_) => self.render_errors += 1,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Serialize)]
-pub struct SourceStatus {
-    pub kind: String,
-    pub up: bool,
-    pub errors: u64,
-    pub reconnects: u64,
-    pub last_error: Option<String>,
+pub(crate) struct SourceStatus {
+    pub(crate) kind: String,
+    pub(crate) up: bool,
+    pub(crate) errors: u64,
+    pub(crate) reconnects: u64,
+    pub(crate) last_error: Option<String>,
 }
 
 #[derive(Debug, Clone, Default, Serialize)]
-pub struct CommandStats {
-    pub runs: u64,
-    pub failures: u64,
+pub(crate) struct CommandStats {
+    pub(crate) runs: u64,
+    pub(crate) failures: u64,
 }
 
-pub type Shared = Arc<Mutex<Status>>;
+/// A std `Mutex`, not tokio's: it is held only to copy or update numbers,
+/// never across an await.
+pub(crate) type Shared = Arc<Mutex<Status>>;
 
-pub fn now_unix() -> f64 {
+pub(crate) fn now_unix() -> f64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_secs_f64())
@@ -85,9 +135,40 @@ impl Default for Status {
 }
 
 impl Status {
+    /// Starts over for `pipeline`'s templates, none rendered yet. A source
+    /// that keeps its name keeps its counters and whether it is up: its
+    /// watch carries on reporting from where it was.
+    pub(crate) fn reset(&mut self, pipeline: &Pipeline) {
+        self.templates = pipeline
+            .units
+            .iter()
+            .map(|u| {
+                let source = u.spec.source.display().to_string();
+                let status = TemplateStatus::new(source, u.spec.destination.to_string());
+                (template_name(&u.spec), status)
+            })
+            .collect();
+        let mut old = std::mem::take(&mut self.sources);
+        self.sources = pipeline
+            .config
+            .sources
+            .iter()
+            .map(|(name, spec)| {
+                let status = old.remove(name).unwrap_or(SourceStatus {
+                    kind: spec.kind().to_string(),
+                    up: true,
+                    errors: 0,
+                    reconnects: 0,
+                    last_error: None,
+                });
+                (name.clone(), status)
+            })
+            .collect();
+    }
+
     /// Ready once every template has its output in place from the latest
     /// data and no source is failing; otherwise the reasons.
-    pub fn not_ready(&self) -> Vec<String> {
+    pub(crate) fn not_ready(&self) -> Vec<String> {
         let mut reasons = Vec::new();
         for (name, t) in &self.templates {
             match t.state {
@@ -116,64 +197,38 @@ impl Status {
     }
 
     /// Prometheus text exposition of the same numbers.
-    pub fn metrics(&self) -> String {
-        use prometheus_client::encoding::text::encode;
-        use prometheus_client::metrics::counter::Counter;
-        use prometheus_client::metrics::family::Family;
-        use prometheus_client::metrics::gauge::Gauge;
-        use prometheus_client::registry::Registry;
-
-        type Labels = Vec<(String, String)>;
+    pub(crate) fn metrics(&self) -> String {
         let mut registry = Registry::with_prefix("stencil");
-        let counter = |registry: &mut Registry, name: &str, help: &str| {
-            let f = Family::<Labels, Counter>::default();
-            registry.register(name, help, f.clone());
-            f
-        };
-        let gauge = |registry: &mut Registry, name: &str, help: &str| {
-            let f = Family::<Labels, Gauge<f64, std::sync::atomic::AtomicU64>>::default();
-            registry.register(name, help, f.clone());
-            f
-        };
-        let renders = counter(&mut registry, "renders", "Template renders");
+        self.template_metrics(&mut registry);
+        self.source_metrics(&mut registry);
+        self.command_metrics(&mut registry);
+        let mut out = String::new();
+        let _ = encode(&mut out, &registry);
+        out
+    }
+
+    fn template_metrics(&self, registry: &mut Registry) {
+        let renders = counter(registry, "renders", "Template renders");
         let render_errors = counter(
-            &mut registry,
+            registry,
             "render_errors",
             "Renders, checks or installs that failed",
         );
         let writes = counter(
-            &mut registry,
+            registry,
             "writes",
             "Files written because their content changed",
         );
         let last_success = gauge(
-            &mut registry,
+            registry,
             "template_last_success_timestamp_seconds",
             "When the template last rendered successfully (Unix time)",
         );
         let ready = gauge(
-            &mut registry,
+            registry,
             "template_ready",
             "1 when the template's output is current",
         );
-        let source_up = gauge(&mut registry, "source_up", "1 when the source answers");
-        let source_errors = counter(
-            &mut registry,
-            "source_errors",
-            "Errors talking to the source",
-        );
-        let reconnects = counter(
-            &mut registry,
-            "source_reconnects",
-            "Times the source came back after failing",
-        );
-        let commands = counter(&mut registry, "commands", "Check and reload commands run");
-        let command_failures = counter(
-            &mut registry,
-            "command_failures",
-            "Check and reload commands that failed",
-        );
-
         for (name, t) in &self.templates {
             let l = vec![("template".to_string(), name.clone())];
             renders.get_or_create(&l).inc_by(t.renders);
@@ -186,6 +241,16 @@ impl Status {
                 .get_or_create(&l)
                 .set(f64::from(u8::from(t.state == TemplateState::Ok)));
         }
+    }
+
+    fn source_metrics(&self, registry: &mut Registry) {
+        let source_up = gauge(registry, "source_up", "1 when the source answers");
+        let source_errors = counter(registry, "source_errors", "Errors talking to the source");
+        let reconnects = counter(
+            registry,
+            "source_reconnects",
+            "Times the source came back after failing",
+        );
         for (name, s) in &self.sources {
             let l = vec![
                 ("source".to_string(), name.clone()),
@@ -195,19 +260,142 @@ impl Status {
             source_errors.get_or_create(&l).inc_by(s.errors);
             reconnects.get_or_create(&l).inc_by(s.reconnects);
         }
+    }
+
+    fn command_metrics(&self, registry: &mut Registry) {
+        let commands = counter(registry, "commands", "Check and reload commands run");
+        let command_failures = counter(
+            registry,
+            "command_failures",
+            "Check and reload commands that failed",
+        );
         commands.get_or_create(&vec![]).inc_by(self.commands.runs);
         command_failures
             .get_or_create(&vec![])
             .inc_by(self.commands.failures);
-
-        let mut out = String::new();
-        let _ = encode(&mut out, &registry);
-        out
     }
 }
 
-/// Serves the endpoints on `addr` until `shutdown` resolves.
-pub async fn serve(
+type Labels = Vec<(String, String)>;
+
+fn counter(registry: &mut Registry, name: &str, help: &str) -> Family<Labels, Counter> {
+    let f = Family::<Labels, Counter>::default();
+    registry.register(name, help, f.clone());
+    f
+}
+
+fn gauge(registry: &mut Registry, name: &str, help: &str) -> Family<Labels, Gauge<f64, AtomicU64>> {
+    let f = Family::<Labels, Gauge<f64, AtomicU64>>::default();
+    registry.register(name, help, f.clone());
+    f
+}
+
+/// How a template is named in `/status` and the metrics: its destination,
+/// or its source when it prints to stdout.
+pub(crate) fn template_name(spec: &TemplateSpec) -> String {
+    match &spec.destination {
+        Destination::File(p) => p.display().to_string(),
+        Destination::Stdout => format!("{} (stdout)", spec.source.display()),
+    }
+}
+
+/// The state a render leaves its template in, and why it is not ok.
+pub(crate) fn state_after(unit: &UnitReport) -> (TemplateState, Option<String>) {
+    match &unit.result {
+        Ok(_) => (TemplateState::Ok, None),
+        // A source that failed may answer later (etcd restarting, a data
+        // file half-written): pending, with the source's error as the
+        // reason.
+        Err(e) if !unit.deps.failed.is_empty() => (TemplateState::Pending, Some(detail(e))),
+        Err(_) if unit.deps.may_appear() => {
+            let waiting: Vec<String> = unit.deps.waiting_for.iter().map(describe_dep).collect();
+            (
+                TemplateState::Pending,
+                Some(format!("waiting for {}", waiting.join(", "))),
+            )
+        }
+        Err(e) => (TemplateState::Failed, Some(detail(e))),
+    }
+}
+
+/// An error as `/status` and `/readyz` show it: as `{:#}` prints it, but
+/// a failed check or reload command without its output, which may echo
+/// the rendered file (`cat {{ staged }}`, `nginx -t`) and so its values.
+/// The output stays in the log, where the operator looks.
+pub(crate) fn detail(e: &anyhow::Error) -> String {
+    let mut parts = Vec::new();
+    for cause in e.chain() {
+        if cause.is::<CommandFailed>() {
+            // The output starts on the second line.
+            let text = cause.to_string();
+            let first = text.lines().next().unwrap_or_default();
+            parts.push(first.trim_end_matches("; its output:").to_string());
+            break;
+        }
+        parts.push(cause.to_string());
+    }
+    parts.join(": ")
+}
+
+fn describe_dep(d: &Dep) -> String {
+    match d {
+        Dep::Env { name } => format!("environment variable {name}"),
+        Dep::Key { source, key } => format!("key {key:?} in source {source:?}"),
+        Dep::Prefix { source, prefix } => format!("prefix {prefix:?} in source {source:?}"),
+        Dep::File { path } => format!("file {}", path.display()),
+    }
+}
+
+/// The endpoints, served on one address until stopped.
+pub(crate) struct Server {
+    /// The address as configured: a reload that keeps `127.0.0.1:0` keeps
+    /// the port it was given rather than moving to a new one.
+    configured: SocketAddr,
+    /// Where it listens: the configured address with the port it got.
+    bound: SocketAddr,
+    stop: tokio::sync::oneshot::Sender<()>,
+    task: tokio::task::JoinHandle<Result<()>>,
+}
+
+impl Server {
+    /// Binds `addr` and serves `status` on it. The address bound is logged:
+    /// with port 0 it is the only place the port can be learnt.
+    pub(crate) fn start(addr: SocketAddr, status: Shared) -> Result<Server> {
+        let listener = bind(addr)?;
+        let bound = listener
+            .local_addr()
+            .with_context(|| format!("cannot listen on {addr}"))?;
+        tracing::info!("serving /healthz, /readyz, /metrics, /status on {bound}");
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let task = tokio::spawn(serve(listener, status, async {
+            let _ = stopped.await;
+        }));
+        Ok(Server {
+            configured: addr,
+            bound,
+            stop,
+            task,
+        })
+    }
+
+    pub(crate) fn configured(&self) -> SocketAddr {
+        self.configured
+    }
+
+    pub(crate) fn bound(&self) -> SocketAddr {
+        self.bound
+    }
+
+    /// Closes the listening socket at once; the task returned ends when the
+    /// requests in flight are answered.
+    pub(crate) fn stop(self) -> tokio::task::JoinHandle<Result<()>> {
+        let _ = self.stop.send(());
+        self.task
+    }
+}
+
+/// Serves the endpoints on `listener` until `shutdown` resolves.
+async fn serve(
     listener: tokio::net::TcpListener,
     status: Shared,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
@@ -273,13 +461,21 @@ pub async fn serve(
         .context("the HTTP server failed")
 }
 
-/// Binds the listen address, naming it on failure.
-pub async fn bind(addr: SocketAddr) -> Result<tokio::net::TcpListener> {
-    tokio::net::TcpListener::bind(addr)
-        .await
-        .with_context(|| format!("cannot listen on {addr}"))
+/// Binds the listen address, naming it on failure. Synchronous, so a
+/// reload can try the new address before it lets go of anything: binding
+/// a local address does not wait on the network.
+fn bind(addr: SocketAddr) -> Result<tokio::net::TcpListener> {
+    let listener = std::net::TcpListener::bind(addr)
+        .and_then(|l| {
+            l.set_nonblocking(true)?;
+            tokio::net::TcpListener::from_std(l)
+        })
+        .with_context(|| format!("cannot listen on {addr}"))?;
+    Ok(listener)
 }
 
-pub fn lock(s: &Shared) -> std::sync::MutexGuard<'_, Status> {
+/// Locks the status; a panic elsewhere while it was held leaves numbers
+/// that are still worth serving.
+pub(crate) fn lock(s: &Shared) -> std::sync::MutexGuard<'_, Status> {
     s.lock().unwrap_or_else(|e| e.into_inner())
 }

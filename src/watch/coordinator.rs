@@ -1,0 +1,570 @@
+//! The coordinator: the one task that owns the loop's state and answers
+//! every [`Event`] (the module's doc has the theory of operation).
+
+use std::collections::BTreeSet;
+use std::net::SocketAddr;
+use std::path::Path;
+use std::time::{Instant, SystemTime};
+
+use anyhow::Result;
+use tokio::sync::mpsc::{UnboundedReceiver, UnboundedSender, unbounded_channel};
+
+use super::debounce::Debouncer;
+use super::files::{self, FILE_SETTLE, FileWatch, absolute};
+use super::sources::{self, SourceWatches};
+use super::{Event, Settings};
+use crate::config::Flags;
+use crate::error::{self, Exit};
+use crate::exec::supervise::{Signals, Supervisor, spawn_exit};
+use crate::install::Outcome;
+use crate::pipeline::{Options, Pipeline, UnitReport};
+use crate::runtime;
+use crate::serve::{self, Server, Shared, TemplateState};
+use crate::source::SourceEvent;
+use crate::spec::Debounce;
+use crate::template::{Dep, Deps};
+
+/// What the coordinator knows about one template.
+#[derive(Default)]
+struct TemplateInfo {
+    deps: Deps,
+    state: TemplateState,
+    /// The missing data last logged, so a pending template logs once.
+    logged_pending: Option<BTreeSet<Dep>>,
+    /// Retries of a render that failed because a source did: a read can
+    /// fail while the source's watch is healthy (a 500 on one request), and
+    /// then no watch event would ever bring it back.
+    retry: runtime::Backoff,
+    /// A file it parses (the template, an include) changed: parse it again
+    /// before the next render.
+    reparse: bool,
+}
+
+/// The app under `stencil exec --watch`, and the signals stencil takes
+/// for it.
+type App = Option<(Supervisor, Signals)>;
+
+pub(super) struct Coordinator {
+    /// Read again on reload.
+    flags: Flags,
+    settings: Settings,
+    pipeline: Pipeline,
+    templates: Vec<TemplateInfo>,
+    tx: UnboundedSender<Event>,
+    rx: UnboundedReceiver<Event>,
+    watches: SourceWatches,
+    files: FileWatch,
+    debouncer: Debouncer,
+    status: Shared,
+    /// The endpoints, while the config has a listen address.
+    server: Option<Server>,
+}
+
+/// What woke the loop.
+enum Wake {
+    Event(Option<Event>),
+    Timer,
+    AppExit(Result<Exit>),
+    Signal(nix::sys::signal::Signal),
+}
+
+impl Coordinator {
+    pub(super) fn new(flags: Flags, settings: Settings, pipeline: Pipeline) -> Result<Coordinator> {
+        let (tx, rx) = unbounded_channel();
+        let files = FileWatch::new(tx.clone())?;
+        let mut c = Coordinator {
+            flags,
+            settings,
+            templates: Vec::new(),
+            pipeline,
+            tx,
+            rx,
+            watches: SourceWatches::default(),
+            files,
+            debouncer: Debouncer::default(),
+            status: Shared::default(),
+            server: None,
+        };
+        c.reset_templates();
+        Ok(c)
+    }
+
+    /// Fresh state for the pipeline's templates, all due now.
+    fn reset_templates(&mut self) {
+        let now = Instant::now();
+        let count = self.pipeline.units.len();
+        self.templates = std::iter::repeat_with(TemplateInfo::default)
+            .take(count)
+            .collect();
+        self.debouncer = Debouncer::default();
+        for i in 0..self.templates.len() {
+            self.debouncer.touch(i, now, None);
+        }
+        serve::lock(&self.status).reset(&self.pipeline);
+        self.publish_due(0..self.templates.len());
+    }
+
+    pub(super) async fn run(&mut self) -> Result<Exit> {
+        let mut app = match self.start_app()? {
+            Ok(app) => app,
+            Err(exit) => return Ok(exit),
+        };
+        self.server = self
+            .pipeline
+            .config
+            .listen
+            .map(|addr| Server::start(addr, self.status.clone()))
+            .transpose()?;
+        if !self.settings.options.dry_run {
+            self.pipeline.remove_stale();
+        }
+        // Templates, data files and the config are known before anything
+        // renders: watch them from the start.
+        self.update_watches(SystemTime::now());
+        let exit = self.main_loop(&mut app).await;
+        self.watches.stop_all();
+        if let Some(server) = self.server.take() {
+            let _ = server.stop().await;
+        }
+        exit
+    }
+
+    /// Under exec every signal belongs to the app, which starts here; else
+    /// HUP, TERM and INT are the loop's. `Err` holds the exit status when
+    /// the app cannot start.
+    fn start_app(&self) -> Result<Result<App, Exit>> {
+        let Some(spec) = &self.settings.exec else {
+            super::spawn_signals(&self.tx)?;
+            return Ok(Ok(None));
+        };
+        let signals = Signals::new()?;
+        match Supervisor::spawn(spec) {
+            Ok(sup) => Ok(Ok(Some((sup, signals)))),
+            Err(e) => {
+                error::print(&e);
+                Ok(Err(spawn_exit(&e)))
+            }
+        }
+    }
+
+    async fn main_loop(&mut self, app: &mut App) -> Result<Exit> {
+        loop {
+            let now = Instant::now();
+            if self.debouncer.next_deadline().is_some_and(|d| d <= now) {
+                let due = self.debouncer.take_due(now);
+                let wrote = self.run_batch(&due);
+                if let (true, Some((sup, _))) = (wrote, app.as_mut()) {
+                    sup.reload();
+                }
+                if let Some(exit) = self.once_finished() {
+                    return Ok(exit);
+                }
+                continue;
+            }
+            match self.next_wake(app).await {
+                Wake::Event(None) => return Ok(Exit::Success),
+                Wake::Event(Some(event)) => {
+                    if let Some(exit) = self.handle(event) {
+                        return Ok(exit);
+                    }
+                }
+                Wake::Timer => {}
+                Wake::AppExit(exit) => {
+                    let exit = exit?;
+                    tracing::info!("the app exited ({}); exiting with its status", exit.code());
+                    return Ok(exit);
+                }
+                Wake::Signal(sig) => {
+                    if let Some((sup, _)) = app.as_mut() {
+                        sup.on_signal(sig);
+                    }
+                }
+            }
+        }
+    }
+
+    /// Waits for an event, the next template to be due, or the app.
+    async fn next_wake(&mut self, app: &mut App) -> Wake {
+        let deadline = self.debouncer.next_deadline();
+        let (sup, signals) = match app.as_mut() {
+            Some((sup, signals)) => (Some(sup), Some(signals)),
+            None => (None, None),
+        };
+        tokio::select! {
+            e = self.rx.recv() => Wake::Event(e),
+            () = sleep_until(deadline) => Wake::Timer,
+            exit = app_exit(sup) => Wake::AppExit(exit),
+            sig = app_signal(signals) => Wake::Signal(sig),
+        }
+    }
+
+    /// Answers one event; `Some` ends the loop with that status.
+    fn handle(&mut self, event: Event) -> Option<Exit> {
+        match event {
+            Event::Shutdown(signal) => {
+                tracing::info!("{signal} received; exiting");
+                return Some(Exit::Success);
+            }
+            Event::Reload => self.reload(),
+            Event::File(path) => self.file_changed(&path),
+            Event::Source(e) => self.source_event(e),
+            Event::WatchEnded { source, error } => {
+                tracing::error!(source = %source, "the watch stopped: {error}");
+                self.source_down(&source, &error);
+            }
+        }
+        None
+    }
+
+    /// With `--once`: done when every template is in place (exit 0) or one
+    /// failed for a reason waiting cannot fix (exit 1).
+    fn once_finished(&self) -> Option<Exit> {
+        if !self.settings.once {
+            return None;
+        }
+        if self.templates.iter().all(|t| t.state == TemplateState::Ok) {
+            return Some(Exit::Success);
+        }
+        if self
+            .templates
+            .iter()
+            .any(|t| t.state == TemplateState::Failed)
+        {
+            return Some(Exit::Failure);
+        }
+        None
+    }
+
+    /// The template's own `wait`, else the config's: read from the running
+    /// pipeline, so a reload's new `wait` applies to the next change.
+    fn wait_for(&self, index: usize) -> Option<Debounce> {
+        self.pipeline.units[index]
+            .spec
+            .wait
+            .or(self.pipeline.config.wait)
+    }
+
+    fn mark(&mut self, indices: impl IntoIterator<Item = usize>, why: &str) {
+        self.mark_with(indices, why, None);
+    }
+
+    /// Like `mark`, waiting at least `floor`.
+    fn mark_with(
+        &mut self,
+        indices: impl IntoIterator<Item = usize>,
+        why: &str,
+        floor: Option<Debounce>,
+    ) {
+        let now = Instant::now();
+        let mut marked = Vec::new();
+        for i in indices {
+            tracing::debug!(template = %self.pipeline.units[i].spec.source.display(), "{why}");
+            let wait = match (self.wait_for(i), floor) {
+                (Some(w), Some(f)) => Some(Debounce {
+                    min: w.min.max(f.min),
+                    max: w.max.max(f.max),
+                }),
+                (w, f) => w.or(f),
+            };
+            self.debouncer.touch(i, now, wait);
+            marked.push(i);
+        }
+        self.publish_due(marked);
+    }
+
+    /// Shows in `/status` when each of `indices` renders next.
+    fn publish_due(&self, indices: impl IntoIterator<Item = usize>) {
+        let now = (Instant::now(), serve::now_unix());
+        let mut status = serve::lock(&self.status);
+        for i in indices {
+            if let Some(t) = status.templates.get_mut(&self.name(i)) {
+                t.next_render_unix = self
+                    .debouncer
+                    .deadline_of(i)
+                    .map(|d| now.1 + d.saturating_duration_since(now.0).as_secs_f64());
+            }
+        }
+    }
+
+    /// What each template read, by index.
+    fn deps(&self) -> impl Iterator<Item = &Deps> {
+        self.templates.iter().map(|t| &t.deps)
+    }
+
+    fn source_event(&mut self, event: SourceEvent) {
+        match event {
+            SourceEvent::Changed { source, keys } => {
+                let affected = sources::reading_keys(self.deps(), &source, &keys);
+                tracing::debug!(source = %source, "{} key(s) changed; {} template(s) affected", keys.len(), affected.len());
+                self.mark(affected, "data changed");
+            }
+            SourceEvent::Resync { source } => {
+                let affected = sources::reading(self.deps(), &source);
+                self.mark(affected, "source resynchronised");
+            }
+            SourceEvent::Up { source } => {
+                tracing::info!(source = %source, "source is answering again");
+                if let Some(s) = serve::lock(&self.status).sources.get_mut(&source) {
+                    s.up = true;
+                    s.reconnects += 1;
+                    s.last_error = None;
+                }
+                // Whatever changed while it was away, its dependents must
+                // see the current data.
+                let affected = sources::reading(self.deps(), &source);
+                self.mark(affected, "source is back");
+            }
+            SourceEvent::Failed { source, error } => {
+                tracing::warn!(source = %source, "source is failing: {error}; keeping the current files");
+                self.source_down(&source, &error);
+            }
+        }
+    }
+
+    fn source_down(&mut self, source: &str, error: &str) {
+        let mut status = serve::lock(&self.status);
+        if let Some(s) = status.sources.get_mut(source) {
+            s.up = false;
+            s.errors += 1;
+            s.last_error = Some(error.to_string());
+        }
+    }
+
+    fn file_changed(&mut self, path: &Path) {
+        if self.files.is_config(path) {
+            tracing::info!(path = %path.display(), "config file changed; reloading");
+            self.reload();
+            return;
+        }
+        // Templates that read the file as a template, an include or through
+        // file(): parsed again, since minijinja keeps an include it loaded.
+        let reparse: BTreeSet<usize> = (0..self.templates.len())
+            .filter(|&i| {
+                absolute(&self.pipeline.units[i].spec.source) == path
+                    || self.templates[i]
+                        .deps
+                        .read
+                        .iter()
+                        .any(|d| matches!(d, Dep::File { path: p } if absolute(p) == path))
+            })
+            .collect();
+        let mut affected = reparse.clone();
+        if let Some(source) = self.files.source_at(path) {
+            affected.extend(sources::reading(self.deps(), source));
+        }
+        for &i in &reparse {
+            self.templates[i].reparse = true;
+        }
+        if affected.is_empty() {
+            return;
+        }
+        self.mark_with(affected, "file changed", Some(FILE_SETTLE));
+    }
+
+    /// Parses again the templates whose files changed; one that no longer
+    /// parses is reported and left out of the batch, since rendering its old
+    /// parse would hide the error behind the last good output.
+    fn reparse(&mut self, which: &[usize]) -> Vec<usize> {
+        let mut keep = Vec::with_capacity(which.len());
+        for &i in which {
+            if !std::mem::take(&mut self.templates[i].reparse) {
+                keep.push(i);
+                continue;
+            }
+            let unit = &mut self.pipeline.units[i];
+            match crate::template::Template::load(&unit.spec.source) {
+                Ok(t) => {
+                    unit.template = t;
+                    keep.push(i);
+                }
+                Err(e) => {
+                    tracing::error!(
+                        "{}; the current file stays",
+                        error::Report(&e).to_string().trim_end()
+                    );
+                    self.set_state(i, TemplateState::Failed, Some(serve::detail(&e)));
+                }
+            }
+        }
+        keep
+    }
+
+    /// Reads the config again and rebuilds everything derived from it. A
+    /// config that does not load, or a new listen address that cannot be
+    /// bound, keeps the running one whole.
+    fn reload(&mut self) {
+        let loaded = self
+            .flags
+            .load()
+            .and_then(|config| {
+                Pipeline::load(config).map_err(|errors| {
+                    for e in &errors {
+                        error::print(e);
+                    }
+                    anyhow::anyhow!("{} error(s) in the new configuration", errors.len())
+                })
+            })
+            .and_then(|pipeline| {
+                self.listen_on(pipeline.config.listen)?;
+                Ok(pipeline)
+            });
+        match loaded {
+            Ok(pipeline) => {
+                tracing::info!(
+                    "configuration reloaded: {} template(s)",
+                    pipeline.units.len()
+                );
+                self.pipeline = pipeline;
+                self.watches.stop_all();
+                self.reset_templates();
+                self.update_watches(SystemTime::now());
+            }
+            Err(e) => tracing::error!(
+                "cannot reload the configuration; keeping the running one: {}",
+                error::Report(&e).to_string().trim_end()
+            ),
+        }
+    }
+
+    /// Serves the endpoints on `listen` from now on, if that is not where
+    /// they are. The new address is bound before the old one is closed, so
+    /// on failure nothing has changed.
+    fn listen_on(&mut self, listen: Option<SocketAddr>) -> Result<()> {
+        if self.server.as_ref().map(Server::configured) == listen {
+            return Ok(());
+        }
+        let new = listen
+            .map(|addr| Server::start(addr, self.status.clone()))
+            .transpose()?;
+        if let Some(old) = std::mem::replace(&mut self.server, new) {
+            tracing::info!("no longer serving on {}", old.bound());
+            // Not awaited: a slow client must not hold up the loop. The
+            // socket is closed already; its last requests finish alone.
+            drop(old.stop());
+        }
+        Ok(())
+    }
+
+    fn set_state(&mut self, i: usize, state: TemplateState, detail: Option<String>) {
+        self.templates[i].state = state;
+        let name = self.name(i);
+        if let Some(t) = serve::lock(&self.status).templates.get_mut(&name) {
+            t.state = state;
+            t.detail = detail;
+        }
+    }
+
+    fn name(&self, i: usize) -> String {
+        serve::template_name(&self.pipeline.units[i].spec)
+    }
+
+    /// Renders, installs and reloads the given templates, then updates
+    /// states, status and watches. Returns whether a file was written.
+    fn run_batch(&mut self, which: &[usize]) -> bool {
+        let started = SystemTime::now();
+        let parsed = self.reparse(which);
+        for (_, source) in self.pipeline.sources.iter() {
+            source.refresh();
+        }
+        let options = Options {
+            wait_for_data: None,
+            ..self.settings.options
+        };
+        let pipeline = &mut self.pipeline;
+        let report = tokio::task::block_in_place(|| {
+            pipeline.run(&parsed, &options, &mut std::io::stdout().lock())
+        });
+        let wrote = report
+            .units
+            .iter()
+            .any(|u| matches!(u.result, Ok(Outcome::Written)));
+        let now = serve::now_unix();
+        for unit in report.units {
+            self.record(unit, now);
+        }
+        {
+            let mut status = serve::lock(&self.status);
+            status.commands.runs += report.commands_run;
+            status.commands.failures += report.command_failures;
+        }
+        for e in &report.commands {
+            tracing::error!("{}", error::Report(e).to_string().trim_end());
+        }
+        self.publish_due(which.iter().copied());
+        self.update_watches(started);
+        wrote
+    }
+
+    /// Takes in how one template's render ended (at `now_unix`): its state,
+    /// counters, log line, retry and recorded reads.
+    fn record(&mut self, unit: UnitReport, now_unix: f64) {
+        let i = unit.index;
+        let (state, detail) = serve::state_after(&unit);
+        if let Some(t) = serve::lock(&self.status).templates.get_mut(&self.name(i)) {
+            t.count(&unit.result, now_unix);
+        }
+        let source = self.pipeline.units[i].spec.source.display();
+        let info = &mut self.templates[i];
+        match (&unit.result, state) {
+            (Err(_), TemplateState::Pending) => {
+                if info.logged_pending.as_ref() != Some(&unit.deps.waiting_for) {
+                    tracing::info!(
+                        template = %source,
+                        "pending: {}; the current file stays",
+                        detail.as_deref().unwrap_or_default()
+                    );
+                    info.logged_pending = Some(unit.deps.waiting_for.clone());
+                }
+            }
+            (Err(e), _) => {
+                info.logged_pending = None;
+                tracing::error!(
+                    "{source} failed; the current file stays\n{}",
+                    error::Report(e).to_string().trim_end()
+                );
+            }
+            (Ok(_), _) => info.logged_pending = None,
+        }
+        if unit.result.is_ok() {
+            info.retry.reset();
+        } else if !unit.deps.failed.is_empty() {
+            let delay = info.retry.next_delay();
+            self.debouncer.retry_at(i, Instant::now() + delay);
+        }
+        self.templates[i].deps = unit.deps;
+        self.set_state(i, state, detail);
+    }
+
+    /// Starts, restarts or stops source watches so each covers exactly what
+    /// the templates read, and watches the files they read.
+    fn update_watches(&mut self, since: SystemTime) {
+        let deps = || self.templates.iter().map(|t| &t.deps);
+        self.files
+            .watch(&self.pipeline, files::read_by(deps()), since);
+        let specs = sources::wanted(deps());
+        self.watches.update(specs, &self.pipeline.sources, &self.tx);
+    }
+}
+
+/// The app's exit, or never without an app.
+async fn app_exit(sup: Option<&mut Supervisor>) -> Result<Exit> {
+    match sup {
+        Some(sup) => sup.wait().await,
+        None => std::future::pending().await,
+    }
+}
+
+/// The next signal for the app, or never without an app.
+async fn app_signal(signals: Option<&mut Signals>) -> nix::sys::signal::Signal {
+    match signals {
+        Some(signals) => signals.recv().await,
+        None => std::future::pending().await,
+    }
+}
+
+async fn sleep_until(deadline: Option<Instant>) {
+    match deadline {
+        Some(d) => tokio::time::sleep_until(d.into()).await,
+        None => std::future::pending().await,
+    }
+}

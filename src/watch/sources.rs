@@ -1,0 +1,149 @@
+//! The watches of network sources: one task per source (one etcd watch
+//! stream, one set of Consul blocking queries), covering exactly the keys
+//! and prefixes the templates read.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+
+use tokio::sync::mpsc::{UnboundedSender, unbounded_channel};
+use tokio::task::JoinHandle;
+
+use super::Event;
+use crate::source::{Source, Sources, WatchSpec, is_under};
+use crate::template::{Dep, Deps};
+
+/// What each source's watch must cover: the keys and prefixes `deps` read.
+pub(super) fn wanted<'a>(deps: impl Iterator<Item = &'a Deps>) -> BTreeMap<String, WatchSpec> {
+    let mut specs: BTreeMap<String, WatchSpec> = BTreeMap::new();
+    for dep in deps.flat_map(|d| &d.read) {
+        match dep {
+            Dep::Key { source, key } => {
+                let spec = specs.entry(source.clone()).or_default();
+                spec.keys.insert(key.clone());
+            }
+            Dep::Prefix { source, prefix } => {
+                let spec = specs.entry(source.clone()).or_default();
+                spec.prefixes.insert(prefix.clone());
+            }
+            Dep::File { .. } | Dep::Env { .. } => {}
+        }
+    }
+    specs
+}
+
+/// The templates (indices into `deps`) that read anything of `source`, or
+/// failed because it did not answer.
+pub(super) fn reading<'a>(deps: impl Iterator<Item = &'a Deps>, source: &str) -> Vec<usize> {
+    let reads = |d: &Dep| match d {
+        Dep::Key { source: s, .. } | Dep::Prefix { source: s, .. } => s == source,
+        Dep::File { .. } | Dep::Env { .. } => false,
+    };
+    deps.enumerate()
+        .filter(|(_, d)| d.read.iter().any(reads) || d.failed.contains(source))
+        .map(|(i, _)| i)
+        .collect()
+}
+
+/// The templates (indices into `deps`) that read one of `keys` of
+/// `source`, as a key or under a prefix.
+pub(super) fn reading_keys<'a>(
+    deps: impl Iterator<Item = &'a Deps>,
+    source: &str,
+    keys: &[String],
+) -> Vec<usize> {
+    let reads = |d: &Dep| match d {
+        Dep::Key { source: s, key } => s == source && keys.contains(key),
+        Dep::Prefix { source: s, prefix } => {
+            s == source && keys.iter().any(|k| is_under(k, prefix))
+        }
+        Dep::File { .. } | Dep::Env { .. } => false,
+    };
+    deps.enumerate()
+        .filter(|(_, d)| d.read.iter().any(reads))
+        .map(|(i, _)| i)
+        .collect()
+}
+
+/// The running watch of each source, with what it covers.
+#[derive(Default)]
+pub(super) struct SourceWatches {
+    running: HashMap<String, (WatchSpec, JoinHandle<()>)>,
+}
+
+impl SourceWatches {
+    /// Gives each source of `sources` a watch of exactly its entry in
+    /// `specs`: stops those no template reads any more and restarts only
+    /// those whose set changed, from what the templates last read.
+    pub(super) fn update(
+        &mut self,
+        specs: BTreeMap<String, WatchSpec>,
+        sources: &Sources,
+        tx: &UnboundedSender<Event>,
+    ) {
+        self.running.retain(|name, (_, handle)| {
+            let keep = specs.contains_key(name);
+            if !keep {
+                handle.abort();
+            }
+            keep
+        });
+        for (name, spec) in specs {
+            let spec = spec.normalized();
+            if self.running.get(&name).is_some_and(|(s, _)| *s == spec) {
+                continue;
+            }
+            let Some(source) = sources.get(&name).cloned() else {
+                continue;
+            };
+            let Some(handle) = spawn(&name, source, spec.clone(), tx.clone()) else {
+                continue;
+            };
+            if let Some((_, old)) = self.running.remove(&name) {
+                old.abort();
+            }
+            tracing::debug!(source = %name, "watching {} key(s) and {} prefix(es)", spec.keys.len(), spec.prefixes.len());
+            self.running.insert(name, (spec, handle));
+        }
+    }
+
+    /// Stops every watch: on reload, whose sources are new ones, and at
+    /// exit.
+    pub(super) fn stop_all(&mut self) {
+        for (_, (_, handle)) in self.running.drain() {
+            handle.abort();
+        }
+    }
+}
+
+/// Runs `source`'s watch of `spec` as a task that forwards its events to
+/// `tx`, and reports when the watch ends for good. `None` for sources the
+/// coordinator watches itself (files).
+fn spawn(
+    name: &str,
+    source: Arc<dyn Source>,
+    spec: WatchSpec,
+    tx: UnboundedSender<Event>,
+) -> Option<JoinHandle<()>> {
+    let (stx, mut srx) = unbounded_channel();
+    let future = source.watch(name.to_string(), spec, stx)?;
+    let source = name.to_string();
+    Some(tokio::spawn(async move {
+        let forward = async {
+            while let Some(e) = srx.recv().await {
+                if tx.send(Event::Source(e)).is_err() {
+                    break;
+                }
+            }
+        };
+        tokio::select! {
+            result = future => {
+                let error = match result {
+                    Ok(()) => "the watch ended".to_string(),
+                    Err(e) => format!("{e:#}"),
+                };
+                let _ = tx.send(Event::WatchEnded { source, error });
+            }
+            () = forward => {}
+        }
+    }))
+}
