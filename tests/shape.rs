@@ -187,6 +187,12 @@ fn the_reference_scanner_sees_groups_and_skips_comments() {
     let refs: Vec<String> = references(text).into_iter().collect();
     assert_eq!(
         refs,
-        ["config", "error::usage", "reap::spawn", "source::etcd", "spec"]
+        [
+            "config",
+            "error::usage",
+            "reap::spawn",
+            "source::etcd",
+            "spec"
+        ]
     );
 }
