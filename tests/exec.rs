@@ -861,3 +861,43 @@ fn exec_help_has_the_dockerfile_example_and_signal_table() {
         assert!(help.contains(needle), "help lacks {needle:?}\n{help}");
     }
 }
+
+#[test]
+fn watch_takes_a_reloaded_exec_table() {
+    // The config is read once per run, and again when it changes: a new
+    // reload_signal in [exec] is what the app gets after the next change.
+    let config = |signal: &str| {
+        format!(
+            "[[templates]]\nsource = \"app.conf.j2\"\ndestination = \"app.conf\"\n\n\
+             [exec]\nreload_signal = \"{signal}\"\n"
+        )
+    };
+    let t = with_template().file("stencil.toml", &config("SIGUSR1"));
+    let mut run = Running::start(
+        &t,
+        &[
+            "exec",
+            "-c",
+            "stencil.toml",
+            "--watch",
+            "--",
+            "sh",
+            "-c",
+            RECORDER,
+        ],
+    );
+    run.ready();
+    std::fs::write(t.path("app.conf.j2"), "port={{ env.PORT }}\none\n").unwrap();
+    poll("the first reload signal", || {
+        (run.read("got").unwrap_or_default() == "USR1\n").then_some(())
+    });
+    std::fs::write(t.path("stencil.toml"), config("SIGUSR2")).unwrap();
+    run.logged("configuration reloaded");
+    std::fs::write(t.path("app.conf.j2"), "port={{ env.PORT }}\ntwo\n").unwrap();
+    poll("the reloaded reload signal", || {
+        (run.read("got").unwrap_or_default() == "USR1\nUSR2\n").then_some(())
+    });
+    assert_eq!(run.read("app.conf").unwrap(), "port=8080\ntwo\n");
+    run.signal(Signal::SIGTERM);
+    run.exits_with(5);
+}

@@ -71,7 +71,10 @@ pub fn run(args: &ExecArgs) -> Result<Exit> {
                 wait_for_data: None,
                 ..args.options()
             },
-            exec: Some(spec),
+            exec: Some(crate::watch::Exec {
+                spec,
+                args: args.clone(),
+            }),
         };
         return crate::watch::run(flags, settings, pipeline);
     }

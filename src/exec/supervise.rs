@@ -193,6 +193,19 @@ impl State {
 impl Supervisor {
     /// Starts the child in its own process group. Call inside a Tokio
     /// runtime with signals and time enabled (`runtime::get()` has both).
+    /// Takes the settings of a reloaded `[exec]` table. The signals and the
+    /// kill timeout apply from now on; a changed command runs from the next
+    /// start (a restart), not by killing a healthy app.
+    pub fn set_spec(&mut self, spec: ExecSpec) {
+        if spec.command != self.spec.command {
+            tracing::warn!(
+                "the command changed to `{}`; it runs when the app restarts",
+                spec.display()
+            );
+        }
+        self.spec = spec;
+    }
+
     pub fn spawn(spec: &ExecSpec) -> Result<Supervisor> {
         let reaper = crate::reap::start()?;
         let child = start(spec, reaper, None)?;

@@ -15,6 +15,7 @@ use super::sources::{self, SourceWatches};
 use super::{Event, Settings};
 use crate::config::Flags;
 use crate::error::{self, Exit};
+use crate::exec::spec::ExecSpec;
 use crate::exec::supervise::{Signals, Supervisor, spawn_exit};
 use crate::install::Outcome;
 use crate::pipeline::{Options, Pipeline, UnitReport};
@@ -58,6 +59,13 @@ pub(super) struct Coordinator {
     status: Shared,
     /// The endpoints, while the config has a listen address.
     server: Option<Server>,
+    /// When the config file first and last changed, while it settles: an
+    /// editor's or `cp`'s write arrives in steps, and a reload in between
+    /// would read half a file.
+    config_changed: Option<(Instant, Instant)>,
+    /// The app's settings from a reloaded `[exec]` table, for the loop to
+    /// hand to the supervisor.
+    new_exec: Option<ExecSpec>,
 }
 
 /// What woke the loop.
@@ -84,6 +92,8 @@ impl Coordinator {
             debouncer: Debouncer::default(),
             status: Shared::default(),
             server: None,
+            config_changed: None,
+            new_exec: None,
         };
         c.reset_templates();
         Ok(c)
@@ -133,12 +143,12 @@ impl Coordinator {
     /// HUP, TERM and INT are the loop's. `Err` holds the exit status when
     /// the app cannot start.
     fn start_app(&self) -> Result<Result<App, Exit>> {
-        let Some(spec) = &self.settings.exec else {
+        let Some(exec) = &self.settings.exec else {
             super::spawn_signals(&self.tx)?;
             return Ok(Ok(None));
         };
         let signals = Signals::new()?;
-        match Supervisor::spawn(spec) {
+        match Supervisor::spawn(&exec.spec) {
             Ok(sup) => Ok(Ok(Some((sup, signals)))),
             Err(e) => {
                 error::print(&e);
@@ -160,6 +170,13 @@ impl Coordinator {
                     return Ok(exit);
                 }
                 continue;
+            }
+            if self.config_settled_at().is_some_and(|d| d <= now) {
+                self.config_changed = None;
+                self.reload();
+            }
+            if let (Some(spec), Some((sup, _))) = (self.new_exec.take(), app.as_mut()) {
+                sup.set_spec(spec);
             }
             match self.next_wake(app).await {
                 Wake::Event(None) => return Ok(Exit::Success),
@@ -185,7 +202,10 @@ impl Coordinator {
 
     /// Waits for an event, the next template to be due, or the app.
     async fn next_wake(&mut self, app: &mut App) -> Wake {
-        let deadline = self.debouncer.next_deadline();
+        let deadline = match (self.debouncer.next_deadline(), self.config_settled_at()) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        };
         let (sup, signals) = match app.as_mut() {
             Some((sup, signals)) => (Some(sup), Some(signals)),
             None => (None, None),
@@ -333,7 +353,9 @@ impl Coordinator {
     fn file_changed(&mut self, path: &Path) {
         if self.files.is_config(path) {
             tracing::info!(path = %path.display(), "config file changed; reloading");
-            self.reload();
+            let now = Instant::now();
+            let first = self.config_changed.map_or(now, |(first, _)| first);
+            self.config_changed = Some((first, now));
             return;
         }
         // Templates that read the file as a template, an include or through
@@ -392,6 +414,12 @@ impl Coordinator {
     /// Reads the config again and rebuilds everything derived from it. A
     /// config that does not load, or a new listen address that cannot be
     /// bound, keeps the running one whole.
+    /// When a changed config file has been quiet long enough to read.
+    fn config_settled_at(&self) -> Option<Instant> {
+        self.config_changed
+            .map(|(first, last)| (last + FILE_SETTLE.min).min(first + FILE_SETTLE.max))
+    }
+
     fn reload(&mut self) {
         let loaded = self
             .flags
@@ -405,11 +433,23 @@ impl Coordinator {
                 })
             })
             .and_then(|pipeline| {
+                let exec = self
+                    .settings
+                    .exec
+                    .as_ref()
+                    .map(|e| ExecSpec::resolve(&e.args, pipeline.config.exec.as_ref()))
+                    .transpose()?;
                 self.listen_on(pipeline.config.listen)?;
-                Ok(pipeline)
+                Ok((pipeline, exec))
             });
         match loaded {
-            Ok(pipeline) => {
+            Ok((pipeline, exec)) => {
+                if let (Some(spec), Some(running)) = (exec, self.settings.exec.as_mut()) {
+                    if spec != running.spec {
+                        running.spec = spec.clone();
+                        self.new_exec = Some(spec);
+                    }
+                }
                 tracing::info!(
                     "configuration reloaded: {} template(s)",
                     pipeline.units.len()

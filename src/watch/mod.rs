@@ -68,7 +68,15 @@ pub(crate) struct Settings {
     pub(crate) once: bool,
     pub(crate) options: Options,
     /// `stencil exec --watch`: the app to supervise.
-    pub(crate) exec: Option<crate::exec::spec::ExecSpec>,
+    pub(crate) exec: Option<Exec>,
+}
+
+/// The app of `stencil exec --watch`: what it runs, and the flags that
+/// spec is resolved from again when a reload brings a new `[exec]` table.
+#[derive(Debug, Clone)]
+pub(crate) struct Exec {
+    pub(crate) spec: crate::exec::spec::ExecSpec,
+    pub(crate) args: crate::cli::ExecArgs,
 }
 
 /// What producers tell the coordinator.
