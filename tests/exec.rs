@@ -872,7 +872,7 @@ fn watch_takes_a_reloaded_exec_table() {
              [exec]\nreload_signal = \"{signal}\"\n"
         )
     };
-    let t = with_template().file("stencil.toml", &config("SIGUSR1"));
+    let t = with_template().file("stencil.toml", config("SIGUSR1"));
     let mut run = Running::start(
         &t,
         &[

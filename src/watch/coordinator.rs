@@ -2,7 +2,6 @@
 //! every [`Event`] (the module's doc has the theory of operation).
 
 use std::collections::BTreeSet;
-use std::net::SocketAddr;
 use std::path::Path;
 use std::time::{Instant, SystemTime};
 
@@ -47,25 +46,25 @@ type App = Option<(Supervisor, Signals)>;
 
 pub(super) struct Coordinator {
     /// Read again on reload.
-    flags: Flags,
-    settings: Settings,
-    pipeline: Pipeline,
+    pub(super) flags: Flags,
+    pub(super) settings: Settings,
+    pub(super) pipeline: Pipeline,
     templates: Vec<TemplateInfo>,
     tx: UnboundedSender<Event>,
     rx: UnboundedReceiver<Event>,
-    watches: SourceWatches,
+    pub(super) watches: SourceWatches,
     files: FileWatch,
     debouncer: Debouncer,
-    status: Shared,
+    pub(super) status: Shared,
     /// The endpoints, while the config has a listen address.
-    server: Option<Server>,
+    pub(super) server: Option<Server>,
     /// When the config file first and last changed, while it settles: an
     /// editor's or `cp`'s write arrives in steps, and a reload in between
     /// would read half a file.
-    config_changed: Option<(Instant, Instant)>,
+    pub(super) config_changed: Option<(Instant, Instant)>,
     /// The app's settings from a reloaded `[exec]` table, for the loop to
     /// hand to the supervisor.
-    new_exec: Option<ExecSpec>,
+    pub(super) new_exec: Option<ExecSpec>,
 }
 
 /// What woke the loop.
@@ -100,7 +99,7 @@ impl Coordinator {
     }
 
     /// Fresh state for the pipeline's templates, all due now.
-    fn reset_templates(&mut self) {
+    pub(super) fn reset_templates(&mut self) {
         let now = Instant::now();
         let count = self.pipeline.units.len();
         self.templates = std::iter::repeat_with(TemplateInfo::default)
@@ -414,77 +413,6 @@ impl Coordinator {
     /// Reads the config again and rebuilds everything derived from it. A
     /// config that does not load, or a new listen address that cannot be
     /// bound, keeps the running one whole.
-    /// When a changed config file has been quiet long enough to read.
-    fn config_settled_at(&self) -> Option<Instant> {
-        self.config_changed
-            .map(|(first, last)| (last + FILE_SETTLE.min).min(first + FILE_SETTLE.max))
-    }
-
-    fn reload(&mut self) {
-        let loaded = self
-            .flags
-            .load()
-            .and_then(|config| {
-                Pipeline::load(config).map_err(|errors| {
-                    for e in &errors {
-                        error::print(e);
-                    }
-                    anyhow::anyhow!("{} error(s) in the new configuration", errors.len())
-                })
-            })
-            .and_then(|pipeline| {
-                let exec = self
-                    .settings
-                    .exec
-                    .as_ref()
-                    .map(|e| ExecSpec::resolve(&e.args, pipeline.config.exec.as_ref()))
-                    .transpose()?;
-                self.listen_on(pipeline.config.listen)?;
-                Ok((pipeline, exec))
-            });
-        match loaded {
-            Ok((pipeline, exec)) => {
-                if let (Some(spec), Some(running)) = (exec, self.settings.exec.as_mut()) {
-                    if spec != running.spec {
-                        running.spec = spec.clone();
-                        self.new_exec = Some(spec);
-                    }
-                }
-                tracing::info!(
-                    "configuration reloaded: {} template(s)",
-                    pipeline.units.len()
-                );
-                self.pipeline = pipeline;
-                self.watches.stop_all();
-                self.reset_templates();
-                self.update_watches(SystemTime::now());
-            }
-            Err(e) => tracing::error!(
-                "cannot reload the configuration; keeping the running one: {}",
-                error::Report(&e).to_string().trim_end()
-            ),
-        }
-    }
-
-    /// Serves the endpoints on `listen` from now on, if that is not where
-    /// they are. The new address is bound before the old one is closed, so
-    /// on failure nothing has changed.
-    fn listen_on(&mut self, listen: Option<SocketAddr>) -> Result<()> {
-        if self.server.as_ref().map(Server::configured) == listen {
-            return Ok(());
-        }
-        let new = listen
-            .map(|addr| Server::start(addr, self.status.clone()))
-            .transpose()?;
-        if let Some(old) = std::mem::replace(&mut self.server, new) {
-            tracing::info!("no longer serving on {}", old.bound());
-            // Not awaited: a slow client must not hold up the loop. The
-            // socket is closed already; its last requests finish alone.
-            drop(old.stop());
-        }
-        Ok(())
-    }
-
     fn set_state(&mut self, i: usize, state: TemplateState, detail: Option<String>) {
         self.templates[i].state = state;
         let name = self.name(i);
@@ -577,7 +505,7 @@ impl Coordinator {
 
     /// Starts, restarts or stops source watches so each covers exactly what
     /// the templates read, and watches the files they read.
-    fn update_watches(&mut self, since: SystemTime) {
+    pub(super) fn update_watches(&mut self, since: SystemTime) {
         let deps = || self.templates.iter().map(|t| &t.deps);
         self.files
             .watch(&self.pipeline, files::read_by(deps()), since);

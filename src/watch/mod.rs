@@ -48,6 +48,7 @@
 mod coordinator;
 mod debounce;
 mod files;
+mod reload;
 mod sources;
 
 use std::path::PathBuf;
