@@ -16,13 +16,13 @@ use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
+use super::EtcdConfig;
+use super::members::{Endpoint, Members};
+use crate::runtime;
 use anyhow::{Context, Result, anyhow, bail};
 use base64::Engine as _;
 use serde::Deserialize;
 use serde_json::json;
-use super::EtcdConfig;
-use super::members::{Endpoint, Members};
-use crate::runtime;
 
 pub(super) const B64: base64::engine::GeneralPurpose = base64::engine::general_purpose::STANDARD;
 
@@ -244,9 +244,8 @@ impl EtcdClient {
             }
             self.members.answered(i);
             if status.is_success() {
-                return serde_json::from_slice(&bytes).with_context(|| {
-                    format!("etcd at {shown} sent a reply stencil cannot read")
-                });
+                return serde_json::from_slice(&bytes)
+                    .with_context(|| format!("etcd at {shown} sent a reply stencil cannot read"));
             }
             return Err(gateway_error(status, &bytes, shown));
         }

@@ -28,9 +28,8 @@ impl Endpoint {
         } else {
             format!("http://{written}")
         };
-        let url = Url::parse(&shown).with_context(|| {
-            format!("invalid etcd endpoint {:?}", without_password(written))
-        })?;
+        let url = Url::parse(&shown)
+            .with_context(|| format!("invalid etcd endpoint {:?}", without_password(written)))?;
         if url.password().is_some() || !url.username().is_empty() {
             // The endpoint is shown in logs and on /status: no credentials
             // in it.
