@@ -265,3 +265,50 @@ fn a_member_without_a_leader_cancels_the_watch_on_every_etcd_version() {
         sidecar.assert_applied_in_order();
     }
 }
+
+#[test]
+fn a_probe_interval_too_short_or_on_the_wrong_kind_is_a_usage_error() {
+    for (url, needle) in [
+        (
+            "etcd=http://127.0.0.1:9?probe_interval=10ms",
+            "probe_interval must be at least 100ms",
+        ),
+        (
+            "consul=http://127.0.0.1:9?probe_interval=1s",
+            "unknown URL parameter \"probe_interval\"",
+        ),
+    ] {
+        Test::new()
+            .file("a.j2", "x\n")
+            .args(["render", "--source", url, "-t", "a.j2"])
+            .run()
+            .code(2)
+            .stderr_has(needle);
+    }
+    Test::new()
+        .file("a.j2", "x\n")
+        .file(
+            "stencil.toml",
+            "[sources.kv]\nkind = \"consul\"\nprobe_interval = \"1s\"\n",
+        )
+        .args(["render", "-c", "stencil.toml", "-t", "a.j2"])
+        .run()
+        .code(2)
+        .stderr_has("does not take probe_interval");
+}
+
+/// Endpoints are shown in logs and on /status: one with a password in it is
+/// refused, and the refusal does not repeat the password.
+#[test]
+fn an_endpoint_with_a_password_is_refused_without_showing_it() {
+    Test::new()
+        .file("a.j2", "x\n")
+        .file(
+            "stencil.toml",
+            "[sources.kv]\nkind = \"etcd\"\nendpoints = [\"http://root:s3cr3t-pw@127.0.0.1:9\"]\n",
+        )
+        .args(["render", "-c", "stencil.toml", "-t", "a.j2"])
+        .run()
+        .stderr_has("has a user or password in it")
+        .stderr_lacks("s3cr3t-pw");
+}
