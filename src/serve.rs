@@ -24,6 +24,7 @@ use crate::command::CommandFailed;
 use crate::config::{Destination, TemplateSpec};
 use crate::install::Outcome;
 use crate::pipeline::{Pipeline, UnitReport};
+use crate::source::SourceEvent;
 use crate::source::etcd::GivenUp;
 use crate::template::Dep;
 
@@ -206,6 +207,29 @@ impl Status {
             }
         }
         reasons
+    }
+
+    /// Records which cluster member a watch is on, the members it gave up
+    /// on, and a failover.
+    pub(crate) fn cluster_event(&mut self, event: SourceEvent) {
+        match event {
+            SourceEvent::Members {
+                source,
+                watching,
+                given_up,
+            } => {
+                if let Some(s) = self.sources.get_mut(&source) {
+                    s.member = watching;
+                    s.given_up = given_up;
+                }
+            }
+            SourceEvent::Failover { source, .. } => {
+                if let Some(s) = self.sources.get_mut(&source) {
+                    s.failovers += 1;
+                }
+            }
+            _ => {}
+        }
     }
 
     /// What `/readyz` says of clusters, ready or not: the member each

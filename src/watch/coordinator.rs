@@ -318,20 +318,8 @@ impl Coordinator {
                 tracing::warn!(source = %source, "source is failing: {error}; keeping the current files");
                 self.source_down(&source, &error);
             }
-            SourceEvent::Members {
-                source,
-                watching,
-                given_up,
-            } => {
-                if let Some(s) = serve::lock(&self.status).sources.get_mut(&source) {
-                    s.member = watching;
-                    s.given_up = given_up;
-                }
-            }
-            SourceEvent::Failover { source, .. } => {
-                if let Some(s) = serve::lock(&self.status).sources.get_mut(&source) {
-                    s.failovers += 1;
-                }
+            event @ (SourceEvent::Members { .. } | SourceEvent::Failover { .. }) => {
+                serve::lock(&self.status).cluster_event(event);
             }
         }
     }
