@@ -24,6 +24,8 @@ use crate::command::CommandFailed;
 use crate::config::{Destination, TemplateSpec};
 use crate::install::Outcome;
 use crate::pipeline::{Pipeline, UnitReport};
+use crate::source::SourceEvent;
+use crate::source::etcd::GivenUp;
 use crate::template::Dep;
 
 /// What the coordinator reports.
@@ -104,6 +106,14 @@ pub(crate) struct SourceStatus {
     pub(crate) errors: u64,
     pub(crate) reconnects: u64,
     pub(crate) last_error: Option<String>,
+    /// The cluster member the watch is on (etcd).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) member: Option<String>,
+    /// The members given up on, and why (etcd).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub(crate) given_up: Vec<GivenUp>,
+    /// Times the watch left a failed member for another.
+    pub(crate) failovers: u64,
 }
 
 #[derive(Debug, Clone, Default, Serialize)]
@@ -160,6 +170,9 @@ impl Status {
                     errors: 0,
                     reconnects: 0,
                     last_error: None,
+                    member: None,
+                    given_up: Vec::new(),
+                    failovers: 0,
                 });
                 (name.clone(), status)
             })
@@ -194,6 +207,59 @@ impl Status {
             }
         }
         reasons
+    }
+
+    /// Records which cluster member a watch is on, the members it gave up
+    /// on, and a failover.
+    pub(crate) fn cluster_event(&mut self, event: SourceEvent) {
+        match event {
+            SourceEvent::Members {
+                source,
+                watching,
+                given_up,
+            } => {
+                if let Some(s) = self.sources.get_mut(&source) {
+                    s.member = watching;
+                    s.given_up = given_up;
+                }
+            }
+            SourceEvent::Failover { source, .. } => {
+                if let Some(s) = self.sources.get_mut(&source) {
+                    s.failovers += 1;
+                }
+            }
+            _ => {}
+        }
+    }
+
+    /// What `/readyz` says of clusters, ready or not: the member each
+    /// watch is on, and the members given up on.
+    fn members(&self) -> serde_json::Map<String, serde_json::Value> {
+        let mut out = serde_json::Map::new();
+        let watching: BTreeMap<&str, &str> = self
+            .sources
+            .iter()
+            .filter_map(|(name, s)| Some((name.as_str(), s.member.as_deref()?)))
+            .collect();
+        let given_up: Vec<String> = self
+            .sources
+            .iter()
+            .flat_map(|(name, s)| {
+                s.given_up.iter().map(move |g| {
+                    format!(
+                        "source {name:?}: gave up on member {}: {}",
+                        g.member, g.error
+                    )
+                })
+            })
+            .collect();
+        if !watching.is_empty() {
+            out.insert("watching".into(), serde_json::json!(watching));
+        }
+        if !given_up.is_empty() {
+            out.insert("given_up".into(), serde_json::json!(given_up));
+        }
+        out
     }
 
     /// Prometheus text exposition of the same numbers.
@@ -251,6 +317,11 @@ impl Status {
             "source_reconnects",
             "Times the source came back after failing",
         );
+        let failovers = counter(
+            registry,
+            "source_failovers",
+            "Times the watch left a failed cluster member for another",
+        );
         for (name, s) in &self.sources {
             let l = vec![
                 ("source".to_string(), name.clone()),
@@ -259,6 +330,9 @@ impl Status {
             source_up.get_or_create(&l).set(f64::from(u8::from(s.up)));
             source_errors.get_or_create(&l).inc_by(s.errors);
             reconnects.get_or_create(&l).inc_by(s.reconnects);
+            if s.kind == "etcd" {
+                failovers.get_or_create(&l).inc_by(s.failovers);
+            }
         }
     }
 
@@ -408,22 +482,18 @@ async fn serve(
             get({
                 let status = status.clone();
                 move || {
-                    let reasons = lock(&status).not_ready();
-                    async move {
-                        if reasons.is_empty() {
-                            (
-                                StatusCode::OK,
-                                axum::Json(serde_json::json!({"ready": true})),
-                            )
-                                .into_response()
-                        } else {
-                            (
-                                StatusCode::SERVICE_UNAVAILABLE,
-                                axum::Json(serde_json::json!({"ready": false, "reasons": reasons})),
-                            )
-                                .into_response()
-                        }
-                    }
+                    let (reasons, mut body) = {
+                        let status = lock(&status);
+                        (status.not_ready(), status.members())
+                    };
+                    body.insert("ready".into(), reasons.is_empty().into());
+                    let code = if reasons.is_empty() {
+                        StatusCode::OK
+                    } else {
+                        body.insert("reasons".into(), serde_json::json!(reasons));
+                        StatusCode::SERVICE_UNAVAILABLE
+                    };
+                    async move { (code, axum::Json(body)).into_response() }
                 }
             }),
         )

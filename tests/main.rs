@@ -8,6 +8,7 @@ mod cli;
 mod consul;
 mod consul_server;
 mod etcd;
+mod etcd_cluster;
 mod examples;
 mod exec;
 mod render;

@@ -23,6 +23,9 @@ use crate::source::consul::{ConsulClient, ConsulConfig};
 use crate::source::etcd::EtcdConfig;
 use crate::spec::{duration_serde_opt, parse_duration};
 
+/// Probing more often than this would load the cluster for nothing.
+const MIN_PROBE_INTERVAL: Duration = Duration::from_millis(100);
+
 /// One flat table for every kind, so a misspelt key is reported at its own
 /// line and column (serde's internally tagged enums lose the position).
 #[derive(Debug, Deserialize)]
@@ -45,6 +48,8 @@ pub(super) struct SourceTable {
     key_file: Option<PathBuf>,
     #[serde(default, with = "duration_serde_opt")]
     timeout: Option<Duration>,
+    #[serde(default, with = "duration_serde_opt")]
+    probe_interval: Option<Duration>,
 }
 
 impl SourceTable {
@@ -66,6 +71,7 @@ impl SourceTable {
             cert_file: None,
             key_file: None,
             timeout: None,
+            probe_interval: None,
         }
     }
 
@@ -138,6 +144,12 @@ impl SourceTable {
         if let Some(t) = self.timeout {
             etcd.timeout = t;
         }
+        if let Some(p) = self.probe_interval {
+            if p < MIN_PROBE_INTERVAL {
+                bail!("{at}: source {name:?}: probe_interval must be at least 100ms");
+            }
+            etcd.probe_interval = p;
+        }
         Ok(etcd)
     }
 
@@ -206,6 +218,7 @@ impl SourceTable {
             (self.cert_file.is_some(), "cert_file", network),
             (self.key_file.is_some(), "key_file", network),
             (self.timeout.is_some(), "timeout", network),
+            (self.probe_interval.is_some(), "probe_interval", etcd),
         ]
         .into_iter()
         .filter(|&(present, _, allowed)| present && !allowed)
@@ -344,6 +357,7 @@ fn server_url(http: &str, host: &str) -> Result<String, String> {
 fn apply_params(table: &mut SourceTable, query: &str) -> Result<(), UrlError> {
     let network = table.kind.get_ref() != "file";
     let consul = table.kind.get_ref() == "consul";
+    let etcd = table.kind.get_ref() == "etcd";
     let params: BTreeMap<String, String> = url::form_urlencoded::parse(query.as_bytes())
         .map(|(k, v)| (k.into_owned(), v.into_owned()))
         .collect();
@@ -351,6 +365,7 @@ fn apply_params(table: &mut SourceTable, query: &str) -> Result<(), UrlError> {
         match key.as_str() {
             "prefix" => table.prefix = Some(value),
             "timeout" if network => table.timeout = Some(parse_duration(&value)?),
+            "probe_interval" if etcd => table.probe_interval = Some(parse_duration(&value)?),
             "dc" if consul => table.datacenter = Some(value),
             "stale" if consul => {
                 table.stale = Some(match value.as_str() {

@@ -94,6 +94,20 @@ pub enum SourceEvent {
     Up { source: String },
     /// The source stopped answering; the watch keeps retrying.
     Failed { source: String, error: String },
+    /// Which member of a cluster (etcd) the watch is on, `None` while it is
+    /// on none, and the members given up on. Sent when either changes.
+    Members {
+        source: String,
+        watching: Option<String>,
+        given_up: Vec<etcd::GivenUp>,
+    },
+    /// The watch left a cluster member that failed (`error`) for the next
+    /// one, resuming where it stood.
+    Failover {
+        source: String,
+        from: String,
+        error: String,
+    },
 }
 
 /// A data source as configured, by kind.

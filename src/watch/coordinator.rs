@@ -337,6 +337,9 @@ impl Coordinator {
                 tracing::warn!(source = %source, "source is failing: {error}; keeping the current files");
                 self.source_down(&source, &error);
             }
+            event @ (SourceEvent::Members { .. } | SourceEvent::Failover { .. }) => {
+                serve::lock(&self.status).cluster_event(event);
+            }
         }
     }
 

@@ -432,3 +432,184 @@ impl Drop for Etcd {
         self.stop();
     }
 }
+
+/// A three-member etcd cluster on 127.0.0.1, with fast heartbeats and
+/// elections so a lost leader is replaced in well under a second. Members
+/// can be killed, frozen (SIGSTOP) and brought back. Stopped on drop.
+pub struct Cluster {
+    binary: PathBuf,
+    dir: tempfile::TempDir,
+    /// (client port, peer port) of each member.
+    ports: Vec<(u16, u16)>,
+    children: Vec<Option<Child>>,
+}
+
+const MEMBERS: usize = 3;
+
+impl Cluster {
+    pub fn start() -> Cluster {
+        Cluster::start_with(&binary())
+    }
+
+    pub fn start_with(binary: &Path) -> Cluster {
+        let mut cluster = Cluster {
+            binary: binary.to_path_buf(),
+            dir: tempfile::tempdir().unwrap(),
+            ports: Vec::new(),
+            children: (0..MEMBERS).map(|_| None).collect(),
+        };
+        for attempt in 1..=START_ATTEMPTS {
+            let ports = free_ports::<6>();
+            cluster.ports = (0..MEMBERS)
+                .map(|i| (ports[2 * i], ports[2 * i + 1]))
+                .collect();
+            let _ = std::fs::remove_dir_all(cluster.dir.path().join("data0"));
+            let _ = std::fs::remove_dir_all(cluster.dir.path().join("data1"));
+            let _ = std::fs::remove_dir_all(cluster.dir.path().join("data2"));
+            for i in 0..MEMBERS {
+                cluster.launch(i, "new");
+            }
+            match (0..MEMBERS).try_for_each(|i| cluster.wait_ready(i)) {
+                Ok(()) => return cluster,
+                Err(taken) => {
+                    eprintln!("etcd cluster: a port was taken (attempt {attempt}): {taken}");
+                    (0..MEMBERS).for_each(|i| cluster.kill(i));
+                }
+            }
+        }
+        panic!("etcd cluster could not bind free ports in {START_ATTEMPTS} attempts");
+    }
+
+    /// Member `i`'s client URL.
+    pub fn url(&self, i: usize) -> String {
+        format!("http://127.0.0.1:{}", self.ports[i].0)
+    }
+
+    pub fn urls(&self) -> Vec<String> {
+        (0..MEMBERS).map(|i| self.url(i)).collect()
+    }
+
+    /// The index of the member with client URL `url`.
+    pub fn index_of(&self, url: &str) -> usize {
+        (0..MEMBERS)
+            .find(|&i| self.url(i) == url)
+            .unwrap_or_else(|| panic!("{url} is no member of the cluster"))
+    }
+
+    fn stderr_path(&self, i: usize) -> PathBuf {
+        self.dir.path().join(format!("etcd{i}.stderr"))
+    }
+
+    fn launch(&mut self, i: usize, state: &str) {
+        let peer = |j: usize| format!("http://127.0.0.1:{}", self.ports[j].1);
+        let initial: Vec<String> = (0..MEMBERS).map(|j| format!("m{j}={}", peer(j))).collect();
+        let stderr = std::fs::File::create(self.stderr_path(i)).unwrap();
+        let child = Command::new(&self.binary)
+            .arg(format!("--name=m{i}"))
+            .arg(format!(
+                "--data-dir={}",
+                self.dir.path().join(format!("data{i}")).display()
+            ))
+            .arg(format!("--listen-client-urls={}", self.url(i)))
+            .arg(format!("--advertise-client-urls={}", self.url(i)))
+            .arg(format!("--listen-peer-urls={}", peer(i)))
+            .arg(format!("--initial-advertise-peer-urls={}", peer(i)))
+            .arg(format!("--initial-cluster={}", initial.join(",")))
+            .arg(format!("--initial-cluster-state={state}"))
+            .args([
+                "--initial-cluster-token=stencil-test",
+                "--unsafe-no-fsync",
+                "--heartbeat-interval=50",
+                "--election-timeout=500",
+            ])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(stderr)
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start {}: {e}", self.binary.display()));
+        self.children[i] = Some(child);
+    }
+
+    /// Waits until member `i` serves a write (so the cluster has a
+    /// leader); `Err` when it exited because a port was taken.
+    fn wait_ready(&mut self, i: usize) -> Result<(), String> {
+        let deadline = Instant::now() + START_TIMEOUT;
+        let client = self.client(&[i]);
+        loop {
+            let child = self.children[i].as_mut().expect("launched");
+            if let Some(status) = child.try_wait().unwrap() {
+                self.children[i] = None;
+                let log = std::fs::read_to_string(self.stderr_path(i)).unwrap_or_default();
+                if let Some(line) = log.lines().find(|l| l.contains(PORT_TAKEN)) {
+                    return Err(line.to_string());
+                }
+                panic!("etcd member {i} exited ({status}) while starting\n--- stderr\n{log}");
+            }
+            let said_ready = std::fs::read(self.stderr_path(i)).is_ok_and(|log| {
+                String::from_utf8_lossy(&log).contains("ready to serve client requests")
+            });
+            if said_ready && stencil::block_on(client.put(b"/stencil-test-ready", b"1")).is_ok() {
+                return Ok(());
+            }
+            assert!(
+                Instant::now() < deadline,
+                "etcd member {i} did not serve within {START_TIMEOUT:?}\n--- stderr\n{}",
+                std::fs::read_to_string(self.stderr_path(i)).unwrap_or_default()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    fn pid(&self, i: usize) -> nix::unistd::Pid {
+        let child = self.children[i].as_ref().expect("member is running");
+        nix::unistd::Pid::from_raw(i32::try_from(child.id()).unwrap())
+    }
+
+    /// kill -9 member `i`; its data stays for [`Cluster::restart`].
+    pub fn kill(&mut self, i: usize) {
+        if let Some(mut child) = self.children[i].take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Starts member `i` again on its ports and data.
+    pub fn restart(&mut self, i: usize) {
+        self.kill(i);
+        self.launch(i, "existing");
+        self.wait_ready(i)
+            .unwrap_or_else(|taken| panic!("member {i} could not restart on its ports: {taken}"));
+    }
+
+    /// Freezes member `i` (SIGSTOP): its sockets stay open, it answers
+    /// nothing.
+    pub fn freeze(&self, i: usize) {
+        nix::sys::signal::kill(self.pid(i), nix::sys::signal::Signal::SIGSTOP).unwrap();
+    }
+
+    pub fn thaw(&self, i: usize) {
+        nix::sys::signal::kill(self.pid(i), nix::sys::signal::Signal::SIGCONT).unwrap();
+    }
+
+    /// A client of the members `members` only.
+    pub fn client(&self, members: &[usize]) -> EtcdClient {
+        let mut c = EtcdConfig::from_env();
+        c.endpoints = members.iter().map(|&i| self.url(i)).collect();
+        c.username = None;
+        c.password = None;
+        EtcdClient::new(&c).unwrap()
+    }
+
+    /// Writes through the members `members` only; the revision.
+    pub fn put_via(&self, members: &[usize], key: &str, value: &str) -> i64 {
+        stencil::block_on(self.client(members).put(key.as_bytes(), value.as_bytes()))
+            .unwrap_or_else(|e| panic!("put {key} through members {members:?}: {e:#}"))
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        // SIGKILL ends a frozen member as well.
+        (0..MEMBERS).for_each(|i| self.kill(i));
+    }
+}

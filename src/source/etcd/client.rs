@@ -13,17 +13,16 @@
 
 use std::fmt;
 use std::sync::Mutex;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
+use super::EtcdConfig;
+use super::members::{Endpoint, Members};
+use crate::runtime;
 use anyhow::{Context, Result, anyhow, bail};
 use base64::Engine as _;
 use serde::Deserialize;
 use serde_json::json;
-use url::Url;
-
-use super::EtcdConfig;
-use crate::runtime;
 
 pub(super) const B64: base64::engine::GeneralPurpose = base64::engine::general_purpose::STANDARD;
 
@@ -118,47 +117,12 @@ fn is_auth_expired(e: &anyhow::Error) -> bool {
     e.downcast_ref::<AuthExpired>().is_some()
 }
 
-/// One etcd endpoint: as the user wrote it, for messages, and parsed, for
-/// requests.
-struct Endpoint {
-    shown: String,
-    url: Url,
-}
-
-impl Endpoint {
-    fn parse(written: &str) -> Result<Endpoint> {
-        let written = written.trim_end_matches('/');
-        // etcdctl takes `host:port` as plain http.
-        let shown = if written.contains("://") {
-            written.to_string()
-        } else {
-            format!("http://{written}")
-        };
-        let url =
-            Url::parse(&shown).with_context(|| format!("invalid etcd endpoint {written:?}"))?;
-        Ok(Endpoint { shown, url })
-    }
-
-    /// The URL of a gateway call (`v3/kv/range`), below the endpoint's own
-    /// path, so an etcd behind a proxy's path prefix is reached too.
-    fn at(&self, path: &str) -> Url {
-        let mut url = self.url.clone();
-        // Fails only for URLs without an authority, which `parse` never
-        // makes (it requires `://`).
-        if let Ok(mut segments) = url.path_segments_mut() {
-            segments.pop_if_empty().extend(path.split('/'));
-        }
-        url
-    }
-}
-
 /// A client for one etcd cluster.
 pub struct EtcdClient {
     http: reqwest::Client,
     /// The bound on every request but the watch stream.
     timeout: Duration,
-    endpoints: Vec<Endpoint>,
-    preferred: AtomicUsize,
+    pub(super) members: Members,
     credentials: Option<(String, String)>,
     token: Mutex<Option<String>>,
     /// Requests sent, for tests and benchmarks.
@@ -180,7 +144,7 @@ impl EtcdClient {
         if config.endpoints.is_empty() {
             bail!("no etcd endpoints given");
         }
-        let endpoints = config
+        let endpoints: Vec<Endpoint> = config
             .endpoints
             .iter()
             .map(|e| Endpoint::parse(e))
@@ -190,24 +154,27 @@ impl EtcdClient {
             // stream; reads carry their own timeout.
             http: runtime::http_client(&config.tls, config.timeout, true)?,
             timeout: config.timeout,
-            endpoints,
-            preferred: AtomicUsize::new(0),
+            members: Members::new(endpoints),
             credentials: credentials(config)?,
             token: Mutex::new(None),
             requests: AtomicU64::new(0),
         })
     }
 
-    /// The endpoints as the user wrote them, for messages.
-    pub(super) fn describe_endpoints(&self) -> String {
-        let shown: Vec<&str> = self.endpoints.iter().map(|e| e.shown.as_str()).collect();
-        shown.join(",")
+    /// The bound on every request but the watch stream.
+    pub(super) fn timeout(&self) -> Duration {
+        self.timeout
     }
 
-    fn endpoint_order(&self) -> Vec<usize> {
-        let n = self.endpoints.len();
-        let first = self.preferred.load(Ordering::Relaxed) % n;
-        (0..n).map(|i| (first + i) % n).collect()
+    /// The endpoints as the user wrote them, for messages.
+    pub(super) fn describe_endpoints(&self) -> String {
+        let shown: Vec<&str> = self
+            .members
+            .endpoints
+            .iter()
+            .map(|e| e.shown.as_str())
+            .collect();
+        shown.join(",")
     }
 
     fn current_token(&self) -> Option<String> {
@@ -249,6 +216,9 @@ impl EtcdClient {
         }
     }
 
+    /// POSTs to the members in turn until one answers. A member that does
+    /// not answer within the request timeout, or answers that it has no
+    /// leader, is given up on and the next one asked.
     async fn post<T: serde::de::DeserializeOwned>(
         &self,
         path: &str,
@@ -256,45 +226,104 @@ impl EtcdClient {
         token: Option<&str>,
     ) -> Result<T> {
         let mut last_error = None;
-        for i in self.endpoint_order() {
-            let endpoint = &self.endpoints[i];
-            self.requests.fetch_add(1, Ordering::Relaxed);
-            let mut req = self
-                .http
-                .post(endpoint.at(path))
-                .json(body)
-                .timeout(self.timeout);
-            if let Some(t) = token {
-                req = req.header(reqwest::header::AUTHORIZATION, t);
-            }
-            let resp = match req.send().await {
-                Ok(r) => r,
+        for i in self.members.order() {
+            let shown = self.members.shown(i);
+            let (status, bytes) = match self.send(i, path, body, token, self.timeout).await {
+                Ok(answer) => answer,
                 Err(e) => {
-                    // Connection-level failure: try the next endpoint.
-                    last_error = Some(
-                        anyhow!("{}", runtime::describe_reqwest(&e))
-                            .context(format!("etcd at {} did not answer", endpoint.shown)),
-                    );
+                    self.give_up(i, &format!("{e:#}"));
+                    last_error = Some(e.context(format!("etcd at {shown} did not answer")));
                     continue;
                 }
             };
-            self.preferred.store(i, Ordering::Relaxed);
-            let status = resp.status();
-            let bytes = resp
-                .bytes()
-                .await
-                .with_context(|| format!("reading the answer of etcd at {}", endpoint.shown))?;
-            if status.is_success() {
-                return serde_json::from_slice(&bytes).with_context(|| {
-                    format!(
-                        "etcd at {} sent a reply stencil cannot read",
-                        endpoint.shown
-                    )
-                });
+            if is_unavailable(status, &bytes) {
+                let e = gateway_error(status, &bytes, shown);
+                self.give_up(i, &format!("{e:#}"));
+                last_error = Some(e);
+                continue;
             }
-            return Err(gateway_error(status, &bytes, &endpoint.shown));
+            self.members.answered(i);
+            if status.is_success() {
+                return serde_json::from_slice(&bytes)
+                    .with_context(|| format!("etcd at {shown} sent a reply stencil cannot read"));
+            }
+            return Err(gateway_error(status, &bytes, shown));
         }
         Err(last_error.unwrap_or_else(|| anyhow!("no etcd endpoint")))
+    }
+
+    /// One request to member `i`, its answer read whole within `timeout`;
+    /// an error when the member did not answer.
+    async fn send(
+        &self,
+        i: usize,
+        path: &str,
+        body: &serde_json::Value,
+        token: Option<&str>,
+        timeout: Duration,
+    ) -> Result<(reqwest::StatusCode, Vec<u8>)> {
+        self.requests.fetch_add(1, Ordering::Relaxed);
+        let req = self.request(i, path, body, token);
+        let exchange = async {
+            let resp = req.send().await?;
+            let status = resp.status();
+            Ok::<_, reqwest::Error>((status, resp.bytes().await?.to_vec()))
+        };
+        match tokio::time::timeout(timeout, exchange).await {
+            Ok(Ok(answer)) => Ok(answer),
+            Ok(Err(e)) => Err(anyhow!("{}", runtime::describe_reqwest(&e))),
+            Err(_) => Err(anyhow!("no answer within {timeout:?} (timed out)")),
+        }
+    }
+
+    /// A POST to member `i`, carrying the token and etcd's require-leader
+    /// metadata: the gateway passes `Grpc-Metadata-*` headers on as gRPC
+    /// metadata, and a member without a leader then refuses the request
+    /// (and cancels the watch) instead of serving stale data or silence.
+    fn request(
+        &self,
+        i: usize,
+        path: &str,
+        body: &serde_json::Value,
+        token: Option<&str>,
+    ) -> reqwest::RequestBuilder {
+        let mut req = self
+            .http
+            .post(self.members.endpoints[i].at(path))
+            .header("Grpc-Metadata-hasleader", "true")
+            .json(body);
+        if let Some(t) = token {
+            req = req.header(reqwest::header::AUTHORIZATION, t);
+        }
+        req
+    }
+
+    /// Gives up on member `i`, logging it the first time.
+    pub(super) fn give_up(&self, i: usize, why: &str) {
+        if self.members.give_up(i, why) && self.members.len() > 1 {
+            let shown = self.members.shown(i);
+            tracing::warn!("etcd member {shown}: {why}; trying the other members first");
+        }
+    }
+
+    /// Asks member `i` for one key of the range it watches (`key`), within
+    /// `timeout`. The read is linearizable, so it passes through the
+    /// leader: a member that is frozen, cut off from its leader or cannot
+    /// apply fails it. Any other answer (even "permission denied") shows
+    /// the member is alive and caught up.
+    pub(super) async fn probe(&self, i: usize, key: &[u8], timeout: Duration) -> Result<()> {
+        self.ensure_token().await?;
+        let body = json!({"key": B64.encode(key), "limit": "1", "keys_only": true});
+        let token = self.current_token();
+        let (status, bytes) = self
+            .send(i, "v3/kv/range", &body, token.as_deref(), timeout)
+            .await
+            .context("it did not answer a probe")?;
+        if is_unavailable(status, &bytes) {
+            return Err(gateway_error(status, &bytes, self.members.shown(i)));
+        }
+        self.members.answered(i);
+        Ok(())
     }
 
     async fn authenticate(&self) -> Result<()> {
@@ -340,44 +369,38 @@ impl EtcdClient {
         Ok(resp)
     }
 
-    /// Opens a watch stream with the `create_request` `body`, trying every
-    /// endpoint in turn; the stream and the endpoint that serves it.
+    /// Opens a watch stream with the `create_request` `body`, trying the
+    /// members in turn; the stream and the index of the member that serves
+    /// it.
     ///
     /// The response head must come within the request timeout, though the
     /// body streams forever.
     pub(super) async fn open_watch(
         &self,
         body: &serde_json::Value,
-    ) -> Result<(reqwest::Response, &str)> {
+    ) -> Result<(reqwest::Response, usize)> {
         self.ensure_token().await?;
         let mut last_error = None;
-        for i in self.endpoint_order() {
-            let endpoint = &self.endpoints[i];
+        for i in self.members.order() {
+            let shown = self.members.shown(i);
             self.requests.fetch_add(1, Ordering::Relaxed);
-            let mut req = self.http.post(endpoint.at("v3/watch")).json(body);
-            if let Some(t) = self.current_token() {
-                req = req.header(reqwest::header::AUTHORIZATION, t);
-            }
-            match tokio::time::timeout(self.timeout, req.send()).await {
+            let token = self.current_token();
+            let req = self.request(i, "v3/watch", body, token.as_deref());
+            let error = match tokio::time::timeout(self.timeout, req.send()).await {
+                Ok(Ok(resp)) if resp.status() == reqwest::StatusCode::SERVICE_UNAVAILABLE => {
+                    let bytes = resp.bytes().await.unwrap_or_default();
+                    gateway_error(reqwest::StatusCode::SERVICE_UNAVAILABLE, &bytes, shown)
+                }
                 Ok(Ok(resp)) => {
-                    self.preferred.store(i, Ordering::Relaxed);
-                    let resp = self.check_watch_head(resp, &endpoint.shown).await?;
-                    return Ok((resp, &endpoint.shown));
+                    self.members.answered(i);
+                    let resp = self.check_watch_head(resp, shown).await?;
+                    return Ok((resp, i));
                 }
-                Ok(Err(e)) => {
-                    last_error = Some(anyhow!(
-                        "etcd at {}: {}",
-                        endpoint.shown,
-                        runtime::describe_reqwest(&e)
-                    ));
-                }
-                Err(_) => {
-                    last_error = Some(anyhow!(
-                        "etcd at {} did not answer the watch in time",
-                        endpoint.shown
-                    ));
-                }
-            }
+                Ok(Err(e)) => anyhow!("etcd at {shown}: {}", runtime::describe_reqwest(&e)),
+                Err(_) => anyhow!("etcd at {shown} did not answer the watch in time"),
+            };
+            self.give_up(i, &format!("{error:#}"));
+            last_error = Some(error);
         }
         Err(last_error.unwrap_or_else(|| anyhow!("no etcd endpoint")))
     }
@@ -497,6 +520,14 @@ fn gateway_error(status: reqwest::StatusCode, body: &[u8], endpoint: &str) -> an
     }
 }
 
+/// Whether an answer says the member cannot serve now (no leader, a
+/// request timed out inside etcd): gRPC's Unavailable, which the gateway
+/// sends as 503. The next member may serve.
+fn is_unavailable(status: reqwest::StatusCode, body: &[u8]) -> bool {
+    status == reqwest::StatusCode::SERVICE_UNAVAILABLE
+        || serde_json::from_slice::<GatewayError>(body).is_ok_and(|g| g.code == 14)
+}
+
 /// The end of the range holding every key that starts with `prefix`.
 pub fn prefix_range_end(prefix: &[u8]) -> Vec<u8> {
     let mut end = prefix.to_vec();
@@ -534,14 +565,5 @@ mod tests {
         assert_eq!(prefix_range_end(b"/a/"), b"/a0".to_vec());
         assert_eq!(prefix_range_end(b"a\xff"), b"b".to_vec());
         assert_eq!(prefix_range_end(b""), vec![0]);
-    }
-
-    #[test]
-    fn gateway_paths_go_below_the_endpoint_path() {
-        let at = |e: &str| Endpoint::parse(e).unwrap().at("v3/kv/range").to_string();
-        assert_eq!(at("127.0.0.1:2379"), "http://127.0.0.1:2379/v3/kv/range");
-        assert_eq!(at("https://h:2379/"), "https://h:2379/v3/kv/range");
-        assert_eq!(at("http://proxy/etcd/"), "http://proxy/etcd/v3/kv/range");
-        assert_eq!(Endpoint::parse("h:1/").unwrap().shown, "http://h:1");
     }
 }

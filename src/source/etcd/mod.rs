@@ -26,13 +26,21 @@ use crate::runtime::{self, Tls};
 use client::{B64, EtcdError, Kv, prefix_range};
 
 mod client;
+mod members;
+mod probe;
 mod watch;
 
 pub use client::{EtcdClient, prefix_range_end};
+pub use members::GivenUp;
 
 /// The default request timeout. A bogus token can make the gateway hang
 /// forever, so nothing waits without a bound.
 const DEFAULT_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// How often the watch asks the member that carries it whether it still
+/// serves. With the probe timeout of half that, a frozen member is left
+/// within 7.5 s, so a change is applied within 10 s.
+pub const DEFAULT_PROBE_INTERVAL: Duration = Duration::from_secs(5);
 
 /// How to reach etcd.
 #[derive(Clone, PartialEq, serde::Serialize)]
@@ -48,6 +56,10 @@ pub struct EtcdConfig {
     pub tls: Tls,
     #[serde(with = "crate::spec::duration_serde")]
     pub timeout: Duration,
+    /// How often the watch probes the member it is on; each probe may
+    /// take half of it (at most `timeout`).
+    #[serde(with = "crate::spec::duration_serde")]
+    pub probe_interval: Duration,
 }
 
 /// Without the password: a Debug print must not leak it.
@@ -61,6 +73,7 @@ impl fmt::Debug for EtcdConfig {
             .field("password_file", &self.password_file)
             .field("tls", &self.tls)
             .field("timeout", &self.timeout)
+            .field("probe_interval", &self.probe_interval)
             .finish()
     }
 }
@@ -95,6 +108,7 @@ impl EtcdConfig {
                 key_file: env("ETCDCTL_KEY").map(PathBuf::from),
             },
             timeout: DEFAULT_TIMEOUT,
+            probe_interval: DEFAULT_PROBE_INTERVAL,
         }
     }
 }
@@ -113,11 +127,14 @@ struct Cache {
 pub struct EtcdSource {
     name: String,
     client: EtcdClient,
+    probe_interval: Duration,
     prefix: String,
     cache: Mutex<Cache>,
     /// The revision the running (or last) watch would resume from, so a
     /// restarted watch never skips what the old one had not delivered.
     watch_position: Mutex<Option<i64>>,
+    /// What the watch last said of the cluster's members.
+    reported: Mutex<probe::Reported>,
 }
 
 /// Without the cached values: a Debug print must not leak them.
@@ -136,9 +153,11 @@ impl EtcdSource {
         Ok(EtcdSource {
             name: name.to_string(),
             client: EtcdClient::new(config)?,
+            probe_interval: config.probe_interval,
             prefix: config.prefix.clone(),
             cache: Mutex::new(Cache::default()),
             watch_position: Mutex::new(None),
+            reported: Mutex::new(None),
         })
     }
 

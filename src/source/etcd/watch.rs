@@ -9,6 +9,8 @@
 //! [`SourceEvent::Resync`]. A watch etcd cancels for lack of permission
 //! ends with an error: never silence.
 
+use std::time::{Duration, Instant};
+
 use anyhow::{Context, Result, bail};
 use base64::Engine as _;
 use futures_util::StreamExt;
@@ -52,8 +54,10 @@ struct WatchEvent {
 /// Why one stream ended.
 enum WatchEnd {
     ReceiverGone,
-    Disconnected,
     Compacted(i64),
+    /// The stream's member failed: it disconnected, canceled the watch
+    /// (no leader), sent an error or failed a probe.
+    Broke(String),
 }
 
 impl EtcdSource {
@@ -76,6 +80,7 @@ impl EtcdSource {
             end,
             next: start_revision.max(0),
             failing: false,
+            created: false,
         };
         watch.run().await
     }
@@ -97,6 +102,8 @@ struct Watch<'a> {
     /// Whether the source was reported failed, so the next stream that
     /// opens reports it up again.
     failing: bool,
+    /// Whether the current stream said it was created.
+    created: bool,
 }
 
 impl Watch<'_> {
@@ -104,8 +111,9 @@ impl Watch<'_> {
         &self.source.name
     }
 
-    /// Opens streams until the receiver is gone, with backoff between
-    /// failures; an error only when etcd refuses the watch.
+    /// Opens streams until the receiver is gone: at once on the next
+    /// member when an established stream's member fails, with backoff
+    /// when no member serves. An error only when etcd refuses the watch.
     async fn run(&mut self) -> Result<()> {
         let mut backoff = Backoff::default();
         loop {
@@ -118,7 +126,14 @@ impl Watch<'_> {
                     backoff.reset();
                     continue;
                 }
-                Ok(WatchEnd::Disconnected) => "the watch stream ended".to_string(),
+                Ok(WatchEnd::Broke(why)) if self.created => {
+                    // A failover: the next member serves from where this
+                    // one stood, and the source never looked down.
+                    tracing::debug!(source = %self.name(), "etcd watch: {why}");
+                    backoff.reset();
+                    continue;
+                }
+                Ok(WatchEnd::Broke(why)) => why,
                 Err(e) if EtcdError::is_denied(&e) => {
                     let source = self.name();
                     return Err(e.context(format!("etcd watch of source {source:?} was refused")));
@@ -154,7 +169,8 @@ impl Watch<'_> {
         self.tx.send(event).is_ok()
     }
 
-    /// One stream, from opening it to its end.
+    /// One stream, from opening it to its end. A member whose stream
+    /// broke is given up on, so the next stream opens on another.
     async fn once(&mut self) -> Result<WatchEnd> {
         let mut create = json!({
             "key": B64.encode(&self.key),
@@ -163,25 +179,70 @@ impl Watch<'_> {
         if self.next > 0 {
             create["start_revision"] = json!(self.next.to_string());
         }
-        let client = &self.source.client;
-        let (resp, endpoint) = client
+        let source = self.source;
+        let (resp, member) = source
+            .client
             .open_watch(&json!({ "create_request": create }))
-            .await?;
+            .await
+            .inspect_err(|_| source.report_members(self.tx, None))?;
         if std::mem::take(&mut self.failing) {
             let _ = self.tx.send(SourceEvent::Up {
                 source: self.name().to_string(),
             });
         }
+        source.report_members(self.tx, Some(member));
+        self.created = false;
+        let opened = Instant::now();
+        let why = match self.follow(resp, member).await {
+            Ok(WatchEnd::Broke(why)) => why,
+            Err(e) if !EtcdError::is_denied(&e) => format!("{e:#}"),
+            other => return other,
+        };
+        // A stream that lived less than a second counts as never made, so
+        // a member that accepts watches and drops them at once is backed
+        // off from.
+        self.created &= opened.elapsed() >= Duration::from_secs(1);
+        let shown = source.client.members.shown(member).to_string();
+        source.client.give_up(member, &why);
+        if source.client.members.len() > 1 {
+            tracing::warn!(source = %self.name(), "etcd watch on member {shown}: {why}; resuming from revision {} on the next member", self.next);
+            let _ = self.tx.send(SourceEvent::Failover {
+                source: self.name().to_string(),
+                from: shown,
+                error: why.clone(),
+            });
+        }
+        source.report_members(self.tx, None);
+        Ok(WatchEnd::Broke(why))
+    }
+
+    /// Follows an open stream on `member` while probing that member.
+    async fn follow(&mut self, resp: reqwest::Response, member: usize) -> Result<WatchEnd> {
+        let source = self.source;
+        let tx = self.tx;
+        let key = self.key.clone();
+        let endpoint = source.client.members.shown(member).to_string();
+        let probe = source.probe_until_failure(member, &key, tx);
+        tokio::pin!(probe);
         let mut stream = resp.bytes_stream();
         let mut buf: Vec<u8> = Vec::new();
-        while let Some(chunk) = stream.next().await {
-            let Ok(chunk) = chunk else {
-                return Ok(WatchEnd::Disconnected);
+        loop {
+            let chunk = tokio::select! {
+                chunk = stream.next() => chunk,
+                why = &mut probe => return Ok(WatchEnd::Broke(why)),
+            };
+            let chunk = match chunk {
+                None => return Ok(WatchEnd::Broke("the watch stream ended".into())),
+                Some(Err(e)) => {
+                    let why = crate::runtime::describe_reqwest(&e);
+                    return Ok(WatchEnd::Broke(format!("the watch stream broke: {why}")));
+                }
+                Some(Ok(chunk)) => chunk,
             };
             buf.extend_from_slice(&chunk);
             while let Some(pos) = buf.iter().position(|&b| b == b'\n') {
                 let line: Vec<u8> = buf.drain(..=pos).collect();
-                if let Some(end) = self.handle_line(&line, endpoint)? {
+                if let Some(end) = self.handle_line(&line, &endpoint)? {
                     return Ok(end);
                 }
             }
@@ -189,7 +250,6 @@ impl Watch<'_> {
                 return Ok(WatchEnd::ReceiverGone);
             }
         }
-        Ok(WatchEnd::Disconnected)
     }
 
     /// Handles one line of the stream; `Some` when the stream is over.
@@ -248,6 +308,7 @@ impl Watch<'_> {
     }
 
     fn created(&mut self, revision: i64) {
+        self.created = true;
         tracing::debug!(source = %self.name(), "etcd watch created at revision {revision}");
         if self.next == 0 {
             // Watching "from now": now has a number, and a reconnect must
