@@ -17,7 +17,7 @@ use crate::config::Flags;
 use crate::error::{self, Exit};
 use crate::exec::supervise::{Signals, Supervisor, spawn_exit};
 use crate::install::Outcome;
-use crate::pipeline::{Options, Pipeline, UnitReport};
+use crate::pipeline::{Options, Pipeline, UnitReport, is_rejected};
 use crate::runtime;
 use crate::serve::{self, Server, Shared, TemplateState};
 use crate::source::SourceEvent;
@@ -502,6 +502,8 @@ impl Coordinator {
         let (state, detail) = serve::state_after(&unit);
         if let Some(t) = serve::lock(&self.status).templates.get_mut(&self.name(i)) {
             t.count(&unit.result, now_unix);
+            t.rejected_sha256
+                .clone_from(&self.pipeline.units[i].rejected);
         }
         let source = self.pipeline.units[i].spec.source.display();
         let info = &mut self.templates[i];
@@ -516,6 +518,8 @@ impl Coordinator {
                     info.logged_pending = Some(unit.deps.waiting_for.clone());
                 }
             }
+            // The batch's reload error, logged once, names it.
+            (Err(e), _) if is_rejected(e) => info.logged_pending = None,
             (Err(e), _) => {
                 info.logged_pending = None;
                 tracing::error!(
