@@ -504,4 +504,37 @@ mod tests {
         assert!(!stale.exists());
         assert!(other.exists(), "only this destination's staged files go");
     }
+
+    #[test]
+    fn restore_puts_back_content_and_mode_through_a_symlink() {
+        let dir = tempfile::tempdir().unwrap();
+        let real = dir.path().join("real.conf");
+        fs::write(&real, "old").unwrap();
+        fs::set_permissions(&real, Permissions::from_mode(0o600)).unwrap();
+        let link = dir.path().join("link.conf");
+        std::os::unix::fs::symlink("real.conf", &link).unwrap();
+        let mut req = request(&link, b"new");
+        req.mode = Some(0o644);
+        let (outcome, previous) = install_keeping(&req).unwrap();
+        assert_eq!(outcome, Outcome::Written);
+        assert_eq!(fs::read_to_string(&real).unwrap(), "new");
+        restore(&previous.unwrap()).unwrap();
+        assert_eq!(fs::read_to_string(&real).unwrap(), "old");
+        assert_eq!(fs::metadata(&real).unwrap().mode() & 0o7777, 0o600);
+        assert!(
+            fs::symlink_metadata(&link)
+                .unwrap()
+                .file_type()
+                .is_symlink()
+        );
+    }
+
+    #[test]
+    fn restore_removes_a_file_that_did_not_exist() {
+        let dir = tempfile::tempdir().unwrap();
+        let dest = dir.path().join("a.conf");
+        let (_, previous) = install_keeping(&request(&dest, b"new")).unwrap();
+        restore(&previous.unwrap()).unwrap();
+        assert!(!dest.exists());
+    }
 }

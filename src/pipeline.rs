@@ -486,14 +486,14 @@ impl Rollback<'_> {
     /// The error for stderr and the log: both runs, with their output.
     fn error(&self) -> anyhow::Error {
         let names = self.names.join(", ");
-        let what = if self.names.len() == 1 {
-            "file was"
+        let (what, file, it) = if self.names.len() == 1 {
+            ("file was", "file", "it")
         } else {
-            "files were"
+            ("files were", "files", "them")
         };
-        let first = format!("first run, on the new {names}: {:#}", self.first);
+        let first = format!("first run, on the new {file}: {:#}", self.first);
         match self.second {
-            Some(Err(e)) => anyhow!("second run, on the restored {names}: {e:#}")
+            Some(Err(e)) => anyhow!("second run, on the restored {file}: {e:#}")
                 .context(first)
                 .context(format!(
                     "reload command `{}` failed on the new {names}, and again after the \
@@ -502,7 +502,7 @@ impl Rollback<'_> {
                 )),
             _ => anyhow!(first).context(format!(
                 "reload command `{}` failed on the new {names}; the previous {what} restored \
-                 and the second run, on the restored {names}, succeeded",
+                 and the reload ran again on {it}: it succeeded",
                 self.spec
             )),
         }
