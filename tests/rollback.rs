@@ -298,3 +298,37 @@ fn watch_restores_reports_the_rejected_content_and_does_not_retry_it() {
     assert_eq!(reload_runs(&run), 4);
     assert!(out_status(addr).unwrap()["rejected_sha256"].is_null());
 }
+
+#[test]
+fn a_reload_that_times_out_restores_the_previous_owner_too() {
+    // The tests run as root (as CI does), so ownership can be given away.
+    use std::os::unix::fs::MetadataExt;
+    let t = Test::new()
+        .file("out.conf.j2", "value {{ key('v') }}\n")
+        .file("d.json", r#"{"v": "bad"}"#)
+        .file("out.conf", "value old\n")
+        .file(
+            "stencil.toml",
+            "[sources.d]\nkind = \"file\"\npath = \"d.json\"\n\n\
+             [[templates]]\nsource = \"out.conf.j2\"\ndestination = \"out.conf\"\n\
+             owner = \"0\"\ngroup = \"0\"\ncommand_timeout = \"300ms\"\n\
+             on_reload_failure = \"restore\"\n\
+             reload = \"echo run >> reloads; if grep -q bad out.conf; then sleep 30; fi\"\n",
+        )
+        .args(["render", "-c", "stencil.toml"]);
+    nix::unistd::chown(
+        &t.path("out.conf"),
+        Some(nix::unistd::Uid::from_raw(65534)),
+        Some(nix::unistd::Gid::from_raw(65534)),
+    )
+    .unwrap();
+    let out = t
+        .run()
+        .code(1)
+        .file_is("out.conf", "value old\n")
+        .stderr_has("timed out after 300ms")
+        .stderr_has("the reload ran again on it: it succeeded");
+    assert_eq!(runs(&out), 2);
+    let meta = std::fs::metadata(out.dir.join("out.conf")).unwrap();
+    assert_eq!((meta.uid(), meta.gid()), (65534, 65534));
+}
