@@ -36,10 +36,23 @@ pub(crate) struct Unit {
     pub(crate) spec: TemplateSpec,
     pub(crate) template: Template,
     pub(crate) default_source: Option<String>,
-    /// The SHA-256 (hex) of the content its reload last rejected, after
-    /// which the previous file was restored: that content is not installed
-    /// again, or every event would fail and restore once more.
-    pub(crate) rejected: Option<String>,
+    /// The content its reload last rejected, after which the previous file
+    /// was restored: that content is not installed again, or every event
+    /// would fail and restore once more.
+    pub(crate) rejected: Option<Rejection>,
+}
+
+/// What a reload rejected, and which reload.
+#[derive(Debug)]
+pub(crate) struct Rejection {
+    /// The SHA-256 of the content, in hex.
+    pub(crate) sha256: String,
+    /// The reload command, as run.
+    reload: CommandSpec,
+    /// Restored with other templates sharing the reload: it may not be
+    /// this content the service refused, so it is tried again once that
+    /// reload succeeds.
+    shared: bool,
 }
 
 /// The loaded configuration: sources opened, templates parsed.
@@ -67,6 +80,9 @@ pub(crate) struct Report {
     /// Check and reload commands run, and how many of them failed.
     pub(crate) commands_run: u64,
     pub(crate) command_failures: u64,
+    /// Templates restored together with others whose reload now succeeds:
+    /// worth rendering again (watch does).
+    pub(crate) retry: Vec<usize>,
 }
 
 impl Report {
@@ -169,7 +185,7 @@ impl Pipeline {
         };
         let hash = restore.then(|| sha256(content));
         if let (Some(hash), Some(rejected)) = (&hash, &unit.rejected) {
-            if hash == rejected && !opts.dry_run {
+            if *hash == rejected.sha256 && !opts.dry_run {
                 // Installing it again would fail the reload again and
                 // restore again, on every event that renders it.
                 let msg = format!(
@@ -222,8 +238,9 @@ impl Pipeline {
     /// was reloading onto that may be restored are put back, all of them,
     /// and it runs once more so the service is on them; the failure is
     /// reported once, with both runs, and each restored template fails
-    /// with a [`Rejected`] naming what happened (no command output: that
-    /// goes to `/status`).
+    /// with a [`Rejected`] naming what happened, without the command's
+    /// output (it is what `/status` shows). When the reload succeeds,
+    /// templates restored together at its last failure are retried.
     fn run_reload(&mut self, reload: Reload, report: &mut Report) {
         let Reload {
             spec,
@@ -233,6 +250,7 @@ impl Pipeline {
         tracing::info!(command = %spec, "running reload command");
         report.commands_run += 1;
         let Err(first) = command::run(&spec, "reload command", timeout) else {
+            self.retry_shared(&spec, report);
             return;
         };
         report.command_failures += 1;
@@ -268,7 +286,11 @@ impl Pipeline {
             second: second.as_ref(),
         };
         for (index, hash) in &restored {
-            self.units[*index].rejected = Some(hash.clone());
+            self.units[*index].rejected = Some(Rejection {
+                sha256: hash.clone(),
+                reload: spec.clone(),
+                shared: restored.len() > 1,
+            });
             set_result(report, *index, Err(Rejected(rollback.summary()).into()));
         }
         for (index, e) in problems {
@@ -285,6 +307,22 @@ impl Pipeline {
         }
         if !names.is_empty() {
             report.commands.push(rollback.error());
+        }
+    }
+
+    /// After `spec` succeeded: the templates restored together when it last
+    /// failed may try their content again (one of the others may have been
+    /// what the service refused). Once per success, so no loop.
+    fn retry_shared(&mut self, spec: &CommandSpec, report: &mut Report) {
+        for (index, unit) in self.units.iter_mut().enumerate() {
+            if unit
+                .rejected
+                .as_ref()
+                .is_some_and(|r| r.shared && r.reload == *spec)
+            {
+                unit.rejected = None;
+                report.retry.push(index);
+            }
         }
     }
 

@@ -332,3 +332,40 @@ fn a_reload_that_times_out_restores_the_previous_owner_too() {
     let meta = std::fs::metadata(out.dir.join("out.conf")).unwrap();
     assert_eq!((meta.uid(), meta.gid()), (65534, 65534));
 }
+
+#[test]
+fn watch_retries_a_template_restored_with_another_once_their_reload_succeeds() {
+    let templates = [template("a.conf", ""), template("b.conf", "")].concat();
+    let t = Test::new()
+        .file("reload.sh", RELOAD)
+        .file("a.conf.j2", "a {{ key('a') }}\n")
+        .file("b.conf.j2", "b {{ key('b') }}\n")
+        .file("d.json", r#"{"a": "old", "b": "old"}"#)
+        .file(
+            "stencil.toml",
+            config(&templates, "on_reload_failure = \"restore\""),
+        )
+        .args(["watch", "-c", "stencil.toml", "--listen", "127.0.0.1:0"]);
+    let mut run = t.spawn();
+    let addr = serving_on(&mut run);
+    run.wait_for("ready", |_| (get(addr, "/readyz")?.0 == 200).then_some(()));
+
+    // a breaks the service; b, restored with it, was innocent.
+    replace(&t, "d.json", r#"{"a": "bad", "b": "new"}"#);
+    run.wait_for("both to be restored", |r| {
+        r.stderr()
+            .contains("the previous files were restored")
+            .then_some(())
+    });
+    assert_eq!(run.file("a.conf").as_deref(), Some("a old\n"));
+    assert_eq!(run.file("b.conf").as_deref(), Some("b old\n"));
+
+    // a is fixed; b renders what was rejected with a, installed once the
+    // reload succeeds again.
+    replace(&t, "d.json", r#"{"a": "fixed", "b": "new"}"#);
+    run.wait_file("a.conf", "a fixed\n");
+    run.wait_file("b.conf", "b new\n");
+    run.wait_for("ready again", |_| {
+        (get(addr, "/readyz")?.0 == 200).then_some(())
+    });
+}

@@ -490,6 +490,12 @@ impl Coordinator {
         for e in &report.commands {
             tracing::error!("{}", error::Report(e).to_string().trim_end());
         }
+        if !report.retry.is_empty() {
+            self.mark(
+                report.retry,
+                "its reload succeeds again; trying the content restored with another template's",
+            );
+        }
         self.publish_due(which.iter().copied());
         self.update_watches(started);
         wrote
@@ -502,8 +508,10 @@ impl Coordinator {
         let (state, detail) = serve::state_after(&unit);
         if let Some(t) = serve::lock(&self.status).templates.get_mut(&self.name(i)) {
             t.count(&unit.result, now_unix);
-            t.rejected_sha256
-                .clone_from(&self.pipeline.units[i].rejected);
+            t.rejected_sha256 = self.pipeline.units[i]
+                .rejected
+                .as_ref()
+                .map(|r| r.sha256.clone());
         }
         let source = self.pipeline.units[i].spec.source.display();
         let info = &mut self.templates[i];
