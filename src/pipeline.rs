@@ -296,18 +296,21 @@ impl Pipeline {
         for (index, e) in problems {
             let name = self.name(index);
             let e = e.context(format!(
-                "the reload failed on the new {name} ({}), and the previous file could not be \
-                 restored: the new file stays",
-                status_line(&first)
+                "the previous {name} could not be restored after the reload failed on the new \
+                 one (below): the new file stays"
             ));
             report.commands.push(e);
             let msg =
                 format!("reload command `{spec}` failed; the previous file could not be restored");
             set_result(report, index, Err(Rejected(msg).into()));
         }
-        if !names.is_empty() {
-            report.commands.push(rollback.error());
-        }
+        // With nothing restored, the reload's own error carries its output.
+        let error = if names.is_empty() {
+            first
+        } else {
+            rollback.error()
+        };
+        report.commands.push(error);
     }
 
     /// After `spec` succeeded: the templates restored together when it last

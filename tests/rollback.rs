@@ -369,3 +369,33 @@ fn watch_retries_a_template_restored_with_another_once_their_reload_succeeds() {
         (get(addr, "/readyz")?.0 == 200).then_some(())
     });
 }
+
+#[test]
+fn a_restore_that_cannot_write_says_so_and_keeps_the_reloads_output() {
+    // The reload makes the directory read-only, so the restore cannot stage
+    // the previous file; stencil runs unprivileged for the refusal to be
+    // real.
+    let t = Test::new()
+        .unprivileged()
+        .file("out.j2", "value {{ key('v') }}\n")
+        .file("d.json", r#"{"v": "bad"}"#)
+        .file("etc/out.conf", "value old\n")
+        .file(
+            "stencil.toml",
+            "on_reload_failure = \"restore\"\n\
+             [sources.d]\nkind = \"file\"\npath = \"d.json\"\n\n\
+             [[templates]]\nsource = \"out.j2\"\ndestination = \"etc/out.conf\"\n\
+             reload = \"chmod 555 etc; echo refused by the service >&2; exit 1\"\n",
+        );
+    for path in ["etc", "etc/out.conf"] {
+        let uid = Some(nix::unistd::Uid::from_raw(65534));
+        nix::unistd::chown(&t.path(path), uid, Some(nix::unistd::Gid::from_raw(65534))).unwrap();
+    }
+    t.args(["render", "-c", "stencil.toml"])
+        .run()
+        .code(1)
+        .file_is("etc/out.conf", "value bad\n")
+        .stderr_has("could not be restored after the reload failed on the new one (below): the new file stays")
+        .stderr_has("refused by the service")
+        .stderr_lacks("second run");
+}
