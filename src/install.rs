@@ -16,6 +16,10 @@
 //!    file bind-mounted into a container (consul-template's long-standing
 //!    bug): stencil warns once and writes in place instead, reporting any
 //!    failure.
+//! 6. [`install_keeping`] also hands back the file it replaced
+//!    ([`Previous`], held in memory: a hard link would share the in-place
+//!    fallback's truncated inode), and [`restore`] puts it back through the
+//!    same staged install, or removes a file that did not exist before.
 
 use std::fs::{self, File, OpenOptions, Permissions};
 use std::io::Write;
@@ -57,6 +61,19 @@ pub(crate) struct Plan {
     pub(crate) uid: Option<u32>,
     pub(crate) gid: Option<u32>,
     pub(crate) changed: bool,
+    /// The current file's mode, uid and gid, if it exists.
+    current_meta: Option<(u32, u32, u32)>,
+}
+
+/// The file an install replaced, as it was: what [`restore`] puts back.
+#[derive(Debug, Clone)]
+pub(crate) struct Previous {
+    /// The destination as configured, for messages.
+    pub(crate) destination: PathBuf,
+    /// The file written (the symlink target when there is one).
+    target: PathBuf,
+    /// Content, mode, uid and gid; `None` when there was no file.
+    file: Option<(Vec<u8>, u32, u32, u32)>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -108,22 +125,80 @@ pub(crate) fn plan(req: &Request) -> Result<Plan> {
         uid,
         gid,
         changed,
+        current_meta: meta.map(|m| (m.mode() & 0o7777, m.uid(), m.gid())),
     })
 }
 
 /// Installs one file as the module documentation describes.
 pub(crate) fn install(req: &Request) -> Result<Outcome> {
-    let plan = plan(req)?;
+    install_keeping(req).map(|(outcome, _)| outcome)
+}
+
+/// Like [`install`], and when it wrote, also the file it replaced.
+pub(crate) fn install_keeping(req: &Request) -> Result<(Outcome, Option<Previous>)> {
+    let mut plan = plan(req)?;
     if !plan.changed {
-        return Ok(Outcome::Unchanged);
+        return Ok((Outcome::Unchanged, None));
     }
+    write(req, &plan)?;
+    let file = match (plan.current.take(), plan.current_meta) {
+        (Some(bytes), Some((mode, uid, gid))) => Some((bytes, mode, uid, gid)),
+        _ => None,
+    };
+    let previous = Previous {
+        destination: req.destination.to_path_buf(),
+        target: plan.target,
+        file,
+    };
+    Ok((Outcome::Written, Some(previous)))
+}
+
+/// Puts back the file an install replaced: its content, mode and owner
+/// through the same stage, fsync, rename and directory fsync, or, when
+/// there was no file, removes the new one. Its owner is best effort, as
+/// when a file keeps its owner: a non-root stencil cannot give files away.
+pub(crate) fn restore(previous: &Previous) -> Result<()> {
+    let target = &previous.target;
+    let Some((content, mode, uid, gid)) = &previous.file else {
+        match fs::remove_file(target) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(e).with_context(|| format!("cannot remove {}", target.display())),
+        }
+        return sync_dir(parent(target));
+    };
+    let req = Request {
+        destination: &previous.destination,
+        content,
+        mode: Some(*mode),
+        owner: None,
+        group: None,
+        check: None,
+        command_timeout: Duration::ZERO,
+        backup: false,
+        create_dirs: false,
+    };
+    let plan = Plan {
+        target: target.clone(),
+        current: None,
+        mode: *mode,
+        uid: Some(*uid),
+        gid: Some(*gid),
+        changed: true,
+        current_meta: None,
+    };
+    write(&req, &plan)
+}
+
+/// Stages, checks and renames the planned file into place.
+fn write(req: &Request, plan: &Plan) -> Result<()> {
     let target = &plan.target;
     let dir = parent(target);
     if req.create_dirs && !dir.is_dir() {
         fs::create_dir_all(dir)
             .with_context(|| format!("cannot create directory {}", dir.display()))?;
     }
-    let staged = stage(req, &plan)?;
+    let staged = stage(req, plan)?;
 
     if let Some(check) = req.check {
         let staged_path = staged.path().to_string_lossy().into_owned();
@@ -143,7 +218,7 @@ pub(crate) fn install(req: &Request) -> Result<Outcome> {
         Err(e) if is_busy_or_cross_device(&e.error) => {
             warn_in_place_once(target, &e.error);
             let staged = e.file;
-            write_in_place(target, req, &plan).with_context(|| {
+            write_in_place(target, req, plan).with_context(|| {
                 format!(
                     "rename over {} failed ({}) and writing it in place failed too",
                     target.display(),
@@ -158,8 +233,7 @@ pub(crate) fn install(req: &Request) -> Result<Outcome> {
             });
         }
     }
-    sync_dir(dir)?;
-    Ok(Outcome::Written)
+    sync_dir(dir)
 }
 
 /// Writes the content to a new file beside the destination, mode and owner
@@ -429,5 +503,38 @@ mod tests {
         remove_stale(&dest);
         assert!(!stale.exists());
         assert!(other.exists(), "only this destination's staged files go");
+    }
+
+    #[test]
+    fn restore_puts_back_content_and_mode_through_a_symlink() {
+        let dir = tempfile::tempdir().unwrap();
+        let real = dir.path().join("real.conf");
+        fs::write(&real, "old").unwrap();
+        fs::set_permissions(&real, Permissions::from_mode(0o600)).unwrap();
+        let link = dir.path().join("link.conf");
+        std::os::unix::fs::symlink("real.conf", &link).unwrap();
+        let mut req = request(&link, b"new");
+        req.mode = Some(0o644);
+        let (outcome, previous) = install_keeping(&req).unwrap();
+        assert_eq!(outcome, Outcome::Written);
+        assert_eq!(fs::read_to_string(&real).unwrap(), "new");
+        restore(&previous.unwrap()).unwrap();
+        assert_eq!(fs::read_to_string(&real).unwrap(), "old");
+        assert_eq!(fs::metadata(&real).unwrap().mode() & 0o7777, 0o600);
+        assert!(
+            fs::symlink_metadata(&link)
+                .unwrap()
+                .file_type()
+                .is_symlink()
+        );
+    }
+
+    #[test]
+    fn restore_removes_a_file_that_did_not_exist() {
+        let dir = tempfile::tempdir().unwrap();
+        let dest = dir.path().join("a.conf");
+        let (_, previous) = install_keeping(&request(&dest, b"new")).unwrap();
+        restore(&previous.unwrap()).unwrap();
+        assert!(!dest.exists());
     }
 }

@@ -11,8 +11,8 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result, anyhow};
 
 use crate::command;
-use crate::config::{Config, Destination, TemplateSpec};
-use crate::install::{self, Outcome};
+use crate::config::{Config, Destination, OnReloadFailure, TemplateSpec};
+use crate::install::{self, Outcome, Previous};
 use crate::source::Sources;
 use crate::spec::CommandSpec;
 use crate::template::{Deps, Scope, Template};
@@ -36,6 +36,23 @@ pub(crate) struct Unit {
     pub(crate) spec: TemplateSpec,
     pub(crate) template: Template,
     pub(crate) default_source: Option<String>,
+    /// The content its reload last rejected, after which the previous file
+    /// was restored: that content is not installed again, or every event
+    /// would fail and restore once more.
+    pub(crate) rejected: Option<Rejection>,
+}
+
+/// What a reload rejected, and which reload.
+#[derive(Debug)]
+pub(crate) struct Rejection {
+    /// The SHA-256 of the content, in hex.
+    pub(crate) sha256: String,
+    /// The reload command, as run.
+    reload: CommandSpec,
+    /// Restored with other templates sharing the reload: it may not be
+    /// this content the service refused, so it is tried again once that
+    /// reload succeeds.
+    shared: bool,
 }
 
 /// The loaded configuration: sources opened, templates parsed.
@@ -63,14 +80,20 @@ pub(crate) struct Report {
     /// Check and reload commands run, and how many of them failed.
     pub(crate) commands_run: u64,
     pub(crate) command_failures: u64,
+    /// Templates restored together with others whose reload now succeeds:
+    /// worth rendering again (watch does).
+    pub(crate) retry: Vec<usize>,
 }
 
 impl Report {
     /// Every error of the batch: templates first, then reload commands.
+    /// A template its reload rejected is left out: the reload's error
+    /// names it, with the command's output.
     pub(crate) fn into_errors(self) -> Vec<anyhow::Error> {
         self.units
             .into_iter()
             .filter_map(|u| u.result.err())
+            .filter(|e| !is_rejected(e))
             .chain(self.commands)
             .collect()
     }
@@ -88,6 +111,7 @@ impl Pipeline {
                     default_source: config.default_source(spec),
                     spec: spec.clone(),
                     template,
+                    rejected: None,
                 }),
                 Err(e) => errors.push(e.context(format!("template at {}", spec.origin))),
             }
@@ -114,39 +138,16 @@ impl Pipeline {
     ///
     /// Each template stands alone: one that fails keeps its old file and is
     /// reported, the others are installed. Reload commands run after every
-    /// file of the batch is in place, each distinct command once.
+    /// file of the batch is in place, each distinct command once; one that
+    /// fails puts back the files with `on_reload_failure = "restore"` it
+    /// was reloading onto ([`Pipeline::run_reload`]).
     pub(crate) fn run(&mut self, which: &[usize], opts: &Options, out: &mut dyn Write) -> Report {
         let rendered = self.render_waiting(which, opts);
         let mut report = Report::default();
-        let mut reloads: Vec<(CommandSpec, Duration)> = Vec::new();
+        let mut reloads: Vec<Reload> = Vec::new();
         for (index, result, deps) in rendered {
-            let unit = &self.units[index];
             let result = result.and_then(|text| {
-                let delivered = deliver(unit, text.as_bytes(), opts, out);
-                // A check runs exactly when the file changed (or it failed).
-                if unit.spec.check.is_some() && !opts.dry_run {
-                    match &delivered {
-                        Ok(Outcome::Written) => report.commands_run += 1,
-                        Err(e) if command::is_command_failure(e) => {
-                            report.commands_run += 1;
-                            report.command_failures += 1;
-                        }
-                        _ => {}
-                    }
-                }
-                let outcome = delivered?;
-                if outcome == Outcome::Written {
-                    if let (Some(reload), Destination::File(dest)) =
-                        (&unit.spec.reload, &unit.spec.destination)
-                    {
-                        let dest = dest.to_string_lossy();
-                        let spec = reload.substitute(&[("destination", &dest)]);
-                        if !reloads.iter().any(|(r, _)| *r == spec) {
-                            reloads.push((spec, unit.spec.command_timeout));
-                        }
-                    }
-                }
-                Ok(outcome)
+                self.install_one(index, text.as_bytes(), opts, out, &mut report, &mut reloads)
             });
             if let Err(e) = &result {
                 tracing::debug!("{e:#}");
@@ -158,16 +159,180 @@ impl Pipeline {
             });
         }
         if !opts.dry_run && !opts.no_reload {
-            for (spec, timeout) in reloads {
-                tracing::info!(command = %spec, "running reload command");
-                report.commands_run += 1;
-                if let Err(e) = command::run(&spec, "reload command", timeout) {
-                    report.command_failures += 1;
-                    report.commands.push(e);
-                }
+            for reload in reloads {
+                self.run_reload(reload, &mut report);
             }
         }
         report
+    }
+
+    /// Delivers one rendered template and notes the reload it needs.
+    fn install_one(
+        &mut self,
+        index: usize,
+        content: &[u8],
+        opts: &Options,
+        out: &mut dyn Write,
+        report: &mut Report,
+        reloads: &mut Vec<Reload>,
+    ) -> Result<Outcome> {
+        let unit = &self.units[index];
+        let restore = match (&unit.spec.reload, &unit.spec.destination) {
+            (Some(_), Destination::File(_)) => {
+                unit.spec.on_reload_failure == OnReloadFailure::Restore
+            }
+            _ => false,
+        };
+        let hash = restore.then(|| sha256(content));
+        if let (Some(hash), Some(rejected)) = (&hash, &unit.rejected) {
+            if *hash == rejected.sha256 && !opts.dry_run {
+                // Installing it again would fail the reload again and
+                // restore again, on every event that renders it.
+                let msg = format!(
+                    "renders the content its reload rejected (sha256 {hash}); not installed \
+                     again until it renders differently or the configuration is reloaded"
+                );
+                tracing::warn!(template = %unit.spec.source.display(), "{msg}");
+                return Err(Rejected(msg).into());
+            }
+        }
+        let delivered = deliver(unit, content, opts, out);
+        // A check runs exactly when the file changed (or it failed).
+        if unit.spec.check.is_some() && !opts.dry_run {
+            match &delivered {
+                Ok((Outcome::Written, _)) => report.commands_run += 1,
+                Err(e) if command::is_command_failure(e) => {
+                    report.commands_run += 1;
+                    report.command_failures += 1;
+                }
+                _ => {}
+            }
+        }
+        let (outcome, previous) = delivered?;
+        if let (Outcome::Written, Some(reload), Destination::File(dest)) =
+            (outcome, &unit.spec.reload, &unit.spec.destination)
+        {
+            let dest = dest.to_string_lossy();
+            let spec = reload.substitute(&[("destination", &dest)]);
+            let at = match reloads.iter().position(|r| r.spec == spec) {
+                Some(at) => at,
+                None => {
+                    reloads.push(Reload {
+                        spec,
+                        timeout: unit.spec.command_timeout,
+                        restorable: Vec::new(),
+                    });
+                    reloads.len() - 1
+                }
+            };
+            if let (Some(previous), Some(hash)) = (previous, hash) {
+                reloads[at].restorable.push((index, previous, hash));
+            }
+        }
+        // Its content is in place: whatever was rejected before is not.
+        self.units[index].rejected = None;
+        Ok(outcome)
+    }
+
+    /// Runs one reload command of the batch. When it fails, the files it
+    /// was reloading onto that may be restored are put back, all of them,
+    /// and it runs once more so the service is on them; the failure is
+    /// reported once, with both runs, and each restored template fails
+    /// with a [`Rejected`] naming what happened, without the command's
+    /// output (it is what `/status` shows). When the reload succeeds,
+    /// templates restored together at its last failure are retried.
+    fn run_reload(&mut self, reload: Reload, report: &mut Report) {
+        let Reload {
+            spec,
+            timeout,
+            restorable,
+        } = reload;
+        tracing::info!(command = %spec, "running reload command");
+        report.commands_run += 1;
+        let Err(first) = command::run(&spec, "reload command", timeout) else {
+            self.retry_shared(&spec, report);
+            return;
+        };
+        report.command_failures += 1;
+        if restorable.is_empty() {
+            report.commands.push(first);
+            return;
+        }
+        let mut restored = Vec::new();
+        let mut problems = Vec::new();
+        for (index, previous, hash) in restorable {
+            match install::restore(&previous) {
+                Ok(()) => {
+                    tracing::warn!(path = %previous.destination.display(), "the reload failed; restored the previous file");
+                    restored.push((index, hash));
+                }
+                Err(e) => problems.push((index, e)),
+            }
+        }
+        let second = (!restored.is_empty()).then(|| {
+            tracing::info!(command = %spec, "running reload command again, on the restored files");
+            report.commands_run += 1;
+            let result = command::run(&spec, "reload command", timeout);
+            if result.is_err() {
+                report.command_failures += 1;
+            }
+            result
+        });
+        let names: Vec<String> = restored.iter().map(|(i, _)| self.name(*i)).collect();
+        let rollback = Rollback {
+            spec: &spec,
+            names: &names,
+            first: &first,
+            second: second.as_ref(),
+        };
+        for (index, hash) in &restored {
+            self.units[*index].rejected = Some(Rejection {
+                sha256: hash.clone(),
+                reload: spec.clone(),
+                shared: restored.len() > 1,
+            });
+            set_result(report, *index, Err(Rejected(rollback.summary()).into()));
+        }
+        for (index, e) in problems {
+            let name = self.name(index);
+            let e = e.context(format!(
+                "the previous {name} could not be restored after the reload failed on the new \
+                 one (below): the new file stays"
+            ));
+            report.commands.push(e);
+            let msg =
+                format!("reload command `{spec}` failed; the previous file could not be restored");
+            set_result(report, index, Err(Rejected(msg).into()));
+        }
+        // With nothing restored, the reload's own error carries its output.
+        let error = if names.is_empty() {
+            first
+        } else {
+            rollback.error()
+        };
+        report.commands.push(error);
+    }
+
+    /// After `spec` succeeded: the templates restored together when it last
+    /// failed may try their content again (one of the others may have been
+    /// what the service refused). Once per success, so no loop.
+    fn retry_shared(&mut self, spec: &CommandSpec, report: &mut Report) {
+        for (index, unit) in self.units.iter_mut().enumerate() {
+            if unit
+                .rejected
+                .as_ref()
+                .is_some_and(|r| r.shared && r.reload == *spec)
+            {
+                unit.rejected = None;
+                report.retry.push(index);
+            }
+        }
+    }
+
+    /// A template as messages name it: its destination and its source.
+    fn name(&self, index: usize) -> String {
+        let spec = &self.units[index].spec;
+        format!("{} (from {})", spec.destination, spec.source.display())
     }
 
     /// Renders the templates; while some lack data and `wait_for_data`
@@ -237,12 +402,17 @@ impl Pipeline {
 
 /// Puts one rendered template where it goes: stdout, the dry-run report,
 /// or the destination file.
-fn deliver(unit: &Unit, content: &[u8], opts: &Options, out: &mut dyn Write) -> Result<Outcome> {
+fn deliver(
+    unit: &Unit,
+    content: &[u8],
+    opts: &Options,
+    out: &mut dyn Write,
+) -> Result<(Outcome, Option<Previous>)> {
     let spec = &unit.spec;
     let dest = match &spec.destination {
         Destination::Stdout => {
             write_stdout(out, content)?;
-            return Ok(Outcome::Written);
+            return Ok((Outcome::Written, None));
         }
         Destination::File(p) => p,
     };
@@ -262,7 +432,7 @@ fn deliver(unit: &Unit, content: &[u8], opts: &Options, out: &mut dyn Write) -> 
         let plan = install::plan(&req).with_context(context)?;
         if !plan.changed {
             tracing::debug!(path = %dest.display(), "unchanged");
-            return Ok(Outcome::Unchanged);
+            return Ok((Outcome::Unchanged, None));
         }
         if opts.diff {
             write_stdout(out, diff(dest, plan.current.as_deref(), content).as_bytes())?;
@@ -272,15 +442,15 @@ fn deliver(unit: &Unit, content: &[u8], opts: &Options, out: &mut dyn Write) -> 
             write_stdout(out, content)?;
         }
         if opts.dry_run {
-            return Ok(Outcome::Written);
+            return Ok((Outcome::Written, None));
         }
     }
-    let outcome = install::install(&req).with_context(context)?;
+    let (outcome, previous) = install::install_keeping(&req).with_context(context)?;
     match outcome {
         Outcome::Written => tracing::info!(path = %dest.display(), "wrote"),
         Outcome::Unchanged => tracing::debug!(path = %dest.display(), "unchanged"),
     }
-    Ok(outcome)
+    Ok((outcome, previous))
 }
 
 /// A broken stdout pipe (`stencil render … | head`) is not a failure.
@@ -304,4 +474,104 @@ fn diff(dest: &std::path::Path, current: Option<&[u8]>, new: &[u8]) -> String {
         .unified_diff()
         .header(&old_name, &dest.display().to_string())
         .to_string()
+}
+
+/// A reload command of a batch, and the files it reloads onto that may be
+/// put back when it fails.
+struct Reload {
+    spec: CommandSpec,
+    timeout: Duration,
+    /// Written templates with `on_reload_failure = "restore"`: the index,
+    /// the file the install replaced, the new content's SHA-256.
+    restorable: Vec<(usize, Previous, String)>,
+}
+
+/// A template whose new content its reload rejected: the previous file
+/// was restored (or the same content was not installed again). The
+/// reload's own error, reported once for the batch, carries the output.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub(crate) struct Rejected(pub(crate) String);
+
+pub(crate) fn is_rejected(e: &anyhow::Error) -> bool {
+    e.downcast_ref::<Rejected>().is_some()
+}
+
+/// A reload that failed and the files put back after it.
+struct Rollback<'a> {
+    spec: &'a CommandSpec,
+    /// The templates restored.
+    names: &'a [String],
+    first: &'a anyhow::Error,
+    /// The run on the restored files.
+    second: Option<&'a Result<()>>,
+}
+
+impl Rollback<'_> {
+    /// One line for `/status` and `/readyz`: statuses, no output.
+    fn summary(&self) -> String {
+        let first = status_line(self.first);
+        match self.second {
+            Some(Err(e)) => format!(
+                "{first} on this content; the previous file was restored, and the reload \
+                 failed on it too ({}); the restored file stays",
+                status_line(e)
+            ),
+            _ => format!(
+                "{first} on this content; the previous file was restored and the reload ran \
+                 again on it, successfully"
+            ),
+        }
+    }
+
+    /// The error for stderr and the log: both runs, with their output.
+    fn error(&self) -> anyhow::Error {
+        let names = self.names.join(", ");
+        let (what, file, it) = if self.names.len() == 1 {
+            ("file was", "file", "it")
+        } else {
+            ("files were", "files", "them")
+        };
+        let first = format!("first run, on the new {file}: {:#}", self.first);
+        match self.second {
+            Some(Err(e)) => anyhow!("second run, on the restored {file}: {e:#}")
+                .context(first)
+                .context(format!(
+                    "reload command `{}` failed on the new {names}, and again after the \
+                     previous {what} restored; the restored {what} kept",
+                    self.spec
+                )),
+            _ => anyhow!(first).context(format!(
+                "reload command `{}` failed on the new {names}; the previous {what} restored \
+                 and the reload ran again on {it}: it succeeded",
+                self.spec
+            )),
+        }
+    }
+}
+
+/// A command's failure in one line: its status, without its output.
+fn status_line(e: &anyhow::Error) -> String {
+    match e.downcast_ref::<command::CommandFailed>() {
+        Some(failed) => {
+            let line = failed.0.lines().next().unwrap_or_default();
+            line.trim_end_matches("; its output:")
+                .trim_end_matches("; it printed nothing")
+                .to_string()
+        }
+        None => format!("{e:#}"),
+    }
+}
+
+/// Replaces the result a template had in the batch.
+fn set_result(report: &mut Report, index: usize, result: Result<Outcome>) {
+    if let Some(unit) = report.units.iter_mut().find(|u| u.index == index) {
+        unit.result = result;
+    }
+}
+
+/// The SHA-256 of rendered content, in hex as sha256sum(1) prints it.
+pub(crate) fn sha256(content: &[u8]) -> String {
+    let digest = ring::digest::digest(&ring::digest::SHA256, content);
+    digest.as_ref().iter().map(|b| format!("{b:02x}")).collect()
 }

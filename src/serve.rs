@@ -23,7 +23,7 @@ use serde::Serialize;
 use crate::command::CommandFailed;
 use crate::config::{Destination, TemplateSpec};
 use crate::install::Outcome;
-use crate::pipeline::{Pipeline, UnitReport};
+use crate::pipeline::{Pipeline, UnitReport, is_rejected};
 use crate::source::SourceEvent;
 use crate::source::etcd::GivenUp;
 use crate::template::Dep;
@@ -65,6 +65,11 @@ pub(crate) struct TemplateStatus {
     /// When a change that is waiting out the template's `wait` (or a retry)
     /// renders it next; `None` while nothing is due.
     pub(crate) next_render_unix: Option<f64>,
+    /// With `on_reload_failure = "restore"`: the SHA-256 of the rendered
+    /// content the reload failed on, after which the previous file was put
+    /// back (and is what the destination holds); `None` once the template
+    /// installs other content.
+    pub(crate) rejected_sha256: Option<String>,
 }
 
 impl TemplateStatus {
@@ -80,6 +85,7 @@ impl TemplateStatus {
             writes: 0,
             last_success_unix: None,
             next_render_unix: None,
+            rejected_sha256: None,
         }
     }
 
@@ -377,6 +383,8 @@ pub(crate) fn template_name(spec: &TemplateSpec) -> String {
 pub(crate) fn state_after(unit: &UnitReport) -> (TemplateState, Option<String>) {
     match &unit.result {
         Ok(_) => (TemplateState::Ok, None),
+        // The previous file is back; waiting for data cannot fix it.
+        Err(e) if is_rejected(e) => (TemplateState::Failed, Some(detail(e))),
         // A source that failed may answer later (etcd restarting, a data
         // file half-written): pending, with the source's error as the
         // reason.

@@ -12,6 +12,7 @@ mod etcd_cluster;
 mod examples;
 mod exec;
 mod render;
+mod rollback;
 mod shape;
 mod subst;
 mod watch;

@@ -11,7 +11,10 @@ use serde::{Deserialize, Deserializer};
 use toml::Spanned;
 
 use super::sources::SourceTable;
-use super::{Config, DEFAULT_COMMAND_TIMEOUT, Destination, ExecTable, TemplateSpec, valid_name};
+use super::{
+    Config, DEFAULT_COMMAND_TIMEOUT, Destination, ExecTable, OnReloadFailure, TemplateSpec,
+    valid_name,
+};
 use crate::spec::{CommandSpec, Debounce, de_command_opt, duration_serde, duration_serde_opt};
 
 #[derive(Debug, Deserialize)]
@@ -24,6 +27,7 @@ struct FileConfig {
     #[serde(default)]
     templates: Vec<Spanned<TemplateToml>>,
     exec: Option<ExecTable>,
+    on_reload_failure: Option<OnReloadFailure>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -40,6 +44,7 @@ struct TemplateToml {
     check: Option<CommandSpec>,
     #[serde(default, deserialize_with = "de_command_opt")]
     reload: Option<CommandSpec>,
+    on_reload_failure: Option<OnReloadFailure>,
     #[serde(default, with = "duration_serde_opt")]
     command_timeout: Option<Duration>,
     #[serde(default)]
@@ -114,6 +119,7 @@ impl Config {
         self.wait = file.wait.map(Debounce::from);
         self.listen = file.listen.map(|l| l.address);
         self.exec = file.exec;
+        self.on_reload_failure = file.on_reload_failure.unwrap_or_default();
         for (name, table) in file.sources {
             let at = position(table.span());
             let table = table.into_inner();
@@ -128,14 +134,22 @@ impl Config {
         }
         for tmpl in file.templates {
             let at = position(tmpl.span());
-            self.templates.push(tmpl.into_inner().resolve(base, at));
+            let spec = tmpl.into_inner().resolve(base, at, self.on_reload_failure);
+            self.templates.push(spec);
         }
         Ok(())
     }
 }
 
 impl TemplateToml {
-    fn resolve(self, base: &Path, origin: String) -> TemplateSpec {
+    /// The template as stencil uses it; `on_reload_failure` is the
+    /// top-level default.
+    fn resolve(
+        self,
+        base: &Path,
+        origin: String,
+        on_reload_failure: OnReloadFailure,
+    ) -> TemplateSpec {
         let destination = match self.destination.as_deref() {
             None | Some("-") => Destination::Stdout,
             Some(d) => Destination::File(base.join(d)),
@@ -149,6 +163,7 @@ impl TemplateToml {
             group: self.group,
             check: self.check,
             reload: self.reload,
+            on_reload_failure: self.on_reload_failure.unwrap_or(on_reload_failure),
             command_timeout: self.command_timeout.unwrap_or(DEFAULT_COMMAND_TIMEOUT),
             backup: self.backup,
             create_dirs: self.create_dirs,

@@ -48,6 +48,20 @@ pub struct Config {
     pub templates: Vec<TemplateSpec>,
     /// The `[exec]` table, for `stencil exec`; its flags win over it.
     pub exec: Option<ExecTable>,
+    /// The top-level `on_reload_failure`: what templates that set none of
+    /// their own (and `-t` templates) do when their reload fails.
+    pub on_reload_failure: OnReloadFailure,
+}
+
+/// What a failed reload does to the files it was reloading onto.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum OnReloadFailure {
+    /// The new file stays: the next restart of the service reads it.
+    #[default]
+    Keep,
+    /// The previous file is put back and the reload runs again onto it.
+    Restore,
 }
 
 /// What the command line says about the configuration. Watch and exec keep
@@ -127,6 +141,7 @@ pub struct TemplateSpec {
     pub group: Option<String>,
     pub check: Option<CommandSpec>,
     pub reload: Option<CommandSpec>,
+    pub on_reload_failure: OnReloadFailure,
     #[serde(with = "duration_serde")]
     pub command_timeout: Duration,
     pub backup: bool,
@@ -183,7 +198,9 @@ impl Config {
             config.add_source(&name, spec, &format!("--source {source}"))?;
         }
         for flag in &args.templates {
-            config.templates.push(parse_template_flag(flag)?);
+            let mut spec = parse_template_flag(flag)?;
+            spec.on_reload_failure = config.on_reload_failure;
+            config.templates.push(spec);
         }
         config.validate()?;
         Ok(config)
@@ -320,6 +337,7 @@ pub fn parse_template_flag(flag: &str) -> Result<TemplateSpec> {
         group: None,
         check: None,
         reload,
+        on_reload_failure: OnReloadFailure::Keep,
         command_timeout: DEFAULT_COMMAND_TIMEOUT,
         backup: false,
         create_dirs: false,

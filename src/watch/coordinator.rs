@@ -17,7 +17,7 @@ use crate::error::{self, Exit};
 use crate::exec::spec::ExecSpec;
 use crate::exec::supervise::{Signals, Supervisor, spawn_exit};
 use crate::install::Outcome;
-use crate::pipeline::{Options, Pipeline, UnitReport};
+use crate::pipeline::{Options, Pipeline, UnitReport, is_rejected};
 use crate::runtime;
 use crate::serve::{self, Server, Shared, TemplateState};
 use crate::source::SourceEvent;
@@ -461,6 +461,12 @@ impl Coordinator {
         for e in &report.commands {
             tracing::error!("{}", error::Report(e).to_string().trim_end());
         }
+        if !report.retry.is_empty() {
+            self.mark(
+                report.retry,
+                "its reload succeeds again; trying the content restored with another template's",
+            );
+        }
         self.publish_due(which.iter().copied());
         self.update_watches(started);
         wrote
@@ -473,6 +479,10 @@ impl Coordinator {
         let (state, detail) = serve::state_after(&unit);
         if let Some(t) = serve::lock(&self.status).templates.get_mut(&self.name(i)) {
             t.count(&unit.result, now_unix);
+            t.rejected_sha256 = self.pipeline.units[i]
+                .rejected
+                .as_ref()
+                .map(|r| r.sha256.clone());
         }
         let source = self.pipeline.units[i].spec.source.display();
         let info = &mut self.templates[i];
@@ -487,6 +497,8 @@ impl Coordinator {
                     info.logged_pending = Some(unit.deps.waiting_for.clone());
                 }
             }
+            // The batch's reload error, logged once, names it.
+            (Err(e), _) if is_rejected(e) => info.logged_pending = None,
             (Err(e), _) => {
                 info.logged_pending = None;
                 tracing::error!(
