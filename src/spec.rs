@@ -201,6 +201,8 @@ impl WaitTarget {
             }
             other => return Err(bad(&format!("unsupported scheme {other:?}"))),
         };
+        // Shown in log lines and errors: never with its password.
+        let text = redact_urls(&text);
         Ok(WaitTarget { text, kind })
     }
 
@@ -305,6 +307,44 @@ fn replace_placeholders(s: &str, vars: &[(&str, &str)], quote: bool) -> String {
     out
 }
 
+/// `text` with the password of every URL in it replaced by `***`:
+/// `http://web:PASS@host` -> `http://web:***@host`. A user name alone
+/// (`https://TOKEN@host`) is often a token, so it goes too: `***@host`.
+///
+/// Every URL stencil shows (sources, `--wait` targets) goes through this,
+/// whether or not it parses: a mistyped URL's message must not print the
+/// password either. The user information runs to the last `@` before
+/// white space or a quote, so a password with a raw `/` or `@` goes whole.
+pub fn redact_urls(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut rest = text;
+    while let Some(at) = rest.find("://") {
+        let (head, tail) = rest.split_at(at + 3);
+        out.push_str(head);
+        let end = tail
+            .find(|c: char| c.is_whitespace() || matches!(c, '"' | '\'' | '`' | '<' | '>'))
+            .unwrap_or(tail.len());
+        let (word, after) = tail.split_at(end);
+        match word.rfind('@') {
+            Some(userinfo_end) => {
+                let userinfo = &word[..userinfo_end];
+                match userinfo.split_once(':') {
+                    Some((user, _)) if !user.is_empty() => {
+                        out.push_str(user);
+                        out.push_str(":***");
+                    }
+                    _ => out.push_str("***"),
+                }
+                out.push_str(&word[userinfo_end..]);
+            }
+            None => out.push_str(word),
+        }
+        rest = after;
+    }
+    out.push_str(rest);
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -394,5 +434,21 @@ mod tests {
             c.substitute(&[("staged", "x")]),
             CommandSpec::Shell("echo {{ other }} x".into())
         );
+    }
+
+    #[test]
+    fn passwords_in_urls_are_redacted() {
+        assert_eq!(
+            redact_urls("etcd at http://web:PASS@127.0.0.1:1 did not answer"),
+            "etcd at http://web:***@127.0.0.1:1 did not answer"
+        );
+        assert_eq!(redact_urls("https://TOKEN@h/x"), "https://***@h/x");
+        assert_eq!(
+            redact_urls("\"http://a:p/w@d@h:1/x\", http://h/p@q"),
+            "\"http://a:***@h:1/x\", http://***@q"
+        );
+        assert_eq!(redact_urls("no url, http://h:1/x"), "no url, http://h:1/x");
+        let t = WaitTarget::parse("http://admin:PASS@api:8080/h").unwrap();
+        assert_eq!(t.to_string(), "http://admin:***@api:8080/h");
     }
 }

@@ -22,6 +22,8 @@ use serde::Deserialize;
 use serde_json::json;
 use url::Url;
 
+use crate::spec::redact_urls;
+
 use super::EtcdConfig;
 use crate::runtime;
 
@@ -129,13 +131,15 @@ impl Endpoint {
     fn parse(written: &str) -> Result<Endpoint> {
         let written = written.trim_end_matches('/');
         // etcdctl takes `host:port` as plain http.
-        let shown = if written.contains("://") {
+        let full = if written.contains("://") {
             written.to_string()
         } else {
             format!("http://{written}")
         };
-        let url =
-            Url::parse(&shown).with_context(|| format!("invalid etcd endpoint {written:?}"))?;
+        let url = Url::parse(&full)
+            .with_context(|| format!("invalid etcd endpoint {:?}", redact_urls(&full)))?;
+        // Messages name the endpoint, never its password.
+        let shown = redact_urls(&full);
         Ok(Endpoint { shown, url })
     }
 
