@@ -317,6 +317,14 @@ pub struct OutputArgs {
     #[arg(long, env = "STENCIL_DIFF")]
     pub diff: bool,
 
+    /// With --diff or --dry-run, show the content of secret files too.
+    ///
+    /// A file whose mode gives nothing to group or others (0600, 0400 …),
+    /// or whose template says secret = true, is shown as its size and a
+    /// hash unless this is given. Example: stencil render --diff --show-secrets
+    #[arg(long, env = "STENCIL_SHOW_SECRETS")]
+    pub show_secrets: bool,
+
     /// Install files but run no reload command.
     #[arg(long, env = "STENCIL_NO_RELOAD")]
     pub no_reload: bool,

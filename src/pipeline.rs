@@ -24,6 +24,8 @@ pub(crate) struct Options {
     pub(crate) dry_run: bool,
     /// Print a unified diff of each changed file.
     pub(crate) diff: bool,
+    /// Show the content of secret files in the diff and dry run too.
+    pub(crate) show_secrets: bool,
     /// Install, but run no reload command.
     pub(crate) no_reload: bool,
     /// How long to wait for missing data before giving up.
@@ -264,7 +266,12 @@ fn deliver(unit: &Unit, content: &[u8], opts: &Options, out: &mut dyn Write) -> 
             tracing::debug!(path = %dest.display(), "unchanged");
             return Ok(Outcome::Unchanged);
         }
-        if opts.diff {
+        // Mode 0600 or tighter says the file is for its owner's eyes only.
+        let secret = (spec.secret || plan.mode & 0o077 == 0) && !opts.show_secrets;
+        if secret {
+            let shown = secret_summary(dest, plan.mode, plan.current.as_deref(), content);
+            write_stdout(out, shown.as_bytes())?;
+        } else if opts.diff {
             write_stdout(out, diff(dest, plan.current.as_deref(), content).as_bytes())?;
         } else {
             let header = format!("==> {} (mode {:04o}) <==\n", dest.display(), plan.mode);
@@ -290,6 +297,25 @@ fn write_stdout(out: &mut dyn Write, bytes: &[u8]) -> Result<()> {
         Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Ok(()),
         Err(e) => Err(anyhow!(e).context("cannot write to stdout")),
     }
+}
+
+/// What `--diff` and `--dry-run` print for a secret file: sizes and
+/// hashes, which tell whether and how it changes but not what it holds.
+fn secret_summary(dest: &std::path::Path, mode: u32, old: Option<&[u8]>, new: &[u8]) -> String {
+    let describe = |bytes: &[u8]| {
+        let hash = ring::digest::digest(&ring::digest::SHA256, bytes);
+        let hex: String = hash.as_ref()[..8]
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect();
+        format!("{} bytes, sha256 {hex}…", bytes.len())
+    };
+    let was = old.map_or_else(|| "absent".to_string(), describe);
+    format!(
+        "==> {} (mode {mode:04o}, secret) <==\ncontent not shown (--show-secrets shows it): {was} -> {}\n",
+        dest.display(),
+        describe(new)
+    )
 }
 
 fn diff(dest: &std::path::Path, current: Option<&[u8]>, new: &[u8]) -> String {

@@ -46,6 +46,10 @@ struct TemplateToml {
     backup: bool,
     #[serde(default)]
     create_dirs: bool,
+    /// The output holds secrets: `--diff` and `--dry-run` print no content
+    /// and `/status` no command output.
+    #[serde(default)]
+    secret: bool,
     wait: Option<WaitToml>,
 }
 
@@ -152,6 +156,7 @@ impl TemplateToml {
             command_timeout: self.command_timeout.unwrap_or(DEFAULT_COMMAND_TIMEOUT),
             backup: self.backup,
             create_dirs: self.create_dirs,
+            secret: self.secret,
             wait: self.wait.map(Debounce::from),
             origin,
         }

@@ -131,6 +131,9 @@ pub struct TemplateSpec {
     pub command_timeout: Duration,
     pub backup: bool,
     pub create_dirs: bool,
+    /// `secret = true`: the output is never shown (`--diff`, `--dry-run`
+    /// without `--show-secrets`), nor its commands' output in `/status`.
+    pub secret: bool,
     pub wait: Option<Debounce>,
     /// Where this template was declared, for error messages:
     /// `stencil.toml:12` or `-t flag`.
@@ -323,6 +326,7 @@ pub fn parse_template_flag(flag: &str) -> Result<TemplateSpec> {
         command_timeout: DEFAULT_COMMAND_TIMEOUT,
         backup: false,
         create_dirs: false,
+        secret: false,
         wait: None,
         origin: format!("-t {flag}"),
     })
