@@ -267,7 +267,7 @@ fn deliver(unit: &Unit, content: &[u8], opts: &Options, out: &mut dyn Write) -> 
             return Ok(Outcome::Unchanged);
         }
         // Mode 0600 or tighter says the file is for its owner's eyes only.
-        let secret = (spec.secret || plan.mode & 0o077 == 0) && !opts.show_secrets;
+        let secret = (spec.is_secret() || plan.mode & 0o077 == 0) && !opts.show_secrets;
         if secret {
             let shown = secret_summary(dest, plan.mode, plan.current.as_deref(), content);
             write_stdout(out, shown.as_bytes())?;

@@ -300,13 +300,14 @@ pub(crate) fn template_name(spec: &TemplateSpec) -> String {
 }
 
 /// The state a render leaves its template in, and why it is not ok.
-pub(crate) fn state_after(unit: &UnitReport) -> (TemplateState, Option<String>) {
+/// `secret`: the template's is (see [`detail`]).
+pub(crate) fn state_after(unit: &UnitReport, secret: bool) -> (TemplateState, Option<String>) {
     match &unit.result {
         Ok(_) => (TemplateState::Ok, None),
         // A source that failed may answer later (etcd restarting, a data
         // file half-written): pending, with the source's error as the
         // reason.
-        Err(e) if !unit.deps.failed.is_empty() => (TemplateState::Pending, Some(detail(e))),
+        Err(e) if !unit.deps.failed.is_empty() => (TemplateState::Pending, Some(detail(e, secret))),
         Err(_) if unit.deps.may_appear() => {
             let waiting: Vec<String> = unit.deps.waiting_for.iter().map(describe_dep).collect();
             (
@@ -314,22 +315,31 @@ pub(crate) fn state_after(unit: &UnitReport) -> (TemplateState, Option<String>) 
                 Some(format!("waiting for {}", waiting.join(", "))),
             )
         }
-        Err(e) => (TemplateState::Failed, Some(detail(e))),
+        Err(e) => (TemplateState::Failed, Some(detail(e, secret))),
     }
 }
 
 /// An error as `/status` and `/readyz` show it: as `{:#}` prints it, but
-/// a failed check or reload command without its output, which may echo
-/// the rendered file (`cat {{ staged }}`, `nginx -t`) and so its values.
-/// The output stays in the log, where the operator looks.
-pub(crate) fn detail(e: &anyhow::Error) -> String {
+/// a failed check or reload command with the command, its exit status and
+/// the first line of its output only; none of the output when the
+/// template is secret. The output may echo the rendered file (`cat {{
+/// staged }}`, `nginx -t`) and so its values; it stays whole in the log,
+/// where the operator looks.
+pub(crate) fn detail(e: &anyhow::Error, secret: bool) -> String {
     let mut parts = Vec::new();
     for cause in e.chain() {
         if cause.is::<CommandFailed>() {
-            // The output starts on the second line.
+            // The output starts on the second line, indented.
             let text = cause.to_string();
-            let first = text.lines().next().unwrap_or_default();
-            parts.push(first.trim_end_matches("; its output:").to_string());
+            let mut lines = text.lines();
+            let head = lines.next().unwrap_or_default();
+            parts.push(head.trim_end_matches("; its output:").to_string());
+            let first = lines
+                .map(str::trim)
+                .find(|l| !l.is_empty() && !l.starts_with("[…earlier output cut…]"));
+            if let (Some(first), false) = (first, secret) {
+                parts.push(first.to_string());
+            }
             break;
         }
         parts.push(cause.to_string());

@@ -140,6 +140,14 @@ pub struct TemplateSpec {
     pub origin: String,
 }
 
+impl TemplateSpec {
+    /// Whether the output is for its owner's eyes only: `secret = true`, or
+    /// a mode that gives nothing to group and others (`0600`, `0400`).
+    pub(crate) fn is_secret(&self) -> bool {
+        self.secret || self.mode.is_some_and(|m| m & 0o077 == 0)
+    }
+}
+
 /// Modes printed as `"0644"` in `--print-config`.
 #[allow(clippy::ref_option)] // serde's `serialize_with` passes `&Option<T>`
 fn mode_str<S: serde::Serializer>(m: &Option<u32>, s: S) -> Result<S::Ok, S::Error> {
