@@ -376,6 +376,13 @@ impl Server {
             .local_addr()
             .with_context(|| format!("cannot listen on {addr}"))?;
         tracing::info!("serving /healthz, /readyz, /metrics, /status on {bound}");
+        if !bound.ip().is_loopback() {
+            tracing::warn!(
+                "{bound} is reachable from other machines and the endpoints have no \
+                 authentication: they show template names, paths and errors (never values); \
+                 restrict access with a network policy or listen on 127.0.0.1"
+            );
+        }
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
         let task = tokio::spawn(serve(listener, status, async {
             let _ = stopped.await;

@@ -307,6 +307,19 @@ fn replace_placeholders(s: &str, vars: &[(&str, &str)], quote: bool) -> String {
     out
 }
 
+/// A listen address: `HOST:PORT`, or a bare `PORT` on 127.0.0.1. The
+/// endpoints have no authentication, so the short form stays on the
+/// machine; `0.0.0.0:9180` is written out when that is meant.
+pub fn parse_listen(s: &str) -> Result<std::net::SocketAddr, String> {
+    let s = s.trim();
+    if let Ok(port) = s.parse::<u16>() {
+        return Ok((std::net::Ipv4Addr::LOCALHOST, port).into());
+    }
+    s.parse().map_err(|_| {
+        format!("invalid listen address {s:?}: expected PORT, IP:PORT or [IPv6]:PORT, e.g. 9180 or 127.0.0.1:9180")
+    })
+}
+
 /// `text` with the password of every URL in it replaced by `***`:
 /// `http://web:PASS@host` -> `http://web:***@host`. A user name alone
 /// (`https://TOKEN@host`) is often a token, so it goes too: `***@host`.
@@ -434,6 +447,15 @@ mod tests {
             c.substitute(&[("staged", "x")]),
             CommandSpec::Shell("echo {{ other }} x".into())
         );
+    }
+
+    #[test]
+    fn a_bare_listen_port_is_on_loopback() {
+        assert_eq!(parse_listen("9180"), Ok("127.0.0.1:9180".parse().unwrap()));
+        assert_eq!(parse_listen("0.0.0.0:1"), Ok("0.0.0.0:1".parse().unwrap()));
+        assert_eq!(parse_listen("[::1]:1"), Ok("[::1]:1".parse().unwrap()));
+        assert!(parse_listen("localhost:1").is_err());
+        assert!(parse_listen("70000").is_err());
     }
 
     #[test]

@@ -56,7 +56,22 @@ struct TemplateToml {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct ListenToml {
+    /// As `--listen` takes it: a bare port is on 127.0.0.1.
+    #[serde(deserialize_with = "de_listen")]
     address: std::net::SocketAddr,
+}
+
+fn de_listen<'de, D: Deserializer<'de>>(d: D) -> Result<std::net::SocketAddr, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Raw {
+        Port(u16),
+        Text(String),
+    }
+    match Raw::deserialize(d)? {
+        Raw::Port(p) => Ok((std::net::Ipv4Addr::LOCALHOST, p).into()),
+        Raw::Text(s) => crate::spec::parse_listen(&s).map_err(serde::de::Error::custom),
+    }
 }
 
 /// `wait = { min = "500ms", max = "5s" }`; `max` is optional.
