@@ -24,6 +24,7 @@ use crate::command::CommandFailed;
 use crate::config::{Destination, TemplateSpec};
 use crate::install::Outcome;
 use crate::pipeline::{Pipeline, UnitReport};
+use crate::spec::redact_urls;
 use crate::template::Dep;
 
 /// What the coordinator reports.
@@ -320,31 +321,41 @@ pub(crate) fn state_after(unit: &UnitReport, secret: bool) -> (TemplateState, Op
 }
 
 /// An error as `/status` and `/readyz` show it: as `{:#}` prints it, but
-/// a failed check or reload command with the command, its exit status and
-/// the first line of its output only; none of the output when the
-/// template is secret. The output may echo the rendered file (`cat {{
-/// staged }}`, `nginx -t`) and so its values; it stays whole in the log,
-/// where the operator looks.
+/// a failed check or reload command as its first line only (the command
+/// and its exit status), without the output, which may echo the rendered
+/// file (`cat {{ staged }}`, `nginx -t`) and so its values. The output
+/// stays whole in the log, where the operator looks. For a secret template
+/// the command itself is left out too (`curl -u user:pw …`), and URLs are
+/// always shown without their passwords.
 pub(crate) fn detail(e: &anyhow::Error, secret: bool) -> String {
     let mut parts = Vec::new();
     for cause in e.chain() {
         if cause.is::<CommandFailed>() {
-            // The output starts on the second line, indented.
+            // The output starts on the second line.
             let text = cause.to_string();
-            let mut lines = text.lines();
-            let head = lines.next().unwrap_or_default();
-            parts.push(head.trim_end_matches("; its output:").to_string());
-            let first = lines
-                .map(str::trim)
-                .find(|l| !l.is_empty() && !l.starts_with("[…earlier output cut…]"));
-            if let (Some(first), false) = (first, secret) {
-                parts.push(first.to_string());
-            }
+            let head = text.lines().next().unwrap_or_default();
+            let head = head.trim_end_matches("; its output:");
+            parts.push(if secret {
+                without_command(head)
+            } else {
+                head.to_string()
+            });
             break;
         }
         parts.push(cause.to_string());
     }
-    parts.join(": ")
+    redact_urls(&parts.join(": "))
+}
+
+/// "check command `cmd` failed (…)" -> "check command failed (…)".
+fn without_command(head: &str) -> String {
+    match head
+        .split_once(" `")
+        .and_then(|(what, rest)| Some((what, rest.rsplit_once("` ")?.1)))
+    {
+        Some((what, status)) => format!("{what} {status}"),
+        None => head.to_string(),
+    }
 }
 
 fn describe_dep(d: &Dep) -> String {

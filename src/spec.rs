@@ -320,6 +320,16 @@ pub fn parse_listen(s: &str) -> Result<std::net::SocketAddr, String> {
     })
 }
 
+/// Serializes a URL as [`redact_urls`] shows it (`--print-config`).
+pub fn serialize_redacted<S: Serializer>(url: &str, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_str(&redact_urls(url))
+}
+
+/// Serializes URLs as [`redact_urls`] shows them (`--print-config`).
+pub fn serialize_redacted_list<S: Serializer>(urls: &[String], s: S) -> Result<S::Ok, S::Error> {
+    s.collect_seq(urls.iter().map(|u| redact_urls(u)))
+}
+
 /// `text` with the password of every URL in it replaced by `***`:
 /// `http://web:PASS@host` -> `http://web:***@host`. A user name alone
 /// (`https://TOKEN@host`) is often a token, so it goes too: `***@host`.
