@@ -124,7 +124,7 @@ impl Config {
     /// Adds what the config file at `path` (with contents `text`) says.
     /// Relative paths in it are taken from its directory.
     pub(super) fn merge_toml(&mut self, path: &Path, text: &str) -> Result<()> {
-        let file: FileConfig = toml::from_str(text).map_err(|e| anyhow::anyhow!("{e}"))?;
+        let file: FileConfig = toml::from_str(text).map_err(|e| toml_error(path, text, &e))?;
         let base = path.parent().unwrap_or(Path::new(""));
         let position = |span: std::ops::Range<usize>| {
             let (line, col) = line_col(text, span.start);
@@ -175,6 +175,28 @@ impl TemplateToml {
             wait: self.wait.map(Debounce::from),
             origin,
         }
+    }
+}
+
+/// A config file's TOML error as `FILE:LINE:COL: message`, without the
+/// excerpt toml prints: the line may hold a password or a token. A type
+/// error quotes the value in backticks (invalid type: string `…`); that
+/// part is left out too.
+fn toml_error(path: &Path, text: &str, e: &toml::de::Error) -> anyhow::Error {
+    let mut why = e.message().trim().replace('\n', "; ");
+    if why.starts_with("invalid type") || why.starts_with("invalid value") {
+        if let Some((head, rest)) = why.split_once('`') {
+            if let Some((_, tail)) = rest.split_once('`') {
+                why = format!("{head}`…`{tail}");
+            }
+        }
+    }
+    match e.span() {
+        Some(span) => {
+            let (line, col) = line_col(text, span.start);
+            anyhow::anyhow!("{}:{line}:{col}: {why}", path.display())
+        }
+        None => anyhow::anyhow!("{}: {why}", path.display()),
     }
 }
 
