@@ -11,6 +11,7 @@ mod etcd;
 mod examples;
 mod exec;
 mod render;
+mod secrets;
 mod shape;
 mod subst;
 mod watch;
