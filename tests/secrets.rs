@@ -266,7 +266,7 @@ fn the_in_place_fallback_sets_the_mode_before_writing_the_secret() {
         .lines()
         .filter(|l| l.contains("openat(") && l.contains("app/f.conf\""))
         .filter_map(|l| l.rsplit("= ").next()?.trim().parse::<i32>().ok())
-        .last()
+        .next_back()
         .unwrap_or_else(|| panic!("no in-place open in:\n{trace}"));
     let calls: Vec<&str> = trace
         .lines()
