@@ -224,14 +224,7 @@ fn the_in_place_fallback_sets_the_mode_before_writing_the_secret() {
     // rename(2) over a bind-mounted file fails with EBUSY; the fallback
     // writes in place. strace records the order of the calls on the file:
     // fchmod to 0600 must come before the secret goes in.
-    if std::process::Command::new("strace")
-        .arg("-V")
-        .output()
-        .is_err()
-    {
-        eprintln!("strace is not installed: skipped");
-        return;
-    }
+    // scripts/test installs strace.
     let t = Test::new()
         .file("a.j2", "password={{ env.PW }}\n")
         .file("mounted.conf", "old\n")
@@ -423,4 +416,31 @@ fn deps_json_and_print_config_show_no_values() {
     assert!(out.stdout_str().contains("pw"), "{}", out.stdout_str());
     hidden("deps --json", &out.stdout_str());
     hidden("deps stderr", &out.stderr);
+}
+
+#[test]
+fn a_config_file_error_on_a_password_or_token_line_does_not_quote_it() {
+    for line in [
+        format!("password = \"{SECRET}\\q\""),
+        "password = 12345678".to_string(),
+        format!("token = \"{SECRET}\" x"),
+    ] {
+        let kind = if line.starts_with("token") {
+            "consul"
+        } else {
+            "etcd"
+        };
+        let out = Test::new()
+            .file("a.j2", "x\n")
+            .file(
+                "stencil.toml",
+                format!("[sources.kv]\nkind = \"{kind}\"\n{line}\n"),
+            )
+            .args(["render", "-c", "stencil.toml"])
+            .run()
+            .code(2)
+            .stderr_has("stencil.toml: line 3, column");
+        hidden("config error", &out.stderr);
+        assert!(!out.stderr.contains("12345678"), "{}", out.stderr);
+    }
 }

@@ -178,26 +178,29 @@ impl TemplateToml {
     }
 }
 
-/// A config file's TOML error as `FILE:LINE:COL: message`, without the
-/// excerpt toml prints: the line may hold a password or a token. A type
-/// error quotes the value in backticks (invalid type: string `…`); that
-/// part is left out too.
+/// A config file's TOML error. toml prints the line with a caret, which
+/// helps with every key but `password` and `token`, the only ones whose
+/// values are secrets: there it says `FILE:LINE:COL: message` without the
+/// line (and without a mistyped value, `invalid type: integer `…``).
 fn toml_error(path: &Path, text: &str, e: &toml::de::Error) -> anyhow::Error {
+    let Some(span) = e.span() else {
+        return anyhow::anyhow!("{e}");
+    };
+    let (line, col) = line_col(text, span.start);
+    let key = text.lines().nth(line - 1).unwrap_or_default();
+    let key = key.split('=').next().unwrap_or_default().trim();
+    if !matches!(key, "password" | "token") {
+        return anyhow::anyhow!("{e}");
+    }
     let mut why = e.message().trim().replace('\n', "; ");
-    if why.starts_with("invalid type") || why.starts_with("invalid value") {
-        if let Some((head, rest)) = why.split_once('`') {
-            if let Some((_, tail)) = rest.split_once('`') {
+    if let Some((head, rest)) = why.split_once('`') {
+        if let Some((_, tail)) = rest.split_once('`') {
+            if head.starts_with("invalid") {
                 why = format!("{head}`…`{tail}");
             }
         }
     }
-    match e.span() {
-        Some(span) => {
-            let (line, col) = line_col(text, span.start);
-            anyhow::anyhow!("{}:{line}:{col}: {why}", path.display())
-        }
-        None => anyhow::anyhow!("{}: {why}", path.display()),
-    }
+    anyhow::anyhow!("{}: line {line}, column {col}: {why}", path.display())
 }
 
 /// 1-based line and column of a byte offset.
