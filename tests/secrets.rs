@@ -214,6 +214,22 @@ fn a_password_in_a_wait_url_is_never_shown() {
             .stderr_has("admin:***@127.0.0.1:1");
         hidden("exec --wait", &out.stderr);
     }
+    // A URL the flag parser refuses is quoted by it: without the password.
+    let out = Test::new()
+        .file("a.j2", "x\n")
+        .args([
+            "exec",
+            "-t",
+            "a.j2",
+            "--wait",
+            &format!("http://admin:{SECRET}@/x"),
+            "--",
+            "true",
+        ])
+        .run()
+        .code(2)
+        .stderr_has("admin:***@/x");
+    hidden("--wait usage error", &out.stderr);
 }
 
 // ---------------------------------------------------------------------------
