@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
-use crate::spec::{Debounce, WaitTarget, parse_duration, parse_signal};
+use crate::spec::{Debounce, WaitTarget, parse_duration, parse_listen, parse_signal};
 
 const ABOUT: &str = "Render configuration files from templates with data from environment \
 variables, data files, Consul and etcd; install them atomically; check before and reload after.";
@@ -317,6 +317,14 @@ pub struct OutputArgs {
     #[arg(long, env = "STENCIL_DIFF")]
     pub diff: bool,
 
+    /// With --diff or --dry-run, show the content of secret files too.
+    ///
+    /// A file whose mode gives nothing to group or others (0600, 0400 …),
+    /// or whose template says secret = true, is shown as its size and a
+    /// hash unless this is given. Example: stencil render --diff --show-secrets
+    #[arg(long, env = "STENCIL_SHOW_SECRETS")]
+    pub show_secrets: bool,
+
     /// Install files but run no reload command.
     #[arg(long, env = "STENCIL_NO_RELOAD")]
     pub no_reload: bool,
@@ -342,7 +350,11 @@ pub struct WatchArgs {
 #[command(next_help_heading = "Watching")]
 pub struct WatchOptions {
     /// Serve /healthz, /readyz, /metrics and /status on this address (e.g. 127.0.0.1:9180).
-    #[arg(long, env = "STENCIL_LISTEN", value_name = "ADDR")]
+    ///
+    /// A bare port (--listen 9180) is 127.0.0.1:9180: the endpoints have no
+    /// authentication, so reaching them from elsewhere takes an explicit
+    /// address (--listen 0.0.0.0:9180), which logs a warning.
+    #[arg(long, env = "STENCIL_LISTEN", value_name = "ADDR|PORT", value_parser = parse_listen)]
     pub listen: Option<std::net::SocketAddr>,
 
     /// Render everything once, waiting for missing data, run the commands, then exit.
@@ -430,8 +442,9 @@ pub struct ExecOptions {
     #[arg(long, env = "STENCIL_WATCH")]
     pub watch: bool,
 
-    /// With --watch: serve /healthz, /readyz, /metrics and /status on this address.
-    #[arg(long, env = "STENCIL_LISTEN", value_name = "ADDR")]
+    /// With --watch: serve /healthz, /readyz, /metrics and /status on this
+    /// address; a bare port is on 127.0.0.1.
+    #[arg(long, env = "STENCIL_LISTEN", value_name = "ADDR|PORT", value_parser = parse_listen)]
     pub listen: Option<std::net::SocketAddr>,
 
     /// With --watch: quiet period before acting on a change, MIN or MIN:MAX.

@@ -16,6 +16,7 @@ impl From<OutputArgs> for Options {
         Options {
             dry_run: a.dry_run,
             diff: a.diff,
+            show_secrets: a.show_secrets,
             no_reload: a.no_reload,
             wait_for_data: a.wait_for_data,
         }

@@ -342,15 +342,20 @@ fn warn_in_place_once(target: &Path, e: &std::io::Error) {
 /// The fallback when rename cannot work. Not atomic, but never silent.
 /// Owner and mode are set as on a staged file, or the next run would see
 /// a difference and rewrite the file forever.
+///
+/// Owner and mode are set before the new content goes in, so a secret is
+/// never readable under the old, looser mode: open without truncating,
+/// chown (which may clear set-id bits, so it goes first), chmod, then
+/// truncate and write.
 fn write_in_place(target: &Path, req: &Request, plan: &Plan) -> Result<()> {
     let mut f = OpenOptions::new()
         .write(true)
-        .truncate(true)
         .open(target)
         .with_context(|| format!("cannot open {} for writing", target.display()))?;
-    f.write_all(req.content)?;
-    f.set_permissions(Permissions::from_mode(plan.mode))?;
     chown(&f, target, plan, req)?;
+    f.set_permissions(Permissions::from_mode(plan.mode))?;
+    f.set_len(0)?;
+    f.write_all(req.content)?;
     f.sync_all()?;
     Ok(())
 }

@@ -88,12 +88,14 @@ where
         Ok(cli) => cli,
         Err(e) => {
             // --help and --version are "errors" to clap; they print to stdout.
-            let _ = e.print();
-            return Ok(if e.use_stderr() {
-                Exit::Usage
-            } else {
-                Exit::Success
-            });
+            if !e.use_stderr() {
+                let _ = e.print();
+                return Ok(Exit::Success);
+            }
+            // clap quotes the value it refused: a --wait or --source URL
+            // with its password.
+            eprint!("{}", spec::redact_urls(&e.render().to_string()));
+            return Ok(Exit::Usage);
         }
     };
     let json = cli.global.log_format == cli::LogFormat::Json;

@@ -26,6 +26,7 @@ use crate::install::Outcome;
 use crate::pipeline::{Pipeline, UnitReport, is_rejected};
 use crate::source::SourceEvent;
 use crate::source::etcd::GivenUp;
+use crate::spec::redact_urls;
 use crate::template::Dep;
 
 /// What the coordinator reports.
@@ -380,15 +381,16 @@ pub(crate) fn template_name(spec: &TemplateSpec) -> String {
 }
 
 /// The state a render leaves its template in, and why it is not ok.
-pub(crate) fn state_after(unit: &UnitReport) -> (TemplateState, Option<String>) {
+/// `secret`: the template's is (see [`detail`]).
+pub(crate) fn state_after(unit: &UnitReport, secret: bool) -> (TemplateState, Option<String>) {
     match &unit.result {
         Ok(_) => (TemplateState::Ok, None),
         // The previous file is back; waiting for data cannot fix it.
-        Err(e) if is_rejected(e) => (TemplateState::Failed, Some(detail(e))),
+        Err(e) if is_rejected(e) => (TemplateState::Failed, Some(detail(e, secret))),
         // A source that failed may answer later (etcd restarting, a data
         // file half-written): pending, with the source's error as the
         // reason.
-        Err(e) if !unit.deps.failed.is_empty() => (TemplateState::Pending, Some(detail(e))),
+        Err(e) if !unit.deps.failed.is_empty() => (TemplateState::Pending, Some(detail(e, secret))),
         Err(_) if unit.deps.may_appear() => {
             let waiting: Vec<String> = unit.deps.waiting_for.iter().map(describe_dep).collect();
             (
@@ -396,27 +398,46 @@ pub(crate) fn state_after(unit: &UnitReport) -> (TemplateState, Option<String>) 
                 Some(format!("waiting for {}", waiting.join(", "))),
             )
         }
-        Err(e) => (TemplateState::Failed, Some(detail(e))),
+        Err(e) => (TemplateState::Failed, Some(detail(e, secret))),
     }
 }
 
 /// An error as `/status` and `/readyz` show it: as `{:#}` prints it, but
-/// a failed check or reload command without its output, which may echo
-/// the rendered file (`cat {{ staged }}`, `nginx -t`) and so its values.
-/// The output stays in the log, where the operator looks.
-pub(crate) fn detail(e: &anyhow::Error) -> String {
+/// a failed check or reload command as its first line only (the command
+/// and its exit status), without the output, which may echo the rendered
+/// file (`cat {{ staged }}`, `nginx -t`) and so its values. The output
+/// stays whole in the log, where the operator looks. For a secret template
+/// the command itself is left out too (`curl -u user:pw …`), and URLs are
+/// always shown without their passwords.
+pub(crate) fn detail(e: &anyhow::Error, secret: bool) -> String {
     let mut parts = Vec::new();
     for cause in e.chain() {
         if cause.is::<CommandFailed>() {
             // The output starts on the second line.
             let text = cause.to_string();
-            let first = text.lines().next().unwrap_or_default();
-            parts.push(first.trim_end_matches("; its output:").to_string());
+            let head = text.lines().next().unwrap_or_default();
+            let head = head.trim_end_matches("; its output:");
+            parts.push(if secret {
+                without_command(head)
+            } else {
+                head.to_string()
+            });
             break;
         }
         parts.push(cause.to_string());
     }
-    parts.join(": ")
+    redact_urls(&parts.join(": "))
+}
+
+/// "check command `cmd` failed (…)" -> "check command failed (…)".
+fn without_command(head: &str) -> String {
+    match head
+        .split_once(" `")
+        .and_then(|(what, rest)| Some((what, rest.rsplit_once("` ")?.1)))
+    {
+        Some((what, status)) => format!("{what} {status}"),
+        None => head.to_string(),
+    }
 }
 
 fn describe_dep(d: &Dep) -> String {
@@ -448,6 +469,13 @@ impl Server {
             .local_addr()
             .with_context(|| format!("cannot listen on {addr}"))?;
         tracing::info!("serving /healthz, /readyz, /metrics, /status on {bound}");
+        if !bound.ip().is_loopback() {
+            tracing::warn!(
+                "{bound} is reachable from other machines and the endpoints have no \
+                 authentication: they show template names, paths and errors (never values); \
+                 restrict access with a network policy or listen on 127.0.0.1"
+            );
+        }
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
         let task = tokio::spawn(serve(listener, status, async {
             let _ = stopped.await;

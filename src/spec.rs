@@ -201,6 +201,8 @@ impl WaitTarget {
             }
             other => return Err(bad(&format!("unsupported scheme {other:?}"))),
         };
+        // Shown in log lines and errors: never with its password.
+        let text = redact_urls(&text);
         Ok(WaitTarget { text, kind })
     }
 
@@ -305,6 +307,67 @@ fn replace_placeholders(s: &str, vars: &[(&str, &str)], quote: bool) -> String {
     out
 }
 
+/// A listen address: `HOST:PORT`, or a bare `PORT` on 127.0.0.1. The
+/// endpoints have no authentication, so the short form stays on the
+/// machine; `0.0.0.0:9180` is written out when that is meant.
+pub fn parse_listen(s: &str) -> Result<std::net::SocketAddr, String> {
+    let s = s.trim();
+    if let Ok(port) = s.parse::<u16>() {
+        return Ok((std::net::Ipv4Addr::LOCALHOST, port).into());
+    }
+    s.parse().map_err(|_| {
+        format!("invalid listen address {s:?}: expected PORT, IP:PORT or [IPv6]:PORT, e.g. 9180 or 127.0.0.1:9180")
+    })
+}
+
+/// Serializes a URL as [`redact_urls`] shows it (`--print-config`).
+pub fn serialize_redacted<S: Serializer>(url: &str, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_str(&redact_urls(url))
+}
+
+/// Serializes URLs as [`redact_urls`] shows them (`--print-config`).
+pub fn serialize_redacted_list<S: Serializer>(urls: &[String], s: S) -> Result<S::Ok, S::Error> {
+    s.collect_seq(urls.iter().map(|u| redact_urls(u)))
+}
+
+/// `text` with the password of every URL in it replaced by `***`:
+/// `http://web:PASS@host` -> `http://web:***@host`. A user name alone
+/// (`https://TOKEN@host`) is often a token, so it goes too: `***@host`.
+///
+/// Every URL stencil shows (sources, `--wait` targets) goes through this,
+/// whether or not it parses: a mistyped URL's message must not print the
+/// password either. The user information runs to the last `@` before
+/// white space or a quote, so a password with a raw `/` or `@` goes whole.
+pub fn redact_urls(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut rest = text;
+    while let Some(at) = rest.find("://") {
+        let (head, tail) = rest.split_at(at + 3);
+        out.push_str(head);
+        let end = tail
+            .find(|c: char| c.is_whitespace() || matches!(c, '"' | '\'' | '`' | '<' | '>'))
+            .unwrap_or(tail.len());
+        let (word, after) = tail.split_at(end);
+        match word.rfind('@') {
+            Some(userinfo_end) => {
+                let userinfo = &word[..userinfo_end];
+                match userinfo.split_once(':') {
+                    Some((user, _)) if !user.is_empty() => {
+                        out.push_str(user);
+                        out.push_str(":***");
+                    }
+                    _ => out.push_str("***"),
+                }
+                out.push_str(&word[userinfo_end..]);
+            }
+            None => out.push_str(word),
+        }
+        rest = after;
+    }
+    out.push_str(rest);
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -394,5 +457,30 @@ mod tests {
             c.substitute(&[("staged", "x")]),
             CommandSpec::Shell("echo {{ other }} x".into())
         );
+    }
+
+    #[test]
+    fn a_bare_listen_port_is_on_loopback() {
+        assert_eq!(parse_listen("9180"), Ok("127.0.0.1:9180".parse().unwrap()));
+        assert_eq!(parse_listen("0.0.0.0:1"), Ok("0.0.0.0:1".parse().unwrap()));
+        assert_eq!(parse_listen("[::1]:1"), Ok("[::1]:1".parse().unwrap()));
+        assert!(parse_listen("localhost:1").is_err());
+        assert!(parse_listen("70000").is_err());
+    }
+
+    #[test]
+    fn passwords_in_urls_are_redacted() {
+        assert_eq!(
+            redact_urls("etcd at http://web:PASS@127.0.0.1:1 did not answer"),
+            "etcd at http://web:***@127.0.0.1:1 did not answer"
+        );
+        assert_eq!(redact_urls("https://TOKEN@h/x"), "https://***@h/x");
+        assert_eq!(
+            redact_urls("\"http://a:p/w@d@h:1/x\", http://h/p@q"),
+            "\"http://a:***@h:1/x\", http://***@q"
+        );
+        assert_eq!(redact_urls("no url, http://h:1/x"), "no url, http://h:1/x");
+        let t = WaitTarget::parse("http://admin:PASS@api:8080/h").unwrap();
+        assert_eq!(t.to_string(), "http://admin:***@api:8080/h");
     }
 }

@@ -13,6 +13,7 @@ mod examples;
 mod exec;
 mod render;
 mod rollback;
+mod secrets;
 mod shape;
 mod subst;
 mod watch;

@@ -51,13 +51,32 @@ struct TemplateToml {
     backup: bool,
     #[serde(default)]
     create_dirs: bool,
+    /// The output holds secrets: `--diff` and `--dry-run` print no content
+    /// and `/status` no command output.
+    #[serde(default)]
+    secret: bool,
     wait: Option<WaitToml>,
 }
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct ListenToml {
+    /// As `--listen` takes it: a bare port is on 127.0.0.1.
+    #[serde(deserialize_with = "de_listen")]
     address: std::net::SocketAddr,
+}
+
+fn de_listen<'de, D: Deserializer<'de>>(d: D) -> Result<std::net::SocketAddr, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Raw {
+        Port(u16),
+        Text(String),
+    }
+    match Raw::deserialize(d)? {
+        Raw::Port(p) => Ok((std::net::Ipv4Addr::LOCALHOST, p).into()),
+        Raw::Text(s) => crate::spec::parse_listen(&s).map_err(serde::de::Error::custom),
+    }
 }
 
 /// `wait = { min = "500ms", max = "5s" }`; `max` is optional.
@@ -110,7 +129,7 @@ impl Config {
     /// Adds what the config file at `path` (with contents `text`) says.
     /// Relative paths in it are taken from its directory.
     pub(super) fn merge_toml(&mut self, path: &Path, text: &str) -> Result<()> {
-        let file: FileConfig = toml::from_str(text).map_err(|e| anyhow::anyhow!("{e}"))?;
+        let file: FileConfig = toml::from_str(text).map_err(|e| toml_error(path, text, &e))?;
         let base = path.parent().unwrap_or(Path::new(""));
         let position = |span: std::ops::Range<usize>| {
             let (line, col) = line_col(text, span.start);
@@ -167,10 +186,36 @@ impl TemplateToml {
             command_timeout: self.command_timeout.unwrap_or(DEFAULT_COMMAND_TIMEOUT),
             backup: self.backup,
             create_dirs: self.create_dirs,
+            secret: self.secret,
             wait: self.wait.map(Debounce::from),
             origin,
         }
     }
+}
+
+/// A config file's TOML error. toml prints the line with a caret, which
+/// helps with every key but `password` and `token`, the only ones whose
+/// values are secrets: there it says `FILE:LINE:COL: message` without the
+/// line (and without a mistyped value, `invalid type: integer `…``).
+fn toml_error(path: &Path, text: &str, e: &toml::de::Error) -> anyhow::Error {
+    let Some(span) = e.span() else {
+        return anyhow::anyhow!("{e}");
+    };
+    let (line, col) = line_col(text, span.start);
+    let key = text.lines().nth(line - 1).unwrap_or_default();
+    let key = key.split('=').next().unwrap_or_default().trim();
+    if !matches!(key, "password" | "token") {
+        return anyhow::anyhow!("{e}");
+    }
+    let mut why = e.message().trim().replace('\n', "; ");
+    if let Some((head, rest)) = why.split_once('`') {
+        if let Some((_, tail)) = rest.split_once('`') {
+            if head.starts_with("invalid") {
+                why = format!("{head}`…`{tail}");
+            }
+        }
+    }
+    anyhow::anyhow!("{}: line {line}, column {col}: {why}", path.display())
 }
 
 /// 1-based line and column of a byte offset.

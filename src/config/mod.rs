@@ -146,10 +146,21 @@ pub struct TemplateSpec {
     pub command_timeout: Duration,
     pub backup: bool,
     pub create_dirs: bool,
+    /// `secret = true`: the output is never shown (`--diff`, `--dry-run`
+    /// without `--show-secrets`), nor its commands' output in `/status`.
+    pub secret: bool,
     pub wait: Option<Debounce>,
     /// Where this template was declared, for error messages:
     /// `stencil.toml:12` or `-t flag`.
     pub origin: String,
+}
+
+impl TemplateSpec {
+    /// Whether the output is for its owner's eyes only: `secret = true`, or
+    /// a mode that gives nothing to group and others (`0600`, `0400`).
+    pub(crate) fn is_secret(&self) -> bool {
+        self.secret || self.mode.is_some_and(|m| m & 0o077 == 0)
+    }
 }
 
 /// Modes printed as `"0644"` in `--print-config`.
@@ -341,6 +352,7 @@ pub fn parse_template_flag(flag: &str) -> Result<TemplateSpec> {
         command_timeout: DEFAULT_COMMAND_TIMEOUT,
         backup: false,
         create_dirs: false,
+        secret: false,
         wait: None,
         origin: format!("-t {flag}"),
     })

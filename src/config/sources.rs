@@ -241,7 +241,8 @@ pub fn parse_source_flag(flag: &str) -> Result<(String, SourceSpec)> {
             "--source {flag:?}: expected NAME=URL, e.g. data=file:///etc/app/data.json"
         )));
     };
-    let at = format!("--source {flag:?}");
+    // Never with a password: the flag is quoted in every message below.
+    let at = format!("--source {:?}", crate::spec::redact_urls(flag));
     let table = table_from_url(name, url).map_err(|e| match e {
         // Not quoting the flag: it would repeat the token in the message.
         UrlError::Token => usage(format!(
@@ -329,7 +330,8 @@ fn table_from_url(name: &str, text: &str) -> Result<SourceTable, UrlError> {
             [one] => table.address = Some(one.clone()),
             _ => {
                 return Err(format!(
-                    "{authority:?} is not one host:port; Consul takes one agent's address"
+                    "{:?} is not one host:port; Consul takes one agent's address",
+                    crate::spec::redact_urls(&format!("{http}://{authority}"))
                 )
                 .into());
             }
@@ -346,9 +348,17 @@ fn table_from_url(name: &str, text: &str) -> Result<SourceTable, UrlError> {
 /// `http://host:port`, checked by the url crate.
 fn server_url(http: &str, host: &str) -> Result<String, String> {
     let text = format!("{http}://{host}");
-    let url = url::Url::parse(&text).map_err(|e| format!("{host:?} is not host:port ({e})"))?;
-    if url.host_str().is_none_or(str::is_empty) || !url.username().is_empty() {
-        return Err(format!("{host:?} is not host:port"));
+    let shown = crate::spec::redact_urls(&text);
+    let shown = shown.strip_prefix(&format!("{http}://")).unwrap_or(&shown);
+    let url = url::Url::parse(&text).map_err(|e| format!("{shown:?} is not host:port ({e})"))?;
+    if !url.username().is_empty() || url.password().is_some() {
+        return Err(format!(
+            "{shown:?}: a user or password does not go in the URL, where process lists and \
+             logs show it: use a config file (etcd: username, password_file; Consul: token_file)"
+        ));
+    }
+    if url.host_str().is_none_or(str::is_empty) {
+        return Err(format!("{shown:?} is not host:port"));
     }
     Ok(text)
 }

@@ -105,6 +105,7 @@ impl ExecArgs {
         Options {
             dry_run: false,
             diff: false,
+            show_secrets: false,
             no_reload: true,
             wait_for_data: self.render.wait_for_data,
         }

@@ -39,7 +39,9 @@ fn probe(target: &WaitTarget, timeout: Duration) -> Result<(), String> {
                     if e.is_timeout() {
                         "no answer in time".to_string()
                     } else {
-                        why
+                        // reqwest moves user:password into a header, but
+                        // its causes are not all its own text.
+                        crate::spec::redact_urls(&why)
                     }
                 })?;
                 if resp.status().is_success() {

@@ -164,16 +164,27 @@ impl Source for FileSource {
 }
 
 /// Parses a data file's text into flat keys.
+///
+/// A parse error names the line, the column and what was expected, never
+/// the text there: a data file holds passwords, and the message reaches
+/// stderr, the log and `/status`. (The parsers' own messages quote the
+/// offending line; these are rebuilt from their positions instead.)
 pub fn parse(format: Format, text: &str) -> Result<BTreeMap<String, String>> {
     let value: serde_json::Value = match format {
-        Format::Json => serde_json::from_str(text).map_err(|e| anyhow!("{e}"))?,
-        Format::Toml => {
-            toml_to_json(toml::from_str(text).map_err(|e| anyhow!("{}", e.to_string().trim_end()))?)
-        }
+        Format::Json => serde_json::from_str(text).map_err(|e| {
+            let why = e.to_string();
+            at(e.line(), e.column(), &strip_position(&why))
+        })?,
+        Format::Toml => toml_to_json(toml::from_str(text).map_err(|e| toml_error(text, &e))?),
         Format::Yaml => {
-            let yaml: serde_norway::Value =
-                serde_norway::from_str(text).map_err(|e| anyhow!("{e}"))?;
-            serde_json::to_value(yaml).map_err(|e| anyhow!("{e}"))?
+            let yaml: serde_norway::Value = serde_norway::from_str(text).map_err(|e| {
+                let why = e.to_string();
+                match e.location() {
+                    Some(l) => at(l.line(), l.column(), &strip_position(&why)),
+                    None => anyhow!("{}", scrub(&why)),
+                }
+            })?;
+            serde_json::to_value(yaml).map_err(|e| anyhow!("{}", scrub(&e.to_string())))?
         }
         Format::Dotenv => return parse_dotenv(text),
     };
@@ -186,6 +197,70 @@ pub fn parse(format: Format, text: &str) -> Result<BTreeMap<String, String>> {
         _ => bail!("the top level must be an object (a table, a mapping), not a single value"),
     }
     Ok(out)
+}
+
+/// `line L, column C: why`, with anything quoted in `why` left out.
+fn at(line: usize, column: usize, why: &str) -> anyhow::Error {
+    anyhow!("line {line}, column {column}: {}", scrub(why))
+}
+
+/// The parser's message without its first ` at line L column C`, which
+/// [`at`] says in front.
+fn strip_position(why: &str) -> String {
+    let Some(i) = why.find(" at line ") else {
+        return why.to_string();
+    };
+    let rest = why[i + " at line ".len()..].trim_start_matches(|c: char| c.is_ascii_digit());
+    let rest = rest.strip_prefix(" column ").unwrap_or(rest);
+    let rest = rest.trim_start_matches(|c: char| c.is_ascii_digit());
+    format!("{}{rest}", &why[..i])
+}
+
+/// `why` with every double-quoted part replaced by `"…"`: the parsers
+/// quote values (`invalid type: string "…"`) where they quote anything.
+/// Grammar tokens are in backticks and stay.
+fn scrub(why: &str) -> String {
+    let mut out = String::with_capacity(why.len());
+    let (mut token, mut quoted) = (false, false);
+    for c in why.chars() {
+        match c {
+            '`' if !quoted => token = !token,
+            '"' if !token => {
+                quoted = !quoted;
+                if quoted {
+                    out.push_str("\"…");
+                    continue;
+                }
+            }
+            _ if quoted => continue,
+            _ => {}
+        }
+        out.push(c);
+    }
+    out
+}
+
+/// Position and message of a TOML error, without the excerpt toml's own
+/// Display prints (it shows the line, value and all).
+fn toml_error(text: &str, e: &toml::de::Error) -> anyhow::Error {
+    let why = e.message().trim().replace('\n', "; ");
+    match e.span() {
+        Some(span) => {
+            let (line, column) = line_column(text, span.start);
+            at(line, column, &why)
+        }
+        None => anyhow!("{}", scrub(&why)),
+    }
+}
+
+/// The 1-based line and column (in characters) of byte `offset`.
+fn line_column(text: &str, offset: usize) -> (usize, usize) {
+    let before = text.get(..offset).unwrap_or(text);
+    let line_start = before.rfind('\n').map_or(0, |i| i + 1);
+    (
+        before.matches('\n').count() + 1,
+        before[line_start..].chars().count() + 1,
+    )
 }
 
 /// TOML values as JSON ones; dates and times become their TOML text
@@ -246,22 +321,51 @@ fn flatten(value: &serde_json::Value, path: &mut String, out: &mut BTreeMap<Stri
 
 fn parse_dotenv(text: &str) -> Result<BTreeMap<String, String>> {
     let mut out = BTreeMap::new();
+    // Where the last good line's key was: a failed line is searched for
+    // after it.
+    let mut from = 0;
     for item in dotenvy::from_read_iter(text.as_bytes()) {
         match item {
             Ok((k, v)) => {
+                if let Some(i) = text[from..].find(&k) {
+                    from += i + k.len();
+                }
                 out.insert(k, v);
             }
-            Err(dotenvy::Error::LineParse(line, index)) => {
-                let number = text
-                    .lines()
-                    .position(|l| l.trim_end() == line.trim_end())
-                    .map_or_else(String::new, |n| format!("line {}, ", n + 1));
-                bail!("{number}column {}: cannot parse {line:?}", index + 1)
+            Err(dotenvy::Error::LineParse(part, index)) => {
+                return Err(dotenv_error(text, from, &part, index));
             }
+            // Io and EnvVar errors carry no value.
             Err(e) => bail!("{e}"),
         }
     }
     Ok(out)
+}
+
+/// Where a dotenv line failed and why, without the line: dotenvy reports
+/// the line (or only its value) and an index into it; both are found in
+/// `text` again to name the line and column.
+fn dotenv_error(text: &str, from: usize, part: &str, index: usize) -> anyhow::Error {
+    let start = text[from..]
+        .find(part.trim_end())
+        .map(|i| from + i)
+        .or_else(|| text.find(part.trim_end()));
+    let Some(start) = start else {
+        return anyhow!("a line is not KEY=VALUE");
+    };
+    let offset = part
+        .char_indices()
+        .nth(index)
+        .map_or(start + part.trim_end().len(), |(i, _)| start + i);
+    let (line, column) = line_column(text, offset);
+    let why = match text[offset..].chars().next() {
+        None | Some('\n') => "a quote that is not closed",
+        Some(c) if c.is_whitespace() => "a space; a value with spaces goes in quotes",
+        Some('"' | '\'') => "a quote; a value with quotes goes in the other kind of quotes",
+        Some('\\') => "a backslash; escapes are \\n, \\\\, \\\", \\' and \\$",
+        Some(_) => "expected KEY=VALUE",
+    };
+    anyhow!("line {line}, column {column}: {why}")
 }
 
 #[cfg(test)]
@@ -308,6 +412,48 @@ mod tests {
         );
         let env = parse(Format::Dotenv, "# c\nA=1\nB=\"two words\"\n").unwrap();
         assert_eq!(env.get("B").map(String::as_str), Some("two words"));
+    }
+
+    #[test]
+    fn parse_errors_name_the_place_never_the_value() {
+        let cases = [
+            (
+                Format::Toml,
+                "a = 1\npassword = \"C:\\SECRET\\pw\"\n",
+                "line 2, column 16: ",
+            ),
+            (
+                Format::Dotenv,
+                "A=1\nDB_PASSWORD=SECRET&3 \"horse\"\n",
+                "line 2, column 22: a quote",
+            ),
+            (
+                Format::Dotenv,
+                "A=1\nB=\"SECRET\n",
+                "line 2, column 10: a quote that is not closed",
+            ),
+            (
+                Format::Json,
+                "{\"a\": 1,\n \"p\": \"SE\\qCRET\"}",
+                "line 2, column 11: invalid escape",
+            ),
+            (
+                Format::Yaml,
+                "a: 1\np: \"SE\\qCRET\"\n",
+                "line 2, column 7: found unknown escape",
+            ),
+            (
+                Format::Yaml,
+                "a: 1\nSECRET: 1\nSECRET: 2\n",
+                "line 1, column 1: duplicate entry",
+            ),
+        ];
+        for (format, text, want) in cases {
+            let err = format!("{:#}", parse(format, text).unwrap_err());
+            assert!(err.starts_with(want), "{format:?}: {err}");
+            assert!(!err.contains("SECRET"), "{format:?}: {err}");
+        }
+        assert_eq!(scrub(r#"key "x" expected `"`"#), r#"key "…" expected `"`"#);
     }
 
     #[test]

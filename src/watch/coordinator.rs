@@ -406,7 +406,8 @@ impl Coordinator {
                         "{}; the current file stays",
                         error::Report(&e).to_string().trim_end()
                     );
-                    self.set_state(i, TemplateState::Failed, Some(serve::detail(&e)));
+                    let detail = serve::detail(&e, unit.spec.is_secret());
+                    self.set_state(i, TemplateState::Failed, Some(detail));
                 }
             }
         }
@@ -476,7 +477,7 @@ impl Coordinator {
     /// counters, log line, retry and recorded reads.
     fn record(&mut self, unit: UnitReport, now_unix: f64) {
         let i = unit.index;
-        let (state, detail) = serve::state_after(&unit);
+        let (state, detail) = serve::state_after(&unit, self.pipeline.units[i].spec.is_secret());
         if let Some(t) = serve::lock(&self.status).templates.get_mut(&self.name(i)) {
             t.count(&unit.result, now_unix);
             t.rejected_sha256 = self.pipeline.units[i]

@@ -15,6 +15,8 @@ use reqwest::header::HeaderValue;
 use serde::Deserialize;
 use url::Url;
 
+use crate::spec::redact_urls;
+
 use super::ConsulConfig;
 use crate::runtime;
 
@@ -306,25 +308,28 @@ fn token_header(config: &ConsulConfig) -> Result<Option<HeaderValue>> {
 /// address parsed.
 fn normalize_address(address: &str) -> Result<(String, Url)> {
     let a = address.trim().trim_end_matches('/');
+    // What messages show, never with a password in it.
+    let shown = redact_urls(a);
+    let shown = shown.as_str();
     if a.is_empty() {
         bail!("the Consul address is empty");
     }
     if a.starts_with("unix://") {
-        bail!("Consul address {a:?}: unix sockets are not supported; use http:// or https://");
+        bail!("Consul address {shown:?}: unix sockets are not supported; use http:// or https://");
     }
     let url = if a.contains("://") {
         a.to_string()
     } else {
         format!("http://{a}")
     };
-    let parsed = Url::parse(&url).with_context(|| format!("invalid Consul address {a:?}"))?;
+    let parsed = Url::parse(&url).with_context(|| format!("invalid Consul address {shown:?}"))?;
     if !matches!(parsed.scheme(), "http" | "https") {
-        bail!("Consul address {a:?}: use http:// or https://");
+        bail!("Consul address {shown:?}: use http:// or https://");
     }
     if parsed.host_str().is_none_or(str::is_empty) {
-        bail!("Consul address {a:?} has no host");
+        bail!("Consul address {shown:?} has no host");
     }
-    Ok((url, parsed))
+    Ok((redact_urls(&url), parsed))
 }
 
 /// What a key segment keeps as it is in a URL path: RFC 3986's unreserved

@@ -45,6 +45,7 @@ const DEFAULT_QUERY_WAIT: Duration = Duration::from_secs(60);
 #[derive(Clone, PartialEq, serde::Serialize)]
 pub struct ConsulConfig {
     /// `http://host:port` or `https://host:port`.
+    #[serde(serialize_with = "crate::spec::serialize_redacted")]
     pub address: String,
     /// Prepended to every key: with `apps/web`, `key("db/host")` reads
     /// `apps/web/db/host`. Leading and trailing `/` are ignored.

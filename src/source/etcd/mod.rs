@@ -45,6 +45,7 @@ pub const DEFAULT_PROBE_INTERVAL: Duration = Duration::from_secs(5);
 /// How to reach etcd.
 #[derive(Clone, PartialEq, serde::Serialize)]
 pub struct EtcdConfig {
+    #[serde(serialize_with = "crate::spec::serialize_redacted_list")]
     pub endpoints: Vec<String>,
     /// Prepended to every key; `/` by default, the convention of etcdctl
     /// and confd (`/apps/web/db/host`).

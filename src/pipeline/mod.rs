@@ -8,7 +8,11 @@
 use std::io::Write;
 use std::time::{Duration, Instant};
 
-use anyhow::{Context, Result, anyhow};
+use anyhow::{Result, anyhow};
+
+mod deliver;
+
+use deliver::deliver;
 
 use crate::command;
 use crate::config::{Config, Destination, OnReloadFailure, TemplateSpec};
@@ -24,6 +28,8 @@ pub(crate) struct Options {
     pub(crate) dry_run: bool,
     /// Print a unified diff of each changed file.
     pub(crate) diff: bool,
+    /// Show the content of secret files in the diff and dry run too.
+    pub(crate) show_secrets: bool,
     /// Install, but run no reload command.
     pub(crate) no_reload: bool,
     /// How long to wait for missing data before giving up.
@@ -398,82 +404,6 @@ impl Pipeline {
             }
         }
     }
-}
-
-/// Puts one rendered template where it goes: stdout, the dry-run report,
-/// or the destination file.
-fn deliver(
-    unit: &Unit,
-    content: &[u8],
-    opts: &Options,
-    out: &mut dyn Write,
-) -> Result<(Outcome, Option<Previous>)> {
-    let spec = &unit.spec;
-    let dest = match &spec.destination {
-        Destination::Stdout => {
-            write_stdout(out, content)?;
-            return Ok((Outcome::Written, None));
-        }
-        Destination::File(p) => p,
-    };
-    let req = install::Request {
-        destination: dest,
-        content,
-        mode: spec.mode,
-        owner: spec.owner.as_deref(),
-        group: spec.group.as_deref(),
-        check: spec.check.as_ref(),
-        command_timeout: spec.command_timeout,
-        backup: spec.backup,
-        create_dirs: spec.create_dirs,
-    };
-    let context = || format!("cannot install {}", dest.display());
-    if opts.dry_run || opts.diff {
-        let plan = install::plan(&req).with_context(context)?;
-        if !plan.changed {
-            tracing::debug!(path = %dest.display(), "unchanged");
-            return Ok((Outcome::Unchanged, None));
-        }
-        if opts.diff {
-            write_stdout(out, diff(dest, plan.current.as_deref(), content).as_bytes())?;
-        } else {
-            let header = format!("==> {} (mode {:04o}) <==\n", dest.display(), plan.mode);
-            write_stdout(out, header.as_bytes())?;
-            write_stdout(out, content)?;
-        }
-        if opts.dry_run {
-            return Ok((Outcome::Written, None));
-        }
-    }
-    let (outcome, previous) = install::install_keeping(&req).with_context(context)?;
-    match outcome {
-        Outcome::Written => tracing::info!(path = %dest.display(), "wrote"),
-        Outcome::Unchanged => tracing::debug!(path = %dest.display(), "unchanged"),
-    }
-    Ok((outcome, previous))
-}
-
-/// A broken stdout pipe (`stencil render … | head`) is not a failure.
-fn write_stdout(out: &mut dyn Write, bytes: &[u8]) -> Result<()> {
-    match out.write_all(bytes).and_then(|()| out.flush()) {
-        Ok(()) => Ok(()),
-        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Ok(()),
-        Err(e) => Err(anyhow!(e).context("cannot write to stdout")),
-    }
-}
-
-fn diff(dest: &std::path::Path, current: Option<&[u8]>, new: &[u8]) -> String {
-    let old = current.map(String::from_utf8_lossy).unwrap_or_default();
-    let new = String::from_utf8_lossy(new);
-    let old_name = if current.is_some() {
-        dest.display().to_string()
-    } else {
-        "/dev/null".into()
-    };
-    similar::TextDiff::from_lines(old.as_ref(), new.as_ref())
-        .unified_diff()
-        .header(&old_name, &dest.display().to_string())
-        .to_string()
 }
 
 /// A reload command of a batch, and the files it reloads onto that may be
