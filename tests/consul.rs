@@ -358,6 +358,101 @@ fn a_key_the_token_may_not_read_is_an_error_naming_it() {
         .stderr_lacks("hunter2");
 }
 
+/// Consul answers a recursive read the token may only partly read with
+/// the readable keys and `X-Consul-Results-Filtered-By-ACLs`, never a 403:
+/// stencil refuses to render partial data unless told to.
+#[test]
+fn a_prefix_read_filtered_by_acls_is_an_error_unless_warn() {
+    let t = ConsulTarget::start_with_acl();
+    t.put("apps/web/a", "1");
+    t.put("apps/web/b", "2");
+    t.put("apps/web/secret", "hunter2");
+    let token = t.create_token(&[
+        Rule::key_prefix("apps/web/", Policy::Read),
+        Rule::key("apps/web/secret", Policy::Deny),
+    ]);
+    let source = format!("consul={}?prefix={}", t.addr(), t.key("apps"));
+    let test = || {
+        Test::new()
+            .file("a.j2", "{{ kv('web') | tojson }}\n")
+            .env("CONSUL_HTTP_TOKEN", &token)
+    };
+    test()
+        .args(["render", "--source", &source, "-t", "a.j2"])
+        .run()
+        .code(1)
+        .stderr_has(&format!(
+            "consul source \"consul\": the read of prefix {:?}",
+            t.key("apps/web/")
+        ))
+        .stderr_has("was filtered by ACLs")
+        .stderr_has("acl_filtered = \"warn\"")
+        .stderr_lacks(&token)
+        .stderr_lacks("hunter2");
+    // With acl_filtered = "warn": rendered from what the token may read,
+    // with one warning.
+    let out = test()
+        .args([
+            "render",
+            "--source",
+            &format!("{source}&acl_filtered=warn"),
+            "-t",
+            "a.j2",
+        ])
+        .run()
+        .success()
+        .stdout_is("{\"a\":\"1\",\"b\":\"2\"}\n")
+        .stderr_has("was filtered by ACLs")
+        .stderr_lacks(&token);
+    assert_eq!(
+        out.stderr.matches("filtered by ACLs").count(),
+        1,
+        "{}",
+        out.stderr
+    );
+}
+
+#[test]
+fn acl_filtered_takes_only_error_or_warn() {
+    Test::new()
+        .file(
+            "stencil.toml",
+            "[sources.kv]\nkind = \"consul\"\naddress = \"127.0.0.1:1\"\nacl_filtered = \"maybe\"\n",
+        )
+        .file("a.j2", "x\n")
+        .args(["render", "--config", "stencil.toml", "-t", "a.j2"])
+        .run()
+        .code(2)
+        .stderr_has("stencil.toml")
+        .stderr_has("acl_filtered = \"maybe\": use \"error\" or \"warn\"");
+}
+
+/// Every KV 404 from Consul carries X-Consul-Index; a 404 without it means
+/// the address is not a Consul agent, and must not render defaults.
+#[test]
+fn a_404_without_an_index_is_not_a_missing_key() {
+    let server = ConsulServer::start();
+    Test::new()
+        .file("a.j2", "{{ key_or('db/host', 'localhost') }}\n")
+        .file(
+            "stencil.toml",
+            format!(
+                "[sources.kv]\nkind = \"consul\"\naddress = \"{}/proxy\"\n",
+                server.addr()
+            ),
+        )
+        .env("CONSUL_HTTP_TOKEN", TOKEN)
+        .args(["render", "--config", "stencil.toml", "-t", "a.j2"])
+        .run()
+        .code(1)
+        .stderr_has(&format!(
+            "consul at {}/proxy answered 404 without X-Consul-Index",
+            server.addr()
+        ))
+        .stderr_has("not a Consul agent")
+        .stderr_lacks(TOKEN);
+}
+
 #[test]
 fn an_unknown_token_says_consul_does_not_know_it() {
     let server = ConsulServer::with_acl(Acl::new("root"));
@@ -880,6 +975,34 @@ fn a_token_revoked_while_watching_ends_the_watch_with_an_error() {
     assert!(err.contains("refused to read key \"apps/k\""), "{err}");
     assert!(err.contains("lacks permission"), "{err}");
     assert!(!err.contains(TOKEN), "{err}");
+}
+
+/// A key the token may not read appearing under a watched prefix makes
+/// Consul filter the answer: the watch ends with an error naming the
+/// prefix rather than going on with partial data.
+#[test]
+fn a_filtered_answer_ends_the_watch_of_a_prefix() {
+    let server = ConsulServer::with_acl(Acl::new("root").token(
+        TOKEN,
+        [
+            Rule::key_prefix("apps/", Policy::Read),
+            Rule::key("apps/web/secret", Policy::Deny),
+        ],
+    ));
+    server.put("apps/web/a", "1");
+    let mut config = ConsulConfig::new(server.addr());
+    config.token = Some(TOKEN.into());
+    let source = Arc::new(ConsulSource::new("kv", &config).unwrap());
+    source.list("apps/web").unwrap();
+    let watch = Watch::start(&source, spec(&[], &["apps/web"]));
+    server.wait_parked(1);
+    server.put("apps/web/secret", "hunter2");
+    let err = format!("{:#}", watch.result().unwrap_err());
+    assert!(
+        err.contains("the read of prefix \"apps/web/\"") && err.contains("filtered by ACLs"),
+        "{err}"
+    );
+    assert!(!err.contains(TOKEN) && !err.contains("hunter2"), "{err}");
 }
 
 #[test]

@@ -594,6 +594,53 @@ fn acl_filters_prefix_reads_instead_of_denying_them() {
     assert!(r.header("x-consul-results-filtered-by-acls").is_none());
 }
 
+/// agent/consul/kvs_endpoint.go (KVS.List sets ResultsFilteredByACLs when
+/// FilterDirEnt removed entries), agent/kvs_endpoint.go (setMeta runs
+/// before the 404, so an all-filtered read still says so) and
+/// agent/consul/rpc.go (maskResultsFilteredByACLs: never for a request
+/// without a token, so the anonymous token learns nothing of hidden keys).
+#[test]
+fn acl_filtering_is_reported_on_404s_but_never_to_the_anonymous_token() {
+    let s = ConsulServer::with_acl(
+        Acl::new("root-token")
+            .token("ro", [Rule::key_prefix("apps/web/", Policy::Read)])
+            .anonymous([Rule::key_prefix("apps/web/", Policy::Read)]),
+    );
+    s.put("apps/web/port", "8080");
+    s.put("apps/db/password", "hunter2");
+    // With a token: partial answer, flagged.
+    let r = http::get(&s.url("apps/", "recurse")).token("ro").send();
+    assert_eq!(r.status, 200);
+    assert_eq!(r.entries().len(), 1);
+    assert_eq!(r.header("x-consul-results-filtered-by-acls"), Some("true"));
+    // Nothing readable: a 404 with its index, still flagged.
+    let r = http::get(&s.url("apps/db/", "recurse")).token("ro").send();
+    assert_eq!(r.status, 404);
+    assert!(r.header("x-consul-index").is_some());
+    assert_eq!(r.header("x-consul-results-filtered-by-acls"), Some("true"));
+    // The same reads without a token: the same data, no flag.
+    let r = http::get(&s.url("apps/", "recurse")).send();
+    assert_eq!(r.entries().len(), 1);
+    assert!(r.header("x-consul-results-filtered-by-acls").is_none());
+    let r = http::get(&s.url("apps/db/", "recurse")).send();
+    assert_eq!(r.status, 404);
+    assert!(r.header("x-consul-results-filtered-by-acls").is_none());
+}
+
+/// A 404 that does not come from the KV endpoint carries no index: Go's
+/// mux answers "404 page not found" for a path Consul does not serve
+/// (agent/http.go registers /v1/kv/ and the other endpoints only).
+#[test]
+fn a_path_consul_does_not_serve_is_404_without_an_index() {
+    let s = ConsulServer::start();
+    let r = http::get(&format!("{}/proxy/v1/kv/a", s.addr())).send();
+    assert_eq!((r.status, r.text().as_str()), (404, "404 page not found\n"));
+    assert!(r.header("x-consul-index").is_none());
+    let r = http::get(&s.url("a", "")).send();
+    assert_eq!(r.status, 404);
+    assert!(r.header("x-consul-index").is_some());
+}
+
 #[test]
 fn acl_tokens_made_by_the_target_work_against_either_consul() {
     let t = ConsulTarget::start_with_acl();

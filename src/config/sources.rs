@@ -19,7 +19,7 @@ use toml::Spanned;
 use crate::error::usage;
 use crate::runtime::Tls;
 use crate::source::SourceSpec;
-use crate::source::consul::{ConsulClient, ConsulConfig};
+use crate::source::consul::{AclFiltered, ConsulClient, ConsulConfig};
 use crate::source::etcd::EtcdConfig;
 use crate::spec::{duration_serde_opt, parse_duration};
 
@@ -40,6 +40,7 @@ pub(super) struct SourceTable {
     token_file: Option<PathBuf>,
     datacenter: Option<String>,
     stale: Option<bool>,
+    acl_filtered: Option<String>,
     ca_file: Option<PathBuf>,
     cert_file: Option<PathBuf>,
     key_file: Option<PathBuf>,
@@ -62,6 +63,7 @@ impl SourceTable {
             token_file: None,
             datacenter: None,
             stale: None,
+            acl_filtered: None,
             ca_file: None,
             cert_file: None,
             key_file: None,
@@ -166,6 +168,11 @@ impl SourceTable {
         if let Some(s) = self.stale {
             consul.stale = s;
         }
+        if let Some(f) = self.acl_filtered {
+            consul.acl_filtered = AclFiltered::parse(&f).ok_or_else(|| {
+                anyhow::anyhow!("{at}: acl_filtered = {f:?}: use \"error\" or \"warn\"")
+            })?;
+        }
         if let Some(tls) = tls {
             consul.tls = tls;
         }
@@ -202,6 +209,7 @@ impl SourceTable {
             (self.token_file.is_some(), "token_file", consul),
             (self.datacenter.is_some(), "datacenter", consul),
             (self.stale.is_some(), "stale", consul),
+            (self.acl_filtered.is_some(), "acl_filtered", consul),
             (self.ca_file.is_some(), "ca_file", network),
             (self.cert_file.is_some(), "cert_file", network),
             (self.key_file.is_some(), "key_file", network),
@@ -221,7 +229,7 @@ impl SourceTable {
 /// `--source etcd=http://127.0.0.1:2379?prefix=/apps/web/` and
 /// `--source consul=http://127.0.0.1:8500?prefix=apps/web/` work as written
 /// in the design. Query parameters: `prefix`, `timeout`; for Consul also
-/// `dc` and `stale`. A token never goes in the URL.
+/// `dc`, `stale` and `acl_filtered`. A token never goes in the URL.
 pub fn parse_source_flag(flag: &str) -> Result<(String, SourceSpec)> {
     let Some((name, url)) = flag.split_once('=') else {
         return Err(usage(format!(
@@ -361,6 +369,7 @@ fn apply_params(table: &mut SourceTable, query: &str) -> Result<(), UrlError> {
                     }
                 });
             }
+            "acl_filtered" if consul => table.acl_filtered = Some(value),
             "token" if consul => return Err(UrlError::Token),
             other => return Err(format!("unknown URL parameter {other:?}").into()),
         }

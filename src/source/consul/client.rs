@@ -49,11 +49,24 @@ impl Entry {
     }
 }
 
-/// A read's answer: the entries (`None` for a 404) and `X-Consul-Index`.
+/// A read's answer: the entries (`None` for a 404), `X-Consul-Index`, and
+/// whether the ACLs left entries out (`X-Consul-Results-Filtered-By-ACLs`).
 #[derive(Debug)]
 pub(super) struct Reply {
     pub(super) index: u64,
     pub(super) entries: Option<Vec<Entry>>,
+    /// Consul answers a recursive read with the keys the token may read
+    /// (a 404 when none), not a 403, and says so only in this header; it
+    /// sends the header only for a request that carried a token
+    /// (agent/consul/rpc.go, maskResultsFilteredByACLs).
+    pub(super) filtered: bool,
+}
+
+/// The headers of an answer stencil reads.
+struct Meta {
+    /// `X-Consul-Index`; None when missing (not a Consul agent).
+    index: Option<u64>,
+    filtered: bool,
 }
 
 /// What went wrong talking to Consul, when the caller branches on it.
@@ -62,6 +75,12 @@ enum ConsulError {
     /// The token may not read this: retrying will not help.
     #[error("{0}")]
     Denied(String),
+}
+
+/// An error that ends a watch, as a denial does: the token's rights will
+/// not change by asking again.
+pub(super) fn refused(message: String) -> anyhow::Error {
+    ConsulError::Denied(message).into()
 }
 
 /// Whether retrying `e` is pointless: the token may not read the key.
@@ -137,8 +156,8 @@ impl ConsulClient {
             Some((_, wait)) => wait + wait / 16 + self.timeout,
             None => self.timeout,
         };
-        let (status, index, body) = self.exchange(url, limit, &what).await?;
-        self.reply(status, index, &body, &what)
+        let (status, meta, body) = self.exchange(url, limit, &what).await?;
+        self.reply(status, &meta, &body, &what)
     }
 
     /// The URL of a read. Each `/`-separated part of the key is one
@@ -185,13 +204,13 @@ impl ConsulClient {
     }
 
     /// Sends a GET with the token and reads the whole answer within
-    /// `limit`: status, `X-Consul-Index` (0 when missing) and body.
+    /// `limit`: status, the headers stencil reads, and body.
     async fn exchange(
         &self,
         url: Url,
         limit: Duration,
         what: &str,
-    ) -> Result<(StatusCode, u64, Vec<u8>)> {
+    ) -> Result<(StatusCode, Meta, Vec<u8>)> {
         let mut req = self.http.get(url);
         if let Some(t) = &self.token {
             req = req.header("X-Consul-Token", t.clone());
@@ -200,14 +219,18 @@ impl ConsulClient {
         let exchange = async {
             let resp = req.send().await?;
             let status = resp.status();
-            let index = resp
-                .headers()
-                .get("X-Consul-Index")
-                .and_then(|v| v.to_str().ok())
-                .and_then(|v| v.parse::<u64>().ok())
-                .unwrap_or(0);
+            let header = |name: &str| {
+                resp.headers()
+                    .get(name)
+                    .and_then(|v| v.to_str().ok())
+                    .map(str::to_string)
+            };
+            let meta = Meta {
+                index: header("X-Consul-Index").and_then(|v| v.parse::<u64>().ok()),
+                filtered: header("X-Consul-Results-Filtered-By-ACLs").as_deref() == Some("true"),
+            };
             let body = Vec::from(resp.bytes().await?);
-            Ok::<_, reqwest::Error>((status, index, body))
+            Ok::<_, reqwest::Error>((status, meta, body))
         };
         match tokio::time::timeout(limit, exchange).await {
             Ok(Ok(answer)) => Ok(answer),
@@ -222,7 +245,8 @@ impl ConsulClient {
     }
 
     /// What an answer means: entries, a missing key, or an error.
-    fn reply(&self, status: StatusCode, index: u64, body: &[u8], what: &str) -> Result<Reply> {
+    fn reply(&self, status: StatusCode, meta: &Meta, body: &[u8], what: &str) -> Result<Reply> {
+        let index = meta.index.unwrap_or(0);
         match status.as_u16() {
             200 => {
                 let entries: Vec<Entry> = serde_json::from_slice(body).with_context(|| {
@@ -234,11 +258,25 @@ impl ConsulClient {
                 Ok(Reply {
                     index,
                     entries: Some(entries),
+                    filtered: meta.filtered,
                 })
             }
+            // Every KV 404 from Consul carries X-Consul-Index (agent/kvs_endpoint.go
+            // sets the meta before the 404); one without it comes from
+            // something else on that address (a proxy, a wrong port, a path
+            // prefix in the address), and reading it as "missing" would
+            // render defaults.
+            404 if meta.index.is_none() => bail!(
+                "consul at {} answered 404 without X-Consul-Index to the read of {what}: \
+                 that address is not a Consul agent's HTTP API (a proxy, another \
+                 service, or a path in the address?): {}",
+                self.address,
+                excerpt(body)
+            ),
             404 => Ok(Reply {
                 index,
                 entries: None,
+                filtered: meta.filtered,
             }),
             403 => Err(self.denied(body, what)),
             _ => bail!(

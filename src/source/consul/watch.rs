@@ -175,7 +175,12 @@ impl ConsulSource {
             let Some(result) = until_closed(tx, run.read()).await else {
                 return Ok(());
             };
-            let reply = match result {
+            let reply = match result.and_then(|r| {
+                if run.recurse {
+                    self.check_filtered(&run.key, &r)?;
+                }
+                Ok(r)
+            }) {
                 Ok(reply) => reply,
                 Err(e) if is_denied(&e) => {
                     return Err(e.context(format!(

@@ -146,6 +146,10 @@ struct Call<'a> {
     wait: Option<Duration>,
     min_index: u64,
     authz: Authz,
+    /// Whether the request carried a token: Consul says a read was
+    /// filtered only then (agent/consul/rpc.go, maskResultsFilteredByACLs),
+    /// so an anonymous client cannot learn that hidden keys exist.
+    authenticated: bool,
     consistency: &'static str,
     pretty: bool,
 }
@@ -199,6 +203,7 @@ impl<'a> Call<'a> {
             wait,
             min_index,
             authz,
+            authenticated: token.is_some_and(|t| !t.is_empty()),
             consistency,
             pretty: q.has("pretty"),
         })
@@ -213,7 +218,7 @@ impl<'a> Call<'a> {
             .into_iter()
             .filter(|e| self.authz.read(&e.key))
             .collect();
-        let filtered = visible.len() < total;
+        let filtered = visible.len() < total && self.authenticated;
         (idx, (visible, filtered))
     }
 
