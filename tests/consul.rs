@@ -1005,6 +1005,54 @@ fn a_filtered_answer_ends_the_watch_of_a_prefix() {
     assert!(!err.contains(TOKEN) && !err.contains("hunter2"), "{err}");
 }
 
+/// With `acl.enable_key_list_policy`, the folder query stencil merges two
+/// keys of one folder into gets a 403 although each key may be read: the
+/// watch falls back to one query per key instead of stopping.
+#[test]
+fn a_merged_query_refused_by_the_list_policy_falls_back_to_one_per_key() {
+    let server = ConsulServer::with_acl(
+        Acl::new("root")
+            .key_list_policy()
+            .token(TOKEN, [Rule::key_prefix("apps/", Policy::Read)]),
+    );
+    server.put("apps/web/a", "1");
+    server.put("apps/web/b", "2");
+    let mut config = ConsulConfig::new(server.addr());
+    config.token = Some(TOKEN.into());
+    config.query_wait = Duration::from_secs(30);
+    let source = Arc::new(ConsulSource::new("kv", &config).unwrap());
+    source.get("apps/web/a").unwrap();
+    source.get("apps/web/b").unwrap();
+    let mut watch = Watch::start(&source, spec(&["apps/web/a", "apps/web/b"], &[]));
+    server.wait_parked(2);
+    let log = server.kv_requests();
+    assert!(
+        log.iter()
+            .any(|r| r.key() == Some("apps/web/") && r.status == Some(403)),
+        "{log:#?}"
+    );
+    server.put("apps/web/b", "3");
+    assert_eq!(watch.changed(), ["apps/web/b"]);
+    // A later watch (templates changed) splits the folder from the start.
+    drop(watch);
+    server.clear_requests();
+    let _watch = Watch::start(&source, spec(&["apps/web/a", "apps/web/b"], &[]));
+    let log = server.wait_until("a query on each key", |log| {
+        ["apps/web/a", "apps/web/b"]
+            .iter()
+            .all(|k| log.iter().any(|r| r.key() == Some(k)))
+    });
+    assert!(log.iter().all(|r| r.key() != Some("apps/web/")), "{log:#?}");
+    assert!(
+        server
+            .kv_requests()
+            .iter()
+            .all(|r| r.key() != Some("apps/web/")),
+        "{:#?}",
+        server.kv_requests()
+    );
+}
+
 #[test]
 fn a_restarted_watch_goes_on_from_what_the_last_one_saw() {
     let server = ConsulServer::start();

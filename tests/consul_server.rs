@@ -627,6 +627,37 @@ fn acl_filtering_is_reported_on_404s_but_never_to_the_anonymous_token() {
     assert!(r.header("x-consul-results-filtered-by-acls").is_none());
 }
 
+/// agent/consul/kvs_endpoint.go: with `acl.enable_key_list_policy`,
+/// KVS.List and KVS.ListKeys check KeyList on the prefix before the query;
+/// `read` does not grant it, `list` and `write` do. Single keys are
+/// unaffected.
+#[test]
+fn key_list_policy_wants_list_for_recursive_reads() {
+    let s = ConsulServer::with_acl(
+        Acl::new("root-token")
+            .key_list_policy()
+            .token("ro", [Rule::key_prefix("apps/", Policy::Read)])
+            .token("lister", [Rule::key_prefix("apps/", Policy::List)]),
+    );
+    s.put("apps/web/a", "1");
+    assert_eq!(
+        http::get(&s.url("apps/web/a", ""))
+            .token("ro")
+            .send()
+            .status,
+        200
+    );
+    for query in ["recurse", "keys"] {
+        let r = http::get(&s.url("apps/web/", query)).token("ro").send();
+        assert_eq!((r.status, r.text().as_str()), (403, "Permission denied"));
+        let r = http::get(&s.url("apps/web/", query)).token("lister").send();
+        assert_eq!(r.status, 200, "{query}");
+    }
+    // `list` grants read of single keys too.
+    let r = http::get(&s.url("apps/web/a", "")).token("lister").send();
+    assert_eq!(r.status, 200);
+}
+
 /// A 404 that does not come from the KV endpoint carries no index: Go's
 /// mux answers "404 page not found" for a path Consul does not serve
 /// (agent/http.go registers /v1/kv/ and the other endpoints only).

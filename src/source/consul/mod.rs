@@ -27,6 +27,7 @@ use super::{Source, SourceEvent, WatchFuture, WatchSpec};
 use crate::runtime::{self, Tls};
 
 mod client;
+mod plan;
 mod watch;
 
 pub(crate) use client::ConsulClient;
@@ -203,12 +204,15 @@ pub struct ConsulSource {
     /// Folders whose filtered reads were warned about (`acl_filtered =
     /// "warn"`): one warning per folder, not one per render or query.
     warned: Mutex<HashSet<String>>,
+    /// Folders stencil merged watched keys into that Consul refused or
+    /// filtered: their keys are watched one by one from then on.
+    unlistable: Mutex<HashSet<String>>,
     cache: Mutex<Cache>,
     /// What the watch's queries last saw, by (recurse, key): a watch
     /// restarted for a new set of keys (the coordinator does that when the
     /// templates read something new) goes on from here for queries whose
     /// data the last render did not read, rather than starting blind.
-    watched: Mutex<watch::Watched>,
+    watched: Mutex<plan::Watched>,
 }
 
 impl ConsulSource {
@@ -220,6 +224,7 @@ impl ConsulSource {
             query_wait: config.query_wait,
             acl_filtered: config.acl_filtered,
             warned: Mutex::new(HashSet::new()),
+            unlistable: Mutex::new(HashSet::new()),
             cache: Mutex::new(Cache::default()),
             watched: Mutex::new(HashMap::new()),
         })

@@ -150,6 +150,8 @@ struct Call<'a> {
     /// filtered only then (agent/consul/rpc.go, maskResultsFilteredByACLs),
     /// so an anonymous client cannot learn that hidden keys exist.
     authenticated: bool,
+    /// `acl.enable_key_list_policy` is on.
+    list_policy: bool,
     consistency: &'static str,
     pretty: bool,
 }
@@ -184,11 +186,13 @@ impl<'a> Call<'a> {
         {
             return Err(refuse(500, "No path to datacenter"));
         }
-        let authz = match lock(&srv.acl).as_ref() {
-            None => Authz::All,
-            Some(acl) => acl
-                .resolve(token.unwrap_or(""))
-                .map_err(|body| refuse(403, body))?,
+        let (authz, list_policy) = match lock(&srv.acl).as_ref() {
+            None => (Authz::All, false),
+            Some(acl) => (
+                acl.resolve(token.unwrap_or(""))
+                    .map_err(|body| refuse(403, body))?,
+                acl.key_list_policy,
+            ),
         };
         let consistency = if q.has("stale") {
             "stale"
@@ -204,9 +208,16 @@ impl<'a> Call<'a> {
             min_index,
             authz,
             authenticated: token.is_some_and(|t| !t.is_empty()),
+            list_policy,
             consistency,
             pretty: q.has("pretty"),
         })
+    }
+
+    /// Whether KVS.List / KVS.ListKeys may run: with
+    /// `enable_key_list_policy`, only with `list` on the prefix.
+    fn may_list(&self) -> bool {
+        !self.list_policy || self.authz.list(self.key)
     }
 
     /// KVS.List: the entries under the key the token may read, with
@@ -239,6 +250,9 @@ async fn list_keys(srv: &Shared, call: &Call<'_>) -> Option<Response> {
         .get("separator")
         .or_else(|| call.q.get("seperator"))
         .unwrap_or("");
+    if !call.may_list() {
+        return Some(text(403, PERMISSION_DENIED));
+    }
     let (idx, (keys, filtered)) = blocking(srv, call.min_index, call.wait, |s| {
         let (idx, (visible, filtered)) = call.visible(s);
         (idx, (fold_keys(call.key, sep, &visible), filtered))
@@ -260,6 +274,9 @@ async fn get(srv: &Shared, call: &Call<'_>) -> Option<Response> {
         return Some(text(400, "Missing key name"));
     }
     if !recurse && !call.authz.read(call.key) {
+        return Some(text(403, PERMISSION_DENIED));
+    }
+    if recurse && !call.may_list() {
         return Some(text(403, PERMISSION_DENIED));
     }
     let (idx, (entries, filtered)) = blocking(srv, call.min_index, call.wait, |s| {

@@ -42,7 +42,7 @@
 //!
 //! Simplified: one datacenter ("dc1"), one always-known leader, no
 //! sessions or locks (`acquire`/`release` are refused), no namespaces or
-//! partitions, no `/v1/txn`, no `enable_key_list_policy`, ACL default policy
+//! partitions, no `/v1/txn`, ACL default policy
 //! is deny, tombstones are kept until `reap_tombstones()`. Error replies
 //! (400, 403, 500) carry no X-Consul-Index, as in Consul. The newest
 //! Consul's key-name validation (only `[A-Za-z0-9,-_./]`, no ".json" suffix)
