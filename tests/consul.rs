@@ -900,6 +900,47 @@ fn a_dropped_connection_mid_query_loses_no_change() {
     assert!(server.kv_requests().iter().any(|r| r.dropped));
 }
 
+/// Issue 18: an agent that freezes holds a parked query without ever
+/// answering. The query's own limit, its wait plus Consul's jitter (at most
+/// wait/16, agent/consul/rpc.go) plus the request timeout, notices it; the
+/// watch reports the failure, retries with backoff and catches up once
+/// the agent answers again.
+#[test]
+fn a_frozen_agent_is_noticed_within_the_query_limit_and_retried() {
+    let server = ConsulServer::start();
+    server.put("k", "1");
+    let mut config = ConsulConfig::new(server.addr());
+    config.query_wait = Duration::from_secs(1);
+    config.timeout = Duration::from_secs(1);
+    let source = Arc::new(ConsulSource::new("kv", &config).unwrap());
+    source.get("k").unwrap();
+    let mut watch = Watch::start(&source, spec(&["k"], &[]));
+    server.wait_parked(1);
+    server.freeze();
+    server.put("k", "2");
+    match watch.next() {
+        SourceEvent::Failed { error, .. } => {
+            // 1s wait + 62.5ms (1s/16) + 1s timeout.
+            assert!(
+                error.contains("did not answer within 2s 62ms 500us"),
+                "{error}"
+            );
+        }
+        other => panic!("expected the failure, got {other:?}"),
+    }
+    server.thaw();
+    loop {
+        match watch.next() {
+            SourceEvent::Changed { keys, .. } => {
+                assert_eq!(keys, ["k"]);
+                break;
+            }
+            SourceEvent::Up { .. } => {}
+            other => panic!("expected recovery, got {other:?}"),
+        }
+    }
+}
+
 #[test]
 fn recovery_is_reported_without_waiting_for_a_change() {
     let server = ConsulServer::start();

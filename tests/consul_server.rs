@@ -728,6 +728,26 @@ fn delay_holds_every_reply_until_switched_off() {
 }
 
 #[test]
+fn freeze_holds_requests_and_woken_queries_until_thawed() {
+    let s = ConsulServer::start();
+    let index = s.put("k", "1");
+    let parked = spawn(http::get(&s.url("k", &format!("index={index}&wait=1m"))));
+    s.wait_parked(1);
+    s.freeze();
+    s.put("k", "2");
+    // A new request is accepted but not answered.
+    let r = http::get(&s.url("k", ""))
+        .timeout(Duration::from_millis(200))
+        .try_send();
+    assert!(r.is_err(), "{r:?}");
+    assert!(!parked.is_finished());
+    s.thaw();
+    let (r, _) = parked.join().unwrap();
+    assert_eq!(r.entries()[0].value_str(), "2");
+    assert_eq!(http::get(&s.url("k", "")).send().status, 200);
+}
+
+#[test]
 fn drop_next_connection_closes_it_without_a_reply() {
     let s = ConsulServer::start();
     s.put("k", "v");

@@ -54,6 +54,13 @@ impl Shared {
         self.cleared.load(Ordering::SeqCst) + log.len() - 1
     }
 
+    /// Returns once the server is not frozen.
+    async fn thawed(&self) {
+        let mut frozen = self.frozen.subscribe();
+        // Err: the server is shutting down; nothing to wait for.
+        let _ = frozen.wait_for(|f| !*f).await;
+    }
+
     /// Uses up one of the pending faults, if any: a dropped connection
     /// first, else a failure.
     fn take_fault(&self) -> Injected {
@@ -81,6 +88,7 @@ pub(super) async fn handle(
     let params = parse_query(parts.uri.query().unwrap_or(""));
     let token = token_of(&params, &parts.headers);
     let id = srv.record(&parts, &path, &params, token.clone());
+    srv.thawed().await;
     let fault = srv.take_fault();
     if fault.drop {
         conn.kill();
@@ -106,6 +114,7 @@ pub(super) async fn handle(
         srv.finish(id, None);
         return reply(500, "");
     };
+    srv.thawed().await;
     srv.finish(id, Some(response.status().as_u16()));
     response
 }

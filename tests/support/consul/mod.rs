@@ -155,6 +155,8 @@ struct Shared {
     changes: watch::Sender<u64>,
     /// Bumped by `drop_parked_connections`.
     kill_parked: watch::Sender<u64>,
+    /// True while `freeze` holds every request and reply.
+    frozen: watch::Sender<bool>,
     acl: Mutex<Option<Acl>>,
     faults: Mutex<Faults>,
     log: Mutex<Vec<Request>>,
@@ -218,6 +220,7 @@ impl ConsulServer {
             store: Mutex::new(Store::new()),
             changes: watch::channel(0).0,
             kill_parked: watch::channel(0).0,
+            frozen: watch::channel(false).0,
             acl: Mutex::new(acl),
             faults: Mutex::new(Faults::default()),
             log: Mutex::new(Vec::new()),
@@ -463,6 +466,17 @@ impl ConsulServer {
 
     pub fn drop_next_connections(&self, n: usize) {
         lock(&self.shared.faults).drop = n;
+    }
+
+    /// A frozen agent (a stopped process, a hung disk): connections are
+    /// accepted, but no request is answered, and no reply already computed
+    /// (a parked query woken by a write) is written, until `thaw`.
+    pub fn freeze(&self) {
+        self.shared.frozen.send_replace(true);
+    }
+
+    pub fn thaw(&self) {
+        self.shared.frozen.send_replace(false);
     }
 
     /// Closes the connections of the blocking queries waiting now, without
