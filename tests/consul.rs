@@ -453,6 +453,46 @@ fn a_404_without_an_index_is_not_a_missing_key() {
         .stderr_lacks(TOKEN);
 }
 
+/// Consul answers 429 to connections past its per-client cap, which every
+/// local client shares: a render retries with backoff rather than fail.
+#[test]
+fn a_429_from_the_connection_cap_is_retried() {
+    let server = ConsulServer::start();
+    server.put("db/host", "db.internal");
+    server.max_conns_per_client(1);
+    // Another local client holds the only connection.
+    let held = std::net::TcpStream::connect(server.socket_addr()).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while server.open_connections() < 1 {
+        assert!(
+            Instant::now() < deadline,
+            "the held connection was not accepted"
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    std::thread::scope(|scope| {
+        scope.spawn(|| {
+            while server.rejected_connections() < 1 {
+                assert!(Instant::now() < deadline, "stencil was never refused");
+                std::thread::sleep(Duration::from_millis(5));
+            }
+            drop(held);
+        });
+        Test::new()
+            .file("a.j2", "{{ key('db/host') }}\n")
+            .args([
+                "render",
+                "--source",
+                &format!("consul={}?timeout=30s", server.addr()),
+                "-t",
+                "a.j2",
+            ])
+            .run()
+            .success()
+            .stdout_is("db.internal\n");
+    });
+}
+
 #[test]
 fn an_unknown_token_says_consul_does_not_know_it() {
     let server = ConsulServer::with_acl(Acl::new("root"));

@@ -747,6 +747,33 @@ fn freeze_holds_requests_and_woken_queries_until_thawed() {
     assert_eq!(http::get(&s.url("k", "")).send().status, 200);
 }
 
+/// hashicorp/go-connlimit as agent/agent.go uses it: a connection past
+/// `limits.http_max_conns_per_client` gets a raw 429 with go-connlimit's
+/// text and is closed; once a connection closes, new ones are accepted.
+#[test]
+fn connections_past_the_per_client_cap_get_429() {
+    let s = ConsulServer::start();
+    s.max_conns_per_client(1);
+    let index = s.put("k", "1");
+    let parked = spawn(http::get(&s.url("k", &format!("index={index}&wait=1m"))));
+    s.wait_parked(1);
+    let r = http::get(&s.url("k", "")).send();
+    assert_eq!(r.status, 429);
+    assert_eq!(
+        r.text(),
+        "Your IP is issuing too many concurrent connections, please rate limit your calls\n"
+    );
+    assert_eq!(s.rejected_connections(), 1);
+    s.put("k", "2");
+    parked.join().unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while s.open_connections() > 0 {
+        assert!(Instant::now() < deadline, "the connection never closed");
+        thread::sleep(Duration::from_millis(5));
+    }
+    assert_eq!(http::get(&s.url("k", "")).send().status, 200);
+}
+
 #[test]
 fn drop_next_connection_closes_it_without_a_reply() {
     let s = ConsulServer::start();

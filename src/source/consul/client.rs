@@ -156,8 +156,27 @@ impl ConsulClient {
             Some((_, wait)) => wait + wait / 16 + self.timeout,
             None => self.timeout,
         };
-        let (status, meta, body) = self.exchange(url, limit, &what).await?;
-        self.reply(status, &meta, &body, &what)
+        // A read for a render retries a 429 with backoff within its
+        // timeout: many local clients share one per-address connection cap
+        // (limits.http_max_conns_per_client), and a busy moment is no reason
+        // to fail the template. A blocking query's caller retries anyway.
+        let deadline = tokio::time::Instant::now() + self.timeout;
+        let mut backoff = runtime::Backoff::default();
+        loop {
+            let (status, meta, body) = self.exchange(url.clone(), limit, &what).await?;
+            if status == StatusCode::TOO_MANY_REQUESTS && block.is_none() {
+                let delay = backoff.next_delay();
+                if tokio::time::Instant::now() + delay < deadline {
+                    tracing::debug!(
+                        "consul at {} answered 429 to the read of {what}; retrying in {delay:?}",
+                        self.address
+                    );
+                    tokio::time::sleep(delay).await;
+                    continue;
+                }
+            }
+            return self.reply(status, &meta, &body, &what);
+        }
     }
 
     /// The URL of a read. Each `/`-separated part of the key is one
@@ -279,6 +298,12 @@ impl ConsulClient {
                 filtered: meta.filtered,
             }),
             403 => Err(self.denied(body, what)),
+            429 => bail!(
+                "consul at {} answered 429 Too Many Requests to the read of {what}: too many \
+                 connections from this host (Consul's limits.http_max_conns_per_client, 200 by \
+                 default, counts every local client together)",
+                self.address
+            ),
             _ => bail!(
                 "consul at {} answered {status} to the read of {what}: {}",
                 self.address,

@@ -77,7 +77,7 @@ pub use blocking::{parse_go_duration, query_timeout};
 pub use store::Entry;
 pub use target::ConsulTarget;
 
-use conn::{Conn, KillListener};
+use conn::{Conn, ConnLimit, KillListener};
 use store::Store;
 
 /// The only datacenter the test server knows.
@@ -165,6 +165,7 @@ struct Shared {
     /// its own entry (or none), never another's.
     cleared: AtomicUsize,
     parked: AtomicUsize,
+    conns: Arc<ConnLimit>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -226,7 +227,9 @@ impl ConsulServer {
             log: Mutex::new(Vec::new()),
             cleared: AtomicUsize::new(0),
             parked: AtomicUsize::new(0),
+            conns: Arc::new(ConnLimit::default()),
         });
+        let conns = shared.conns.clone();
         // Bound here, so the address is known before start() returns and
         // the first request can never race the bind.
         let std_listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0");
@@ -246,6 +249,7 @@ impl ConsulServer {
                 rt.block_on(async move {
                     let listener = KillListener(
                         tokio::net::TcpListener::from_std(std_listener).expect("tokio listener"),
+                        conns,
                     );
                     let serve =
                         axum::serve(listener, app.into_make_service_with_connect_info::<Conn>());
@@ -466,6 +470,22 @@ impl ConsulServer {
 
     pub fn drop_next_connections(&self, n: usize) {
         lock(&self.shared.faults).drop = n;
+    }
+
+    /// `limits.http_max_conns_per_client`: connections past `n` open ones
+    /// get Consul's raw 429 and are closed (0: no limit, the default here).
+    pub fn max_conns_per_client(&self, n: usize) {
+        self.shared.conns.max.store(n, Ordering::SeqCst);
+    }
+
+    /// Connections open now.
+    pub fn open_connections(&self) -> usize {
+        self.shared.conns.open.load(Ordering::SeqCst)
+    }
+
+    /// Connections refused with a 429 so far.
+    pub fn rejected_connections(&self) -> usize {
+        self.shared.conns.rejected.load(Ordering::SeqCst)
     }
 
     /// A frozen agent (a stopped process, a hung disk): connections are
