@@ -392,6 +392,61 @@ fn a_blocking_query_on_a_missing_key_returns_when_it_appears() {
     assert_eq!(r.entries()[0].value_str(), "here");
 }
 
+/// agent/consul/kvs_endpoint.go (KVS.Get returns errNotFound for a
+/// missing key since Consul 1.12) with rpc.go's blockingQuery: a query on a
+/// missing key is not ended by writes elsewhere, although they move the
+/// table index it reports.
+#[test]
+fn a_blocking_query_on_a_missing_key_ignores_writes_elsewhere() {
+    let t = ConsulTarget::start();
+    t.put("elsewhere", "1");
+    let r = get(&t, "later", "");
+    assert_eq!(r.status, 404);
+    let q = spawn(t.call("GET", "later", &format!("index={}&wait=2s", r.index())));
+    if let Some(s) = t.test_server() {
+        s.wait_parked(1);
+    }
+    t.put("elsewhere", "2");
+    t.put("elsewhere/too", "3");
+    let (r, took) = q.join().unwrap();
+    assert_eq!(r.status, 404);
+    assert!(took >= Duration::from_secs(2), "{took:?}");
+}
+
+/// rpc.go's blockingQuery returns only when the index is above the one
+/// asked for: an index from the future waits out the whole wait.
+#[test]
+fn an_index_above_the_current_one_waits_out_the_wait() {
+    let t = ConsulTarget::start();
+    t.put("k", "v");
+    let idx = get(&t, "k", "").index();
+    let (r, took) = spawn(t.call("GET", "k", &format!("index={}&wait=1s", idx + 1000)))
+        .join()
+        .unwrap();
+    assert!(took >= Duration::from_secs(1), "{took:?}");
+    assert_eq!((r.status, r.index()), (200, idx));
+}
+
+/// agent/consul/state/kvs.go, kvsDeleteTreeTxn: a recursive delete leaves
+/// one tombstone at the deleted prefix. A read of that prefix keeps the
+/// delete's index; a read of a folder inside it finds no tombstone of its
+/// own and reports the table index, which later writes anywhere move.
+#[test]
+fn a_tree_delete_leaves_one_tombstone_at_the_prefix() {
+    let t = ConsulTarget::start();
+    t.put("tree/a/x", "1");
+    t.put("tree/b/y", "2");
+    t.delete_tree("tree/");
+    let deleted = get(&t, "tree/", "recurse").index();
+    t.put("unrelated", "1");
+    let later = get(&t, "unrelated", "").index();
+    assert!(later > deleted);
+    let r = get(&t, "tree/", "recurse");
+    assert_eq!((r.status, r.index()), (404, deleted));
+    let r = get(&t, "tree/a/", "recurse");
+    assert_eq!((r.status, r.index()), (404, later));
+}
+
 #[test]
 fn a_blocking_query_returns_after_the_wait_with_the_same_index() {
     let t = ConsulTarget::start();

@@ -1,14 +1,14 @@
 //! Watching with blocking queries (`?index=N&wait=…`), as Consul's
 //! documentation on blocking queries asks.
 //!
-//! Which queries: one per watched prefix (keys under it share it), one per
-//! folder holding several watched keys, one per other key. Each starts from
+//! Which queries (`plan`): one per watched prefix (keys under it share it),
+//! one per folder holding several watched keys, one per other key. Each starts from
 //! the `X-Consul-Index` the render's read returned, so a change made after
 //! the render is never missed. An index that goes backwards (a snapshot
 //! restore, reaped tombstones) resets to 0; an unchanged index, or a reply
-//! whose content is the same (a query on a missing key or an empty prefix
-//! returns on *any* write, because its index is the KV table's), reports
-//! nothing; the changed keys are found by diffing the old and new content.
+//! whose content is the same (a query on an empty prefix, or on a missing
+//! key before Consul 1.12, returns on *any* write, because its index is the
+//! KV table's), reports nothing; the changed keys are found by diffing the old and new content.
 //! Queries that bring no change are at least [`MIN_INTERVAL`] apart, so a
 //! misbehaving server cannot drive a hot loop.
 

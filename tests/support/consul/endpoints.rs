@@ -264,7 +264,7 @@ async fn list_keys(srv: &Shared, call: &Call<'_>) -> Option<Response> {
     }
     let (idx, (keys, filtered)) = blocking(srv, call.min_index, call.wait, |s| {
         let (idx, (visible, filtered)) = call.visible(s);
-        (idx, (fold_keys(call.key, sep, &visible), filtered))
+        (idx, (fold_keys(call.key, sep, &visible), filtered), false)
     })
     .await?;
     let mut r = if keys.is_empty() && !call.key.is_empty() {
@@ -290,10 +290,14 @@ async fn get(srv: &Shared, call: &Call<'_>) -> Option<Response> {
     }
     let (idx, (entries, filtered)) = blocking(srv, call.min_index, call.wait, |s| {
         if recurse {
-            call.visible(s)
+            // KVS.List answers an empty prefix like any other (no
+            // errNotFound), with the table index.
+            let (idx, visible) = call.visible(s);
+            (idx, visible, false)
         } else {
             let (idx, e) = s.get(call.key);
-            (idx, (e.into_iter().collect(), false))
+            let missing = e.is_none();
+            (idx, (e.into_iter().collect(), false), missing)
         }
     })
     .await?;

@@ -36,9 +36,11 @@
 //! Blocking queries wake on every KV change, as Consul's watch sets may,
 //! re-evaluate, and return only when the index of what they read moved past
 //! `index` (or the wait expired). So an unrelated change never returns a
-//! reply, but a query on a *missing* key or an empty prefix does return on
-//! any KV write, because its index is the table index: that is Consul's
-//! behaviour too.
+//! reply, but a query on an empty prefix does return on any KV write,
+//! because its index is the table index: that is Consul's behaviour too. A
+//! query on a *missing* key waits for the key (KVS.Get's errNotFound,
+//! Consul 1.12+), and a recursive delete leaves one tombstone at its
+//! prefix (kvsDeleteTreeTxn).
 //!
 //! Simplified: one datacenter ("dc1"), one always-known leader, no
 //! sessions or locks (`acquire`/`release` are refused), no namespaces or
