@@ -1135,6 +1135,37 @@ fn a_merged_query_refused_by_the_list_policy_falls_back_to_one_per_key() {
     );
 }
 
+/// A token rotated in place (new token written to token_file, then the old
+/// one revoked) is picked up by the next request; the watch goes on.
+#[test]
+fn a_token_rotated_in_token_file_is_used_from_the_next_request() {
+    let old = "tok-old-1b7d";
+    let new = "tok-new-93ac";
+    let server = ConsulServer::with_acl(
+        Acl::new("root").token(old, [Rule::key_prefix("apps/", Policy::Read)]),
+    );
+    server.put("apps/k", "1");
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("token");
+    std::fs::write(&file, format!("{old}\n")).unwrap();
+    let mut config = ConsulConfig::new(server.addr());
+    config.token_file = Some(file.clone());
+    let source = Arc::new(ConsulSource::new("kv", &config).unwrap());
+    source.get("apps/k").unwrap();
+    let mut watch = Watch::start(&source, spec(&["apps/k"], &[]));
+    server.wait_parked(1);
+    server.add_token(new, [Rule::key_prefix("apps/", Policy::Read)]);
+    std::fs::write(&file, format!("{new}\n")).unwrap();
+    server.remove_token(old);
+    server.put("apps/k", "2");
+    assert_eq!(watch.changed(), ["apps/k"]);
+    server.wait_parked(1);
+    server.put("apps/k", "3");
+    assert_eq!(watch.changed(), ["apps/k"]);
+    let last = server.kv_requests().pop().unwrap();
+    assert_eq!(last.token.as_deref(), Some(new));
+}
+
 #[test]
 fn a_restarted_watch_goes_on_from_what_the_last_one_saw() {
     let server = ConsulServer::start();

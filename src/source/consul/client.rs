@@ -4,8 +4,10 @@
 //! The ACL token goes in the `X-Consul-Token` header, marked sensitive, and
 //! never in a URL: URLs end up in error messages, the token must not.
 
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use anyhow::{Context, Result, anyhow, bail};
 use base64::Engine as _;
@@ -98,7 +100,10 @@ pub(crate) struct ConsulClient {
     /// `address` parsed: what request URLs are built on.
     base: Url,
     /// Marked sensitive, so it is left out of `Debug` output.
-    token: Option<HeaderValue>,
+    token: Mutex<Option<HeaderValue>>,
+    /// `token_file`, re-read when it changes (a rotated token), with the
+    /// modification time and length it had when last read.
+    token_file: Option<(PathBuf, Mutex<Option<(SystemTime, u64)>>)>,
     datacenter: Option<String>,
     stale: bool,
     timeout: Duration,
@@ -115,7 +120,11 @@ impl ConsulClient {
             http: runtime::http_client(&config.tls, config.timeout, true)?,
             address,
             base,
-            token: token_header(config)?,
+            token: Mutex::new(token_header(config)?),
+            token_file: config.token_file.clone().map(|f| {
+                let stamp = stamp(&f);
+                (f, Mutex::new(stamp))
+            }),
             datacenter: config.datacenter.clone().filter(|d| !d.is_empty()),
             stale: config.stale,
             timeout: config.timeout,
@@ -231,8 +240,8 @@ impl ConsulClient {
         what: &str,
     ) -> Result<(StatusCode, Meta, Vec<u8>)> {
         let mut req = self.http.get(url);
-        if let Some(t) = &self.token {
-            req = req.header("X-Consul-Token", t.clone());
+        if let Some(t) = self.current_token() {
+            req = req.header("X-Consul-Token", t);
         }
         self.requests.fetch_add(1, Ordering::Relaxed);
         let exchange = async {
@@ -316,7 +325,12 @@ impl ConsulClient {
     /// without the right.
     fn denied(&self, body: &[u8], what: &str) -> anyhow::Error {
         let text = excerpt(body);
-        let why = if self.token.is_none() {
+        let no_token = self
+            .token
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .is_none();
+        let why = if no_token {
             "the token lacks permission: no token is set (token, token_file or CONSUL_HTTP_TOKEN)"
         } else if text.contains("ACL not found") {
             "the token lacks permission: Consul does not know it (deleted or mistyped?)"
@@ -329,6 +343,47 @@ impl ConsulClient {
         ))
         .into()
     }
+}
+
+impl ConsulClient {
+    /// The token to send: `token_file`'s content, read again when the
+    /// file's modification time or length changed, so a token rotated in
+    /// place (a Vault agent, a Kubernetes secret) is used from the next
+    /// request on. A file that cannot be read or is empty right now (being
+    /// rewritten) keeps the token read before.
+    fn current_token(&self) -> Option<HeaderValue> {
+        let mut token = self.token.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some((file, seen)) = &self.token_file {
+            let mut seen = seen.lock().unwrap_or_else(|e| e.into_inner());
+            let now = stamp(file);
+            if now.is_some() && now != *seen {
+                match read_token(file) {
+                    Ok(t) => {
+                        tracing::info!(
+                            "consul at {}: token_file {} changed; using the token it holds now",
+                            self.address,
+                            file.display()
+                        );
+                        *token = Some(t);
+                        *seen = now;
+                    }
+                    Err(e) => {
+                        tracing::warn!(
+                            "consul at {}: {e:#}; keeping the token read before",
+                            self.address
+                        );
+                    }
+                }
+            }
+        }
+        token.clone()
+    }
+}
+
+/// A file's modification time and length, to notice that it changed.
+fn stamp(file: &Path) -> Option<(SystemTime, u64)> {
+    let m = std::fs::metadata(file).ok()?;
+    Some((m.modified().ok()?, m.len()))
 }
 
 /// The start of an error body, for a message: Consul's error bodies are one
@@ -344,25 +399,29 @@ fn excerpt(body: &[u8]) -> String {
 /// The token as a header, marked sensitive. As the consul CLI: the token
 /// file wins over the token.
 fn token_header(config: &ConsulConfig) -> Result<Option<HeaderValue>> {
-    let token = match &config.token_file {
-        Some(f) => {
-            let t = std::fs::read_to_string(f)
-                .with_context(|| format!("cannot read token_file {}", f.display()))?;
-            let t = t.trim().to_string();
-            if t.is_empty() {
-                bail!("token_file {} is empty", f.display());
-            }
-            t
-        }
-        None => match &config.token {
-            Some(t) => t.clone(),
-            None => return Ok(None),
-        },
-    };
-    let mut v = HeaderValue::from_str(&token)
+    match (&config.token_file, &config.token) {
+        (Some(f), _) => read_token(f).map(Some),
+        (None, Some(t)) => header(t).map(Some),
+        (None, None) => Ok(None),
+    }
+}
+
+/// The token in `file`, as a header.
+fn read_token(file: &Path) -> Result<HeaderValue> {
+    let t = std::fs::read_to_string(file)
+        .with_context(|| format!("cannot read token_file {}", file.display()))?;
+    let t = t.trim();
+    if t.is_empty() {
+        bail!("token_file {} is empty", file.display());
+    }
+    header(t)
+}
+
+fn header(token: &str) -> Result<HeaderValue> {
+    let mut v = HeaderValue::from_str(token)
         .map_err(|_| anyhow!("the Consul token has characters an HTTP header cannot carry"))?;
     v.set_sensitive(true);
-    Ok(Some(v))
+    Ok(v)
 }
 
 /// `host:port` -> `http://host:port`, without a trailing `/`; with the
