@@ -103,7 +103,7 @@ pub(crate) struct ConsulClient {
     token: Mutex<Option<HeaderValue>>,
     /// `token_file`, re-read when it changes (a rotated token), with the
     /// modification time and length it had when last read.
-    token_file: Option<(PathBuf, Mutex<Option<(SystemTime, u64)>>)>,
+    token_file: Option<(PathBuf, Mutex<Option<Stamp>>)>,
     datacenter: Option<String>,
     stale: bool,
     timeout: Duration,
@@ -381,7 +381,9 @@ impl ConsulClient {
 }
 
 /// A file's modification time and length, to notice that it changed.
-fn stamp(file: &Path) -> Option<(SystemTime, u64)> {
+type Stamp = (SystemTime, u64);
+
+fn stamp(file: &Path) -> Option<Stamp> {
     let m = std::fs::metadata(file).ok()?;
     Some((m.modified().ok()?, m.len()))
 }
