@@ -493,6 +493,35 @@ fn a_429_from_the_connection_cap_is_retried() {
     });
 }
 
+/// `stale` lets a follower answer, however far behind; `max_stale`
+/// bounds that: a staler answer is read again from the leader.
+#[test]
+fn max_stale_rereads_an_answer_from_a_lagging_follower() {
+    let server = ConsulServer::start();
+    server.put("k", "old");
+    server.lagging_follower(Duration::from_secs(5));
+    server.put("k", "new");
+    let render = |params: &str| {
+        Test::new()
+            .file("a.j2", "{{ key('k') }}\n")
+            .args([
+                "render",
+                "--source",
+                &format!("consul={}?{params}", server.addr()),
+                "-t",
+                "a.j2",
+            ])
+            .run()
+            .success()
+    };
+    render("stale").stdout_is("old\n");
+    render("max_stale=1s").stdout_is("new\n");
+    render("stale&max_stale=10s").stdout_is("old\n");
+    let log = server.kv_requests();
+    let rereads: Vec<&str> = log.iter().map(|r| r.query.as_str()).collect();
+    assert_eq!(rereads, ["stale", "stale", "", "stale"]);
+}
+
 #[test]
 fn an_unknown_token_says_consul_does_not_know_it() {
     let server = ConsulServer::with_acl(Acl::new("root"));

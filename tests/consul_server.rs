@@ -829,6 +829,27 @@ fn connections_past_the_per_client_cap_get_429() {
     assert_eq!(http::get(&s.url("k", "")).send().status, 200);
 }
 
+/// agent/consul/rpc.go: a `?stale` read is answered by whichever server
+/// gets it, from its own state, with X-Consul-LastContact saying how long
+/// ago it heard from the leader (agent/http.go's setLastContact, in ms); a
+/// default read goes to the leader.
+#[test]
+fn a_lagging_follower_answers_stale_reads_with_old_data() {
+    let s = ConsulServer::start();
+    s.put("k", "1");
+    s.lagging_follower(Duration::from_secs(5));
+    s.put("k", "2");
+    let r = http::get(&s.url("k", "stale")).send();
+    assert_eq!(r.entries()[0].value_str(), "1");
+    assert_eq!(r.header("x-consul-lastcontact"), Some("5000"));
+    let r = http::get(&s.url("k", "")).send();
+    assert_eq!(r.entries()[0].value_str(), "2");
+    assert_eq!(r.header("x-consul-lastcontact"), Some("0"));
+    s.follower_caught_up();
+    let r = http::get(&s.url("k", "stale")).send();
+    assert_eq!(r.entries()[0].value_str(), "2");
+}
+
 #[test]
 fn drop_next_connection_closes_it_without_a_reply() {
     let s = ConsulServer::start();

@@ -62,6 +62,11 @@ pub(super) struct Reply {
     /// sends the header only for a request that carried a token
     /// (agent/consul/rpc.go, maskResultsFilteredByACLs).
     pub(super) filtered: bool,
+    /// `X-Consul-LastContact`: how long ago the answering server heard
+    /// from the leader (0 from the leader itself).
+    pub(super) last_contact: Duration,
+    /// `X-Consul-KnownLeader`.
+    pub(super) known_leader: bool,
 }
 
 /// The headers of an answer stencil reads.
@@ -69,6 +74,8 @@ struct Meta {
     /// `X-Consul-Index`; None when missing (not a Consul agent).
     index: Option<u64>,
     filtered: bool,
+    last_contact: Duration,
+    known_leader: bool,
 }
 
 /// What went wrong talking to Consul, when the caller branches on it.
@@ -106,6 +113,7 @@ pub(crate) struct ConsulClient {
     token_file: Option<(PathBuf, Mutex<Option<Stamp>>)>,
     datacenter: Option<String>,
     stale: bool,
+    max_stale: Option<Duration>,
     timeout: Duration,
     /// Requests sent, for tests and benchmarks.
     requests: AtomicU64,
@@ -126,7 +134,8 @@ impl ConsulClient {
                 (f, Mutex::new(stamp))
             }),
             datacenter: config.datacenter.clone().filter(|d| !d.is_empty()),
-            stale: config.stale,
+            stale: config.stale || config.max_stale.is_some(),
+            max_stale: config.max_stale,
             timeout: config.timeout,
             requests: AtomicU64::new(0),
         })
@@ -153,12 +162,41 @@ impl ConsulClient {
         recurse: bool,
         block: Option<(u64, Duration)>,
     ) -> Result<Reply> {
+        let reply = self.read_as(key, recurse, block, self.stale).await?;
+        // A follower may lag without bound, and the next stale read may go
+        // to another server and return older data: with `max_stale`, an
+        // answer from a server that lost the leader, or last heard from it
+        // longer ago than that, is read again from the leader (as
+        // consul-template's max_stale does).
+        if self.stale
+            && let Some(max) = self.max_stale
+            && (!reply.known_leader || reply.last_contact > max)
+        {
+            tracing::debug!(
+                "consul at {}: a stale answer for {key:?} {} behind the leader (max_stale {}); reading it from the leader",
+                self.address,
+                humantime::format_duration(reply.last_contact),
+                humantime::format_duration(max)
+            );
+            return self.read_as(key, recurse, block, false).await;
+        }
+        Ok(reply)
+    }
+
+    /// One read, with `?stale` or not.
+    async fn read_as(
+        &self,
+        key: &str,
+        recurse: bool,
+        block: Option<(u64, Duration)>,
+        stale: bool,
+    ) -> Result<Reply> {
         let what = if recurse {
             format!("prefix {key:?}")
         } else {
             format!("key {key:?}")
         };
-        let url = self.kv_url(key, recurse, block)?;
+        let url = self.kv_url(key, recurse, block, stale)?;
         let limit = match block {
             // Consul holds a query up to wait + wait/16 of jitter; the
             // normal timeout on top covers the network.
@@ -191,7 +229,13 @@ impl ConsulClient {
     /// The URL of a read. Each `/`-separated part of the key is one
     /// percent-encoded path segment, as Consul keys may hold spaces, `?`,
     /// `#`, `%` and `+`; the empty last part of a folder keeps its `/`.
-    fn kv_url(&self, key: &str, recurse: bool, block: Option<(u64, Duration)>) -> Result<Url> {
+    fn kv_url(
+        &self,
+        key: &str,
+        recurse: bool,
+        block: Option<(u64, Duration)>,
+        stale: bool,
+    ) -> Result<Url> {
         check_key(key)?;
         let mut url = self.base.clone();
         if url.cannot_be_a_base() {
@@ -217,7 +261,7 @@ impl ConsulClient {
         if let Some(dc) = &self.datacenter {
             query.append_pair("dc", dc);
         }
-        if self.stale {
+        if stale {
             query.append_key_only("stale");
         }
         if let Some((index, wait)) = block {
@@ -256,6 +300,12 @@ impl ConsulClient {
             let meta = Meta {
                 index: header("X-Consul-Index").and_then(|v| v.parse::<u64>().ok()),
                 filtered: header("X-Consul-Results-Filtered-By-ACLs").as_deref() == Some("true"),
+                last_contact: Duration::from_millis(
+                    header("X-Consul-LastContact")
+                        .and_then(|v| v.parse().ok())
+                        .unwrap_or(0),
+                ),
+                known_leader: header("X-Consul-KnownLeader").as_deref() != Some("false"),
             };
             let body = Vec::from(resp.bytes().await?);
             Ok::<_, reqwest::Error>((status, meta, body))
@@ -287,6 +337,8 @@ impl ConsulClient {
                     index,
                     entries: Some(entries),
                     filtered: meta.filtered,
+                    last_contact: meta.last_contact,
+                    known_leader: meta.known_leader,
                 })
             }
             // Every KV 404 from Consul carries X-Consul-Index (agent/kvs_endpoint.go
@@ -305,6 +357,8 @@ impl ConsulClient {
                 index,
                 entries: None,
                 filtered: meta.filtered,
+                last_contact: meta.last_contact,
+                known_leader: meta.known_leader,
             }),
             403 => Err(self.denied(body, what)),
             429 => bail!(
@@ -496,14 +550,14 @@ mod tests {
     #[test]
     fn keys_are_percent_encoded_segment_by_segment() {
         let c = client(&ConsulConfig::new("127.0.0.1:8500"));
-        let url = c.kv_url("a b/c?d#e%f+g/", false, None).unwrap();
+        let url = c.kv_url("a b/c?d#e%f+g/", false, None, false).unwrap();
         assert_eq!(
             url.as_str(),
             "http://127.0.0.1:8500/v1/kv/a%20b/c%3Fd%23e%25f%2Bg/"
         );
         // Tabs and line breaks are escaped, not dropped as the URL
         // standard drops them from unescaped input.
-        let url = c.kv_url("tab\there/new\nline", false, None).unwrap();
+        let url = c.kv_url("tab\there/new\nline", false, None, false).unwrap();
         assert_eq!(
             url.as_str(),
             "http://127.0.0.1:8500/v1/kv/tab%09here/new%0Aline"
@@ -513,7 +567,7 @@ mod tests {
         config.datacenter = Some("eu 1/a".into());
         config.stale = true;
         let url = client(&config)
-            .kv_url("", true, Some((42, Duration::from_secs(60))))
+            .kv_url("", true, Some((42, Duration::from_secs(60))), true)
             .unwrap();
         assert_eq!(
             url.as_str(),
@@ -525,10 +579,10 @@ mod tests {
     fn keys_a_url_cannot_carry_are_refused() {
         let c = client(&ConsulConfig::new("127.0.0.1:8500"));
         for key in ["a/../b", "./a", "a/."] {
-            let err = c.kv_url(key, false, None).unwrap_err().to_string();
+            let err = c.kv_url(key, false, None, false).unwrap_err().to_string();
             assert!(err.contains(&format!("{key:?}")), "{err}");
         }
-        assert!(c.kv_url("a/.b/..c/...", false, None).is_ok());
+        assert!(c.kv_url("a/.b/..c/...", false, None, false).is_ok());
     }
 
     #[test]

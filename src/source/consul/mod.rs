@@ -57,6 +57,11 @@ pub struct ConsulConfig {
     pub datacenter: Option<String>,
     /// Let any server answer reads (`?stale`), not only the leader.
     pub stale: bool,
+    /// With stale reads: an answer from a server further behind the
+    /// leader than this (`X-Consul-LastContact`), or one that knows no
+    /// leader, is read again from the leader. Setting it turns `stale` on.
+    #[serde(with = "crate::spec::duration_serde_opt")]
+    pub max_stale: Option<Duration>,
     pub tls: Tls,
     #[serde(with = "crate::spec::duration_serde")]
     pub timeout: Duration,
@@ -100,6 +105,7 @@ impl fmt::Debug for ConsulConfig {
             .field("token_file", &self.token_file)
             .field("datacenter", &self.datacenter)
             .field("stale", &self.stale)
+            .field("max_stale", &self.max_stale)
             .field("tls", &self.tls)
             .field("timeout", &self.timeout)
             .field("query_wait", &self.query_wait)
@@ -119,6 +125,7 @@ impl ConsulConfig {
             token_file: None,
             datacenter: None,
             stale: false,
+            max_stale: None,
             tls: Tls::default(),
             timeout: DEFAULT_TIMEOUT,
             query_wait: DEFAULT_QUERY_WAIT,

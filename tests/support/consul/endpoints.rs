@@ -288,6 +288,25 @@ async fn get(srv: &Shared, call: &Call<'_>) -> Option<Response> {
     if recurse && !call.may_list() {
         return Some(text(403, PERMISSION_DENIED));
     }
+    let follower = lock(&srv.follower).clone();
+    if let Some((store, last_contact)) = follower.filter(|_| call.consistency == "stale") {
+        let (idx, (entries, filtered)) = if recurse {
+            call.visible(&store)
+        } else {
+            let (idx, e) = store.get(call.key);
+            (idx, (e.into_iter().collect(), false))
+        };
+        let mut r = if entries.is_empty() {
+            reply(404, "")
+        } else {
+            let out: Vec<JsonEntry> = entries.iter().map(JsonEntry::from).collect();
+            json(200, &out, call.pretty)
+        };
+        meta(&mut r, idx, call.consistency, filtered);
+        let ms = u64::try_from(last_contact.as_millis()).unwrap_or(u64::MAX);
+        r.headers_mut().insert("x-consul-lastcontact", ms.into());
+        return Some(r);
+    }
     let (idx, (entries, filtered)) = blocking(srv, call.min_index, call.wait, |s| {
         if recurse {
             // KVS.List answers an empty prefix like any other (no

@@ -168,6 +168,9 @@ struct Shared {
     cleared: AtomicUsize,
     parked: AtomicUsize,
     conns: Arc<ConnLimit>,
+    /// A lagging follower answering `?stale` reads: its (old) copy of the
+    /// store and how long ago it heard from the leader.
+    follower: Mutex<Option<(Store, Duration)>>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -230,6 +233,7 @@ impl ConsulServer {
             cleared: AtomicUsize::new(0),
             parked: AtomicUsize::new(0),
             conns: Arc::new(ConnLimit::default()),
+            follower: Mutex::new(None),
         });
         let conns = shared.conns.clone();
         // Bound here, so the address is known before start() returns and
@@ -488,6 +492,21 @@ impl ConsulServer {
     /// Connections refused with a 429 so far.
     pub fn rejected_connections(&self) -> usize {
         self.shared.conns.rejected.load(Ordering::SeqCst)
+    }
+
+    /// From now on `?stale` reads are answered by a follower that stopped
+    /// applying the leader's log at this moment and last heard from it
+    /// `last_contact` ago (X-Consul-LastContact; rpc.go's setQueryMeta sets
+    /// it from raft's LastContact on a follower): later writes are not in
+    /// its answers. Simplified: the follower answers at once, never parks.
+    pub fn lagging_follower(&self, last_contact: Duration) {
+        let snapshot = lock(&self.shared.store).clone();
+        *lock(&self.shared.follower) = Some((snapshot, last_contact));
+    }
+
+    /// The follower caught up: `?stale` reads see the leader's data again.
+    pub fn follower_caught_up(&self) {
+        *lock(&self.shared.follower) = None;
     }
 
     /// A frozen agent (a stopped process, a hung disk): connections are

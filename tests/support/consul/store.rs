@@ -23,6 +23,7 @@ impl Entry {
 }
 
 /// The state store: entries, tombstones and the two indexes Consul keeps.
+#[derive(Clone)]
 pub(super) struct Store {
     /// The raft index: every write (even a failed CAS or a no-op) is a raft
     /// log entry and takes the next one.
