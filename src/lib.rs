@@ -52,7 +52,9 @@ pub use error::Exit;
 pub use config::{Config, parse_source_flag, parse_template_flag};
 pub use man::pages as man_pages;
 pub use runtime::{block_on, get as async_runtime};
-pub use source::consul::{ConsulConfig, ConsulSource, MIN_INTERVAL as CONSUL_MIN_INTERVAL};
+pub use source::consul::{
+    AclFiltered, ConsulConfig, ConsulSource, MIN_INTERVAL as CONSUL_MIN_INTERVAL,
+};
 pub use source::etcd::{EtcdClient, EtcdConfig, EtcdSource, prefix_range_end};
 pub use source::file::{Format as DataFormat, parse as parse_data};
 pub use source::{Source, SourceEvent, Sources, WatchSpec};

@@ -358,6 +358,170 @@ fn a_key_the_token_may_not_read_is_an_error_naming_it() {
         .stderr_lacks("hunter2");
 }
 
+/// Consul answers a recursive read the token may only partly read with
+/// the readable keys and `X-Consul-Results-Filtered-By-ACLs`, never a 403:
+/// stencil refuses to render partial data unless told to.
+#[test]
+fn a_prefix_read_filtered_by_acls_is_an_error_unless_warn() {
+    let t = ConsulTarget::start_with_acl();
+    t.put("apps/web/a", "1");
+    t.put("apps/web/b", "2");
+    t.put("apps/web/secret", "hunter2");
+    let token = t.create_token(&[
+        Rule::key_prefix("apps/web/", Policy::Read),
+        Rule::key("apps/web/secret", Policy::Deny),
+    ]);
+    let source = format!("consul={}?prefix={}", t.addr(), t.key("apps"));
+    let test = || {
+        Test::new()
+            .file("a.j2", "{{ kv('web') | tojson }}\n")
+            .env("CONSUL_HTTP_TOKEN", &token)
+    };
+    test()
+        .args(["render", "--source", &source, "-t", "a.j2"])
+        .run()
+        .code(1)
+        .stderr_has(&format!(
+            "consul source \"consul\": the read of prefix {:?}",
+            t.key("apps/web/")
+        ))
+        .stderr_has("was filtered by ACLs")
+        .stderr_has("acl_filtered = \"warn\"")
+        .stderr_lacks(&token)
+        .stderr_lacks("hunter2");
+    // With acl_filtered = "warn": rendered from what the token may read,
+    // with one warning.
+    let out = test()
+        .args([
+            "render",
+            "--source",
+            &format!("{source}&acl_filtered=warn"),
+            "-t",
+            "a.j2",
+        ])
+        .run()
+        .success()
+        .stdout_is("{\"a\":\"1\",\"b\":\"2\"}\n")
+        .stderr_has("was filtered by ACLs")
+        .stderr_lacks(&token);
+    assert_eq!(
+        out.stderr.matches("filtered by ACLs").count(),
+        1,
+        "{}",
+        out.stderr
+    );
+}
+
+#[test]
+fn acl_filtered_takes_only_error_or_warn() {
+    Test::new()
+        .file(
+            "stencil.toml",
+            "[sources.kv]\nkind = \"consul\"\naddress = \"127.0.0.1:1\"\nacl_filtered = \"maybe\"\n",
+        )
+        .file("a.j2", "x\n")
+        .args(["render", "--config", "stencil.toml", "-t", "a.j2"])
+        .run()
+        .code(2)
+        .stderr_has("stencil.toml")
+        .stderr_has("acl_filtered = \"maybe\": use \"error\" or \"warn\"");
+}
+
+/// Every KV 404 from Consul carries X-Consul-Index; a 404 without it means
+/// the address is not a Consul agent, and must not render defaults.
+#[test]
+fn a_404_without_an_index_is_not_a_missing_key() {
+    let server = ConsulServer::start();
+    Test::new()
+        .file("a.j2", "{{ key_or('db/host', 'localhost') }}\n")
+        .file(
+            "stencil.toml",
+            format!(
+                "[sources.kv]\nkind = \"consul\"\naddress = \"{}/proxy\"\n",
+                server.addr()
+            ),
+        )
+        .env("CONSUL_HTTP_TOKEN", TOKEN)
+        .args(["render", "--config", "stencil.toml", "-t", "a.j2"])
+        .run()
+        .code(1)
+        .stderr_has(&format!(
+            "consul at {}/proxy answered 404 without X-Consul-Index",
+            server.addr()
+        ))
+        .stderr_has("not a Consul agent")
+        .stderr_lacks(TOKEN);
+}
+
+/// Consul answers 429 to connections past its per-client cap, which every
+/// local client shares: a render retries with backoff rather than fail.
+#[test]
+fn a_429_from_the_connection_cap_is_retried() {
+    let server = ConsulServer::start();
+    server.put("db/host", "db.internal");
+    server.max_conns_per_client(1);
+    // Another local client holds the only connection.
+    let held = std::net::TcpStream::connect(server.socket_addr()).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while server.open_connections() < 1 {
+        assert!(
+            Instant::now() < deadline,
+            "the held connection was not accepted"
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    std::thread::scope(|scope| {
+        scope.spawn(|| {
+            while server.rejected_connections() < 1 {
+                assert!(Instant::now() < deadline, "stencil was never refused");
+                std::thread::sleep(Duration::from_millis(5));
+            }
+            drop(held);
+        });
+        Test::new()
+            .file("a.j2", "{{ key('db/host') }}\n")
+            .args([
+                "render",
+                "--source",
+                &format!("consul={}?timeout=30s", server.addr()),
+                "-t",
+                "a.j2",
+            ])
+            .run()
+            .success()
+            .stdout_is("db.internal\n");
+    });
+}
+
+/// `stale` lets a follower answer, however far behind; `max_stale`
+/// bounds that: a staler answer is read again from the leader.
+#[test]
+fn max_stale_rereads_an_answer_from_a_lagging_follower() {
+    let server = ConsulServer::start();
+    server.put("k", "old");
+    server.lagging_follower(Duration::from_secs(5));
+    server.put("k", "new");
+    let render = |params: &str| {
+        Test::new()
+            .file("a.j2", "{{ key('k') }}\n")
+            .args([
+                "render",
+                "--source",
+                &format!("consul={}?{params}", server.addr()),
+                "-t",
+                "a.j2",
+            ])
+            .run()
+            .success()
+    };
+    render("stale").stdout_is("old\n");
+    render("max_stale=1s").stdout_is("new\n");
+    render("stale&max_stale=10s").stdout_is("old\n");
+    let log = server.kv_requests();
+    let rereads: Vec<&str> = log.iter().map(|r| r.query.as_str()).collect();
+    assert_eq!(rereads, ["stale", "stale", "", "stale"]);
+}
+
 #[test]
 fn an_unknown_token_says_consul_does_not_know_it() {
     let server = ConsulServer::with_acl(Acl::new("root"));
@@ -805,6 +969,47 @@ fn a_dropped_connection_mid_query_loses_no_change() {
     assert!(server.kv_requests().iter().any(|r| r.dropped));
 }
 
+/// Issue 18: an agent that freezes holds a parked query without ever
+/// answering. The query's own limit, its wait plus Consul's jitter (at most
+/// wait/16, agent/consul/rpc.go) plus the request timeout, notices it; the
+/// watch reports the failure, retries with backoff and catches up once
+/// the agent answers again.
+#[test]
+fn a_frozen_agent_is_noticed_within_the_query_limit_and_retried() {
+    let server = ConsulServer::start();
+    server.put("k", "1");
+    let mut config = ConsulConfig::new(server.addr());
+    config.query_wait = Duration::from_secs(1);
+    config.timeout = Duration::from_secs(1);
+    let source = Arc::new(ConsulSource::new("kv", &config).unwrap());
+    source.get("k").unwrap();
+    let mut watch = Watch::start(&source, spec(&["k"], &[]));
+    server.wait_parked(1);
+    server.freeze();
+    server.put("k", "2");
+    match watch.next() {
+        SourceEvent::Failed { error, .. } => {
+            // 1s wait + 62.5ms (1s/16) + 1s timeout.
+            assert!(
+                error.contains("did not answer within 2s 62ms 500us"),
+                "{error}"
+            );
+        }
+        other => panic!("expected the failure, got {other:?}"),
+    }
+    server.thaw();
+    loop {
+        match watch.next() {
+            SourceEvent::Changed { keys, .. } => {
+                assert_eq!(keys, ["k"]);
+                break;
+            }
+            SourceEvent::Up { .. } => {}
+            other => panic!("expected recovery, got {other:?}"),
+        }
+    }
+}
+
 #[test]
 fn recovery_is_reported_without_waiting_for_a_change() {
     let server = ConsulServer::start();
@@ -828,17 +1033,18 @@ fn recovery_is_reported_without_waiting_for_a_change() {
 #[test]
 fn a_server_that_answers_at_once_is_not_queried_in_a_hot_loop() {
     let server = ConsulServer::start();
-    // A query on a missing key returns on every write anywhere, with
-    // nothing changed: the next query must wait MIN_INTERVAL, however fast
-    // the answers come.
+    // A query on an empty prefix reports the KV table's index, so it
+    // returns on every write anywhere with nothing changed (KVS.List has
+    // no errNotFound, unlike KVS.Get since Consul 1.12): the next query
+    // must wait MIN_INTERVAL, however fast the answers come.
     let source = source_on_server(&server, Duration::from_secs(300));
-    source.get("missing").unwrap();
+    source.list("missing").unwrap();
     server.clear_requests();
-    let _watch = Watch::start(&source, spec(&["missing"], &[]));
+    let _watch = Watch::start(&source, spec(&[], &["missing"]));
     server.wait_parked(1);
     let start = Instant::now();
     for i in 0..10 {
-        // Each write ends the query on the missing key without a change.
+        // Each write ends the query on the empty prefix without a change.
         server.wait_until("the next query", |log| {
             log.len() == i + 1 && log[i].status.is_none()
         });
@@ -880,6 +1086,113 @@ fn a_token_revoked_while_watching_ends_the_watch_with_an_error() {
     assert!(err.contains("refused to read key \"apps/k\""), "{err}");
     assert!(err.contains("lacks permission"), "{err}");
     assert!(!err.contains(TOKEN), "{err}");
+}
+
+/// A key the token may not read appearing under a watched prefix makes
+/// Consul filter the answer: the watch ends with an error naming the
+/// prefix rather than going on with partial data.
+#[test]
+fn a_filtered_answer_ends_the_watch_of_a_prefix() {
+    let server = ConsulServer::with_acl(Acl::new("root").token(
+        TOKEN,
+        [
+            Rule::key_prefix("apps/", Policy::Read),
+            Rule::key("apps/web/secret", Policy::Deny),
+        ],
+    ));
+    server.put("apps/web/a", "1");
+    let mut config = ConsulConfig::new(server.addr());
+    config.token = Some(TOKEN.into());
+    let source = Arc::new(ConsulSource::new("kv", &config).unwrap());
+    source.list("apps/web").unwrap();
+    let watch = Watch::start(&source, spec(&[], &["apps/web"]));
+    server.wait_parked(1);
+    server.put("apps/web/secret", "hunter2");
+    let err = format!("{:#}", watch.result().unwrap_err());
+    assert!(
+        err.contains("the read of prefix \"apps/web/\"") && err.contains("filtered by ACLs"),
+        "{err}"
+    );
+    assert!(!err.contains(TOKEN) && !err.contains("hunter2"), "{err}");
+}
+
+/// With `acl.enable_key_list_policy`, the folder query stencil merges two
+/// keys of one folder into gets a 403 although each key may be read: the
+/// watch falls back to one query per key instead of stopping.
+#[test]
+fn a_merged_query_refused_by_the_list_policy_falls_back_to_one_per_key() {
+    let server = ConsulServer::with_acl(
+        Acl::new("root")
+            .key_list_policy()
+            .token(TOKEN, [Rule::key_prefix("apps/", Policy::Read)]),
+    );
+    server.put("apps/web/a", "1");
+    server.put("apps/web/b", "2");
+    let mut config = ConsulConfig::new(server.addr());
+    config.token = Some(TOKEN.into());
+    config.query_wait = Duration::from_secs(30);
+    let source = Arc::new(ConsulSource::new("kv", &config).unwrap());
+    source.get("apps/web/a").unwrap();
+    source.get("apps/web/b").unwrap();
+    let mut watch = Watch::start(&source, spec(&["apps/web/a", "apps/web/b"], &[]));
+    server.wait_parked(2);
+    let log = server.kv_requests();
+    assert!(
+        log.iter()
+            .any(|r| r.key() == Some("apps/web/") && r.status == Some(403)),
+        "{log:#?}"
+    );
+    server.put("apps/web/b", "3");
+    assert_eq!(watch.changed(), ["apps/web/b"]);
+    // A later watch (templates changed) splits the folder from the start.
+    drop(watch);
+    server.clear_requests();
+    let _watch = Watch::start(&source, spec(&["apps/web/a", "apps/web/b"], &[]));
+    let log = server.wait_until("a query on each key", |log| {
+        ["apps/web/a", "apps/web/b"]
+            .iter()
+            .all(|k| log.iter().any(|r| r.key() == Some(k)))
+    });
+    assert!(log.iter().all(|r| r.key() != Some("apps/web/")), "{log:#?}");
+    assert!(
+        server
+            .kv_requests()
+            .iter()
+            .all(|r| r.key() != Some("apps/web/")),
+        "{:#?}",
+        server.kv_requests()
+    );
+}
+
+/// A token rotated in place (new token written to token_file, then the old
+/// one revoked) is picked up by the next request; the watch goes on.
+#[test]
+fn a_token_rotated_in_token_file_is_used_from_the_next_request() {
+    let old = "tok-old-1b7d";
+    let new = "tok-new-93ac";
+    let server = ConsulServer::with_acl(
+        Acl::new("root").token(old, [Rule::key_prefix("apps/", Policy::Read)]),
+    );
+    server.put("apps/k", "1");
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("token");
+    std::fs::write(&file, format!("{old}\n")).unwrap();
+    let mut config = ConsulConfig::new(server.addr());
+    config.token_file = Some(file.clone());
+    let source = Arc::new(ConsulSource::new("kv", &config).unwrap());
+    source.get("apps/k").unwrap();
+    let mut watch = Watch::start(&source, spec(&["apps/k"], &[]));
+    server.wait_parked(1);
+    server.add_token(new, [Rule::key_prefix("apps/", Policy::Read)]);
+    std::fs::write(&file, format!("{new}\n")).unwrap();
+    server.remove_token(old);
+    server.put("apps/k", "2");
+    assert_eq!(watch.changed(), ["apps/k"]);
+    server.wait_parked(1);
+    server.put("apps/k", "3");
+    assert_eq!(watch.changed(), ["apps/k"]);
+    let last = server.kv_requests().pop().unwrap();
+    assert_eq!(last.token.as_deref(), Some(new));
 }
 
 #[test]

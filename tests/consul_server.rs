@@ -392,6 +392,61 @@ fn a_blocking_query_on_a_missing_key_returns_when_it_appears() {
     assert_eq!(r.entries()[0].value_str(), "here");
 }
 
+/// agent/consul/kvs_endpoint.go (KVS.Get returns errNotFound for a
+/// missing key since Consul 1.12) with rpc.go's blockingQuery: a query on a
+/// missing key is not ended by writes elsewhere, although they move the
+/// table index it reports.
+#[test]
+fn a_blocking_query_on_a_missing_key_ignores_writes_elsewhere() {
+    let t = ConsulTarget::start();
+    t.put("elsewhere", "1");
+    let r = get(&t, "later", "");
+    assert_eq!(r.status, 404);
+    let q = spawn(t.call("GET", "later", &format!("index={}&wait=2s", r.index())));
+    if let Some(s) = t.test_server() {
+        s.wait_parked(1);
+    }
+    t.put("elsewhere", "2");
+    t.put("elsewhere/too", "3");
+    let (r, took) = q.join().unwrap();
+    assert_eq!(r.status, 404);
+    assert!(took >= Duration::from_secs(2), "{took:?}");
+}
+
+/// rpc.go's blockingQuery returns only when the index is above the one
+/// asked for: an index from the future waits out the whole wait.
+#[test]
+fn an_index_above_the_current_one_waits_out_the_wait() {
+    let t = ConsulTarget::start();
+    t.put("k", "v");
+    let idx = get(&t, "k", "").index();
+    let (r, took) = spawn(t.call("GET", "k", &format!("index={}&wait=1s", idx + 1000)))
+        .join()
+        .unwrap();
+    assert!(took >= Duration::from_secs(1), "{took:?}");
+    assert_eq!((r.status, r.index()), (200, idx));
+}
+
+/// agent/consul/state/kvs.go, kvsDeleteTreeTxn: a recursive delete leaves
+/// one tombstone at the deleted prefix. A read of that prefix keeps the
+/// delete's index; a read of a folder inside it finds no tombstone of its
+/// own and reports the table index, which later writes anywhere move.
+#[test]
+fn a_tree_delete_leaves_one_tombstone_at_the_prefix() {
+    let t = ConsulTarget::start();
+    t.put("tree/a/x", "1");
+    t.put("tree/b/y", "2");
+    t.delete_tree("tree/");
+    let deleted = get(&t, "tree/", "recurse").index();
+    t.put("unrelated", "1");
+    let later = get(&t, "unrelated", "").index();
+    assert!(later > deleted);
+    let r = get(&t, "tree/", "recurse");
+    assert_eq!((r.status, r.index()), (404, deleted));
+    let r = get(&t, "tree/a/", "recurse");
+    assert_eq!((r.status, r.index()), (404, later));
+}
+
 #[test]
 fn a_blocking_query_returns_after_the_wait_with_the_same_index() {
     let t = ConsulTarget::start();
@@ -594,6 +649,84 @@ fn acl_filters_prefix_reads_instead_of_denying_them() {
     assert!(r.header("x-consul-results-filtered-by-acls").is_none());
 }
 
+/// agent/consul/kvs_endpoint.go (KVS.List sets ResultsFilteredByACLs when
+/// FilterDirEnt removed entries), agent/kvs_endpoint.go (setMeta runs
+/// before the 404, so an all-filtered read still says so) and
+/// agent/consul/rpc.go (maskResultsFilteredByACLs: never for a request
+/// without a token, so the anonymous token learns nothing of hidden keys).
+#[test]
+fn acl_filtering_is_reported_on_404s_but_never_to_the_anonymous_token() {
+    let s = ConsulServer::with_acl(
+        Acl::new("root-token")
+            .token("ro", [Rule::key_prefix("apps/web/", Policy::Read)])
+            .anonymous([Rule::key_prefix("apps/web/", Policy::Read)]),
+    );
+    s.put("apps/web/port", "8080");
+    s.put("apps/db/password", "hunter2");
+    // With a token: partial answer, flagged.
+    let r = http::get(&s.url("apps/", "recurse")).token("ro").send();
+    assert_eq!(r.status, 200);
+    assert_eq!(r.entries().len(), 1);
+    assert_eq!(r.header("x-consul-results-filtered-by-acls"), Some("true"));
+    // Nothing readable: a 404 with its index, still flagged.
+    let r = http::get(&s.url("apps/db/", "recurse")).token("ro").send();
+    assert_eq!(r.status, 404);
+    assert!(r.header("x-consul-index").is_some());
+    assert_eq!(r.header("x-consul-results-filtered-by-acls"), Some("true"));
+    // The same reads without a token: the same data, no flag.
+    let r = http::get(&s.url("apps/", "recurse")).send();
+    assert_eq!(r.entries().len(), 1);
+    assert!(r.header("x-consul-results-filtered-by-acls").is_none());
+    let r = http::get(&s.url("apps/db/", "recurse")).send();
+    assert_eq!(r.status, 404);
+    assert!(r.header("x-consul-results-filtered-by-acls").is_none());
+}
+
+/// agent/consul/kvs_endpoint.go: with `acl.enable_key_list_policy`,
+/// KVS.List and KVS.ListKeys check KeyList on the prefix before the query;
+/// `read` does not grant it, `list` and `write` do. Single keys are
+/// unaffected.
+#[test]
+fn key_list_policy_wants_list_for_recursive_reads() {
+    let s = ConsulServer::with_acl(
+        Acl::new("root-token")
+            .key_list_policy()
+            .token("ro", [Rule::key_prefix("apps/", Policy::Read)])
+            .token("lister", [Rule::key_prefix("apps/", Policy::List)]),
+    );
+    s.put("apps/web/a", "1");
+    assert_eq!(
+        http::get(&s.url("apps/web/a", ""))
+            .token("ro")
+            .send()
+            .status,
+        200
+    );
+    for query in ["recurse", "keys"] {
+        let r = http::get(&s.url("apps/web/", query)).token("ro").send();
+        assert_eq!((r.status, r.text().as_str()), (403, "Permission denied"));
+        let r = http::get(&s.url("apps/web/", query)).token("lister").send();
+        assert_eq!(r.status, 200, "{query}");
+    }
+    // `list` grants read of single keys too.
+    let r = http::get(&s.url("apps/web/a", "")).token("lister").send();
+    assert_eq!(r.status, 200);
+}
+
+/// A 404 that does not come from the KV endpoint carries no index: Go's
+/// mux answers "404 page not found" for a path Consul does not serve
+/// (agent/http.go registers /v1/kv/ and the other endpoints only).
+#[test]
+fn a_path_consul_does_not_serve_is_404_without_an_index() {
+    let s = ConsulServer::start();
+    let r = http::get(&format!("{}/proxy/v1/kv/a", s.addr())).send();
+    assert_eq!((r.status, r.text().as_str()), (404, "404 page not found\n"));
+    assert!(r.header("x-consul-index").is_none());
+    let r = http::get(&s.url("a", "")).send();
+    assert_eq!(r.status, 404);
+    assert!(r.header("x-consul-index").is_some());
+}
+
 #[test]
 fn acl_tokens_made_by_the_target_work_against_either_consul() {
     let t = ConsulTarget::start_with_acl();
@@ -647,6 +780,74 @@ fn delay_holds_every_reply_until_switched_off() {
     assert!(e.is_err());
     s.delay(Duration::ZERO);
     assert_eq!(http::get(&s.url("k", "")).send().status, 200);
+}
+
+#[test]
+fn freeze_holds_requests_and_woken_queries_until_thawed() {
+    let s = ConsulServer::start();
+    let index = s.put("k", "1");
+    let parked = spawn(http::get(&s.url("k", &format!("index={index}&wait=1m"))));
+    s.wait_parked(1);
+    s.freeze();
+    s.put("k", "2");
+    // A new request is accepted but not answered.
+    let r = http::get(&s.url("k", ""))
+        .timeout(Duration::from_millis(200))
+        .try_send();
+    assert!(r.is_err(), "{r:?}");
+    assert!(!parked.is_finished());
+    s.thaw();
+    let (r, _) = parked.join().unwrap();
+    assert_eq!(r.entries()[0].value_str(), "2");
+    assert_eq!(http::get(&s.url("k", "")).send().status, 200);
+}
+
+/// hashicorp/go-connlimit as agent/agent.go uses it: a connection past
+/// `limits.http_max_conns_per_client` gets a raw 429 with go-connlimit's
+/// text and is closed; once a connection closes, new ones are accepted.
+#[test]
+fn connections_past_the_per_client_cap_get_429() {
+    let s = ConsulServer::start();
+    s.max_conns_per_client(1);
+    let index = s.put("k", "1");
+    let parked = spawn(http::get(&s.url("k", &format!("index={index}&wait=1m"))));
+    s.wait_parked(1);
+    let r = http::get(&s.url("k", "")).send();
+    assert_eq!(r.status, 429);
+    assert_eq!(
+        r.text(),
+        "Your IP is issuing too many concurrent connections, please rate limit your calls\n"
+    );
+    assert_eq!(s.rejected_connections(), 1);
+    s.put("k", "2");
+    parked.join().unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while s.open_connections() > 0 {
+        assert!(Instant::now() < deadline, "the connection never closed");
+        thread::sleep(Duration::from_millis(5));
+    }
+    assert_eq!(http::get(&s.url("k", "")).send().status, 200);
+}
+
+/// agent/consul/rpc.go: a `?stale` read is answered by whichever server
+/// gets it, from its own state, with X-Consul-LastContact saying how long
+/// ago it heard from the leader (agent/http.go's setLastContact, in ms); a
+/// default read goes to the leader.
+#[test]
+fn a_lagging_follower_answers_stale_reads_with_old_data() {
+    let s = ConsulServer::start();
+    s.put("k", "1");
+    s.lagging_follower(Duration::from_secs(5));
+    s.put("k", "2");
+    let r = http::get(&s.url("k", "stale")).send();
+    assert_eq!(r.entries()[0].value_str(), "1");
+    assert_eq!(r.header("x-consul-lastcontact"), Some("5000"));
+    let r = http::get(&s.url("k", "")).send();
+    assert_eq!(r.entries()[0].value_str(), "2");
+    assert_eq!(r.header("x-consul-lastcontact"), Some("0"));
+    s.follower_caught_up();
+    let r = http::get(&s.url("k", "stale")).send();
+    assert_eq!(r.entries()[0].value_str(), "2");
 }
 
 #[test]

@@ -19,7 +19,7 @@ use toml::Spanned;
 use crate::error::usage;
 use crate::runtime::Tls;
 use crate::source::SourceSpec;
-use crate::source::consul::{ConsulClient, ConsulConfig};
+use crate::source::consul::{AclFiltered, ConsulClient, ConsulConfig};
 use crate::source::etcd::EtcdConfig;
 use crate::spec::{duration_serde_opt, parse_duration};
 
@@ -43,6 +43,9 @@ pub(super) struct SourceTable {
     token_file: Option<PathBuf>,
     datacenter: Option<String>,
     stale: Option<bool>,
+    acl_filtered: Option<String>,
+    #[serde(default, with = "duration_serde_opt")]
+    max_stale: Option<Duration>,
     ca_file: Option<PathBuf>,
     cert_file: Option<PathBuf>,
     key_file: Option<PathBuf>,
@@ -67,6 +70,8 @@ impl SourceTable {
             token_file: None,
             datacenter: None,
             stale: None,
+            acl_filtered: None,
+            max_stale: None,
             ca_file: None,
             cert_file: None,
             key_file: None,
@@ -178,6 +183,14 @@ impl SourceTable {
         if let Some(s) = self.stale {
             consul.stale = s;
         }
+        if self.max_stale.is_some() {
+            consul.max_stale = self.max_stale;
+        }
+        if let Some(f) = self.acl_filtered {
+            consul.acl_filtered = AclFiltered::parse(&f).ok_or_else(|| {
+                anyhow::anyhow!("{at}: acl_filtered = {f:?}: use \"error\" or \"warn\"")
+            })?;
+        }
         if let Some(tls) = tls {
             consul.tls = tls;
         }
@@ -214,6 +227,8 @@ impl SourceTable {
             (self.token_file.is_some(), "token_file", consul),
             (self.datacenter.is_some(), "datacenter", consul),
             (self.stale.is_some(), "stale", consul),
+            (self.acl_filtered.is_some(), "acl_filtered", consul),
+            (self.max_stale.is_some(), "max_stale", consul),
             (self.ca_file.is_some(), "ca_file", network),
             (self.cert_file.is_some(), "cert_file", network),
             (self.key_file.is_some(), "key_file", network),
@@ -234,7 +249,7 @@ impl SourceTable {
 /// `--source etcd=http://127.0.0.1:2379?prefix=/apps/web/` and
 /// `--source consul=http://127.0.0.1:8500?prefix=apps/web/` work as written
 /// in the design. Query parameters: `prefix`, `timeout`; for Consul also
-/// `dc` and `stale`. A token never goes in the URL.
+/// `dc`, `stale`, `max_stale` and `acl_filtered`. A token never goes in the URL.
 pub fn parse_source_flag(flag: &str) -> Result<(String, SourceSpec)> {
     let Some((name, url)) = flag.split_once('=') else {
         return Err(usage(format!(
@@ -386,6 +401,8 @@ fn apply_params(table: &mut SourceTable, query: &str) -> Result<(), UrlError> {
                     }
                 });
             }
+            "acl_filtered" if consul => table.acl_filtered = Some(value),
+            "max_stale" if consul => table.max_stale = Some(parse_duration(&value)?),
             "token" if consul => return Err(UrlError::Token),
             other => return Err(format!("unknown URL parameter {other:?}").into()),
         }

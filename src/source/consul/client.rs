@@ -4,8 +4,10 @@
 //! The ACL token goes in the `X-Consul-Token` header, marked sensitive, and
 //! never in a URL: URLs end up in error messages, the token must not.
 
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use anyhow::{Context, Result, anyhow, bail};
 use base64::Engine as _;
@@ -51,11 +53,31 @@ impl Entry {
     }
 }
 
-/// A read's answer: the entries (`None` for a 404) and `X-Consul-Index`.
+/// A read's answer: the entries (`None` for a 404), `X-Consul-Index`, and
+/// whether the ACLs left entries out (`X-Consul-Results-Filtered-By-ACLs`).
 #[derive(Debug)]
 pub(super) struct Reply {
     pub(super) index: u64,
     pub(super) entries: Option<Vec<Entry>>,
+    /// Consul answers a recursive read with the keys the token may read
+    /// (a 404 when none), not a 403, and says so only in this header; it
+    /// sends the header only for a request that carried a token
+    /// (agent/consul/rpc.go, maskResultsFilteredByACLs).
+    pub(super) filtered: bool,
+    /// `X-Consul-LastContact`: how long ago the answering server heard
+    /// from the leader (0 from the leader itself).
+    pub(super) last_contact: Duration,
+    /// `X-Consul-KnownLeader`.
+    pub(super) known_leader: bool,
+}
+
+/// The headers of an answer stencil reads.
+struct Meta {
+    /// `X-Consul-Index`; None when missing (not a Consul agent).
+    index: Option<u64>,
+    filtered: bool,
+    last_contact: Duration,
+    known_leader: bool,
 }
 
 /// What went wrong talking to Consul, when the caller branches on it.
@@ -64,6 +86,12 @@ enum ConsulError {
     /// The token may not read this: retrying will not help.
     #[error("{0}")]
     Denied(String),
+}
+
+/// An error that ends a watch, as a denial does: the token's rights will
+/// not change by asking again.
+pub(super) fn refused(message: String) -> anyhow::Error {
+    ConsulError::Denied(message).into()
 }
 
 /// Whether retrying `e` is pointless: the token may not read the key.
@@ -81,9 +109,13 @@ pub(crate) struct ConsulClient {
     /// `address` parsed: what request URLs are built on.
     base: Url,
     /// Marked sensitive, so it is left out of `Debug` output.
-    token: Option<HeaderValue>,
+    token: Mutex<Option<HeaderValue>>,
+    /// `token_file`, re-read when it changes (a rotated token), with the
+    /// modification time and length it had when last read.
+    token_file: Option<(PathBuf, Mutex<Option<Stamp>>)>,
     datacenter: Option<String>,
     stale: bool,
+    max_stale: Option<Duration>,
     timeout: Duration,
     /// Requests sent, for tests and benchmarks.
     requests: AtomicU64,
@@ -98,9 +130,14 @@ impl ConsulClient {
             http: runtime::http_client(&config.tls, config.timeout, true)?,
             address,
             base,
-            token: token_header(config)?,
+            token: Mutex::new(token_header(config)?),
+            token_file: config.token_file.clone().map(|f| {
+                let stamp = stamp(&f);
+                (f, Mutex::new(stamp))
+            }),
             datacenter: config.datacenter.clone().filter(|d| !d.is_empty()),
-            stale: config.stale,
+            stale: config.stale || config.max_stale.is_some(),
+            max_stale: config.max_stale,
             timeout: config.timeout,
             requests: AtomicU64::new(0),
         })
@@ -127,26 +164,80 @@ impl ConsulClient {
         recurse: bool,
         block: Option<(u64, Duration)>,
     ) -> Result<Reply> {
+        let reply = self.read_as(key, recurse, block, self.stale).await?;
+        // A follower may lag without bound, and the next stale read may go
+        // to another server and return older data: with `max_stale`, an
+        // answer from a server that lost the leader, or last heard from it
+        // longer ago than that, is read again from the leader (as
+        // consul-template's max_stale does).
+        if self.stale
+            && let Some(max) = self.max_stale
+            && (!reply.known_leader || reply.last_contact > max)
+        {
+            tracing::debug!(
+                "consul at {}: a stale answer for {key:?} {} behind the leader (max_stale {}); reading it from the leader",
+                self.address,
+                humantime::format_duration(reply.last_contact),
+                humantime::format_duration(max)
+            );
+            return self.read_as(key, recurse, block, false).await;
+        }
+        Ok(reply)
+    }
+
+    /// One read, with `?stale` or not.
+    async fn read_as(
+        &self,
+        key: &str,
+        recurse: bool,
+        block: Option<(u64, Duration)>,
+        stale: bool,
+    ) -> Result<Reply> {
         let what = if recurse {
             format!("prefix {key:?}")
         } else {
             format!("key {key:?}")
         };
-        let url = self.kv_url(key, recurse, block)?;
+        let url = self.kv_url(key, recurse, block, stale)?;
         let limit = match block {
             // Consul holds a query up to wait + wait/16 of jitter; the
             // normal timeout on top covers the network.
             Some((_, wait)) => wait + wait / 16 + self.timeout,
             None => self.timeout,
         };
-        let (status, index, body) = self.exchange(url, limit, &what).await?;
-        self.reply(status, index, &body, &what)
+        // A read for a render retries a 429 with backoff within its
+        // timeout: many local clients share one per-address connection cap
+        // (limits.http_max_conns_per_client), and a busy moment is no reason
+        // to fail the template. A blocking query's caller retries anyway.
+        let deadline = tokio::time::Instant::now() + self.timeout;
+        let mut backoff = runtime::Backoff::default();
+        loop {
+            let (status, meta, body) = self.exchange(url.clone(), limit, &what).await?;
+            if status == StatusCode::TOO_MANY_REQUESTS && block.is_none() {
+                let delay = backoff.next_delay();
+                if tokio::time::Instant::now() + delay < deadline {
+                    tracing::debug!(
+                        "consul at {} answered 429 to the read of {what}; retrying in {delay:?}",
+                        self.address
+                    );
+                    tokio::time::sleep(delay).await;
+                    continue;
+                }
+            }
+            return self.reply(status, &meta, &body, &what);
+        }
     }
 
     /// The URL of a read. Each `/`-separated part of the key is one
     /// percent-encoded path segment, as Consul keys may hold spaces, `?`,
     /// `#`, `%` and `+`; the empty last part of a folder keeps its `/`.
-    fn kv_url(&self, key: &str, recurse: bool, block: Option<(u64, Duration)>) -> Result<Url> {
+    fn kv_url(
+        &self,
+        key: &str,
+        recurse: bool,
+        block: Option<(u64, Duration)>,
+        stale: bool,
+    ) -> Result<Url> {
         check_key(key)?;
         let mut url = self.base.clone();
         if url.cannot_be_a_base() {
@@ -172,7 +263,7 @@ impl ConsulClient {
         if let Some(dc) = &self.datacenter {
             query.append_pair("dc", dc);
         }
-        if self.stale {
+        if stale {
             query.append_key_only("stale");
         }
         if let Some((index, wait)) = block {
@@ -187,29 +278,39 @@ impl ConsulClient {
     }
 
     /// Sends a GET with the token and reads the whole answer within
-    /// `limit`: status, `X-Consul-Index` (0 when missing) and body.
+    /// `limit`: status, the headers stencil reads, and body.
     async fn exchange(
         &self,
         url: Url,
         limit: Duration,
         what: &str,
-    ) -> Result<(StatusCode, u64, Vec<u8>)> {
+    ) -> Result<(StatusCode, Meta, Vec<u8>)> {
         let mut req = self.http.get(url);
-        if let Some(t) = &self.token {
-            req = req.header("X-Consul-Token", t.clone());
+        if let Some(t) = self.current_token() {
+            req = req.header("X-Consul-Token", t);
         }
         self.requests.fetch_add(1, Ordering::Relaxed);
         let exchange = async {
             let resp = req.send().await?;
             let status = resp.status();
-            let index = resp
-                .headers()
-                .get("X-Consul-Index")
-                .and_then(|v| v.to_str().ok())
-                .and_then(|v| v.parse::<u64>().ok())
-                .unwrap_or(0);
+            let header = |name: &str| {
+                resp.headers()
+                    .get(name)
+                    .and_then(|v| v.to_str().ok())
+                    .map(str::to_string)
+            };
+            let meta = Meta {
+                index: header("X-Consul-Index").and_then(|v| v.parse::<u64>().ok()),
+                filtered: header("X-Consul-Results-Filtered-By-ACLs").as_deref() == Some("true"),
+                last_contact: Duration::from_millis(
+                    header("X-Consul-LastContact")
+                        .and_then(|v| v.parse().ok())
+                        .unwrap_or(0),
+                ),
+                known_leader: header("X-Consul-KnownLeader").as_deref() != Some("false"),
+            };
             let body = Vec::from(resp.bytes().await?);
-            Ok::<_, reqwest::Error>((status, index, body))
+            Ok::<_, reqwest::Error>((status, meta, body))
         };
         match tokio::time::timeout(limit, exchange).await {
             Ok(Ok(answer)) => Ok(answer),
@@ -224,7 +325,8 @@ impl ConsulClient {
     }
 
     /// What an answer means: entries, a missing key, or an error.
-    fn reply(&self, status: StatusCode, index: u64, body: &[u8], what: &str) -> Result<Reply> {
+    fn reply(&self, status: StatusCode, meta: &Meta, body: &[u8], what: &str) -> Result<Reply> {
+        let index = meta.index.unwrap_or(0);
         match status.as_u16() {
             200 => {
                 let entries: Vec<Entry> = serde_json::from_slice(body).with_context(|| {
@@ -236,13 +338,37 @@ impl ConsulClient {
                 Ok(Reply {
                     index,
                     entries: Some(entries),
+                    filtered: meta.filtered,
+                    last_contact: meta.last_contact,
+                    known_leader: meta.known_leader,
                 })
             }
+            // Every KV 404 from Consul carries X-Consul-Index (agent/kvs_endpoint.go
+            // sets the meta before the 404); one without it comes from
+            // something else on that address (a proxy, a wrong port, a path
+            // prefix in the address), and reading it as "missing" would
+            // render defaults.
+            404 if meta.index.is_none() => bail!(
+                "consul at {} answered 404 without X-Consul-Index to the read of {what}: \
+                 that address is not a Consul agent's HTTP API (a proxy, another \
+                 service, or a path in the address?): {}",
+                self.address,
+                excerpt(body)
+            ),
             404 => Ok(Reply {
                 index,
                 entries: None,
+                filtered: meta.filtered,
+                last_contact: meta.last_contact,
+                known_leader: meta.known_leader,
             }),
             403 => Err(self.denied(body, what)),
+            429 => bail!(
+                "consul at {} answered 429 Too Many Requests to the read of {what}: too many \
+                 connections from this host (Consul's limits.http_max_conns_per_client, 200 by \
+                 default, counts every local client together)",
+                self.address
+            ),
             _ => bail!(
                 "consul at {} answered {status} to the read of {what}: {}",
                 self.address,
@@ -255,7 +381,12 @@ impl ConsulClient {
     /// without the right.
     fn denied(&self, body: &[u8], what: &str) -> anyhow::Error {
         let text = excerpt(body);
-        let why = if self.token.is_none() {
+        let no_token = self
+            .token
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .is_none();
+        let why = if no_token {
             "the token lacks permission: no token is set (token, token_file or CONSUL_HTTP_TOKEN)"
         } else if text.contains("ACL not found") {
             "the token lacks permission: Consul does not know it (deleted or mistyped?)"
@@ -268,6 +399,49 @@ impl ConsulClient {
         ))
         .into()
     }
+}
+
+impl ConsulClient {
+    /// The token to send: `token_file`'s content, read again when the
+    /// file's modification time or length changed, so a token rotated in
+    /// place (a Vault agent, a Kubernetes secret) is used from the next
+    /// request on. A file that cannot be read or is empty right now (being
+    /// rewritten) keeps the token read before.
+    fn current_token(&self) -> Option<HeaderValue> {
+        let mut token = self.token.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some((file, seen)) = &self.token_file {
+            let mut seen = seen.lock().unwrap_or_else(|e| e.into_inner());
+            let now = stamp(file);
+            if now.is_some() && now != *seen {
+                match read_token(file) {
+                    Ok(t) => {
+                        tracing::info!(
+                            "consul at {}: token_file {} changed; using the token it holds now",
+                            self.address,
+                            file.display()
+                        );
+                        *token = Some(t);
+                        *seen = now;
+                    }
+                    Err(e) => {
+                        tracing::warn!(
+                            "consul at {}: {e:#}; keeping the token read before",
+                            self.address
+                        );
+                    }
+                }
+            }
+        }
+        token.clone()
+    }
+}
+
+/// A file's modification time and length, to notice that it changed.
+type Stamp = (SystemTime, u64);
+
+fn stamp(file: &Path) -> Option<Stamp> {
+    let m = std::fs::metadata(file).ok()?;
+    Some((m.modified().ok()?, m.len()))
 }
 
 /// The start of an error body, for a message: Consul's error bodies are one
@@ -283,25 +457,29 @@ fn excerpt(body: &[u8]) -> String {
 /// The token as a header, marked sensitive. As the consul CLI: the token
 /// file wins over the token.
 fn token_header(config: &ConsulConfig) -> Result<Option<HeaderValue>> {
-    let token = match &config.token_file {
-        Some(f) => {
-            let t = std::fs::read_to_string(f)
-                .with_context(|| format!("cannot read token_file {}", f.display()))?;
-            let t = t.trim().to_string();
-            if t.is_empty() {
-                bail!("token_file {} is empty", f.display());
-            }
-            t
-        }
-        None => match &config.token {
-            Some(t) => t.clone(),
-            None => return Ok(None),
-        },
-    };
-    let mut v = HeaderValue::from_str(&token)
+    match (&config.token_file, &config.token) {
+        (Some(f), _) => read_token(f).map(Some),
+        (None, Some(t)) => header(t).map(Some),
+        (None, None) => Ok(None),
+    }
+}
+
+/// The token in `file`, as a header.
+fn read_token(file: &Path) -> Result<HeaderValue> {
+    let t = std::fs::read_to_string(file)
+        .with_context(|| format!("cannot read token_file {}", file.display()))?;
+    let t = t.trim();
+    if t.is_empty() {
+        bail!("token_file {} is empty", file.display());
+    }
+    header(t)
+}
+
+fn header(token: &str) -> Result<HeaderValue> {
+    let mut v = HeaderValue::from_str(token)
         .map_err(|_| anyhow!("the Consul token has characters an HTTP header cannot carry"))?;
     v.set_sensitive(true);
-    Ok(Some(v))
+    Ok(v)
 }
 
 /// `host:port` -> `http://host:port`, without a trailing `/`; with the
@@ -377,14 +555,14 @@ mod tests {
     #[test]
     fn keys_are_percent_encoded_segment_by_segment() {
         let c = client(&ConsulConfig::new("127.0.0.1:8500"));
-        let url = c.kv_url("a b/c?d#e%f+g/", false, None).unwrap();
+        let url = c.kv_url("a b/c?d#e%f+g/", false, None, false).unwrap();
         assert_eq!(
             url.as_str(),
             "http://127.0.0.1:8500/v1/kv/a%20b/c%3Fd%23e%25f%2Bg/"
         );
         // Tabs and line breaks are escaped, not dropped as the URL
         // standard drops them from unescaped input.
-        let url = c.kv_url("tab\there/new\nline", false, None).unwrap();
+        let url = c.kv_url("tab\there/new\nline", false, None, false).unwrap();
         assert_eq!(
             url.as_str(),
             "http://127.0.0.1:8500/v1/kv/tab%09here/new%0Aline"
@@ -394,7 +572,7 @@ mod tests {
         config.datacenter = Some("eu 1/a".into());
         config.stale = true;
         let url = client(&config)
-            .kv_url("", true, Some((42, Duration::from_secs(60))))
+            .kv_url("", true, Some((42, Duration::from_secs(60))), true)
             .unwrap();
         assert_eq!(
             url.as_str(),
@@ -406,10 +584,10 @@ mod tests {
     fn keys_a_url_cannot_carry_are_refused() {
         let c = client(&ConsulConfig::new("127.0.0.1:8500"));
         for key in ["a/../b", "./a", "a/."] {
-            let err = c.kv_url(key, false, None).unwrap_err().to_string();
+            let err = c.kv_url(key, false, None, false).unwrap_err().to_string();
             assert!(err.contains(&format!("{key:?}")), "{err}");
         }
-        assert!(c.kv_url("a/.b/..c/...", false, None).is_ok());
+        assert!(c.kv_url("a/.b/..c/...", false, None, false).is_ok());
     }
 
     #[test]

@@ -14,7 +14,7 @@
 //! render read; this file holds the configuration and the source that
 //! templates read through, with its per-snapshot cache.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::fmt;
 use std::path::PathBuf;
 use std::sync::Mutex;
@@ -27,6 +27,7 @@ use super::{Source, SourceEvent, WatchFuture, WatchSpec};
 use crate::runtime::{self, Tls};
 
 mod client;
+mod plan;
 mod watch;
 
 pub(crate) use client::ConsulClient;
@@ -57,12 +58,43 @@ pub struct ConsulConfig {
     pub datacenter: Option<String>,
     /// Let any server answer reads (`?stale`), not only the leader.
     pub stale: bool,
+    /// With stale reads: an answer from a server further behind the
+    /// leader than this (`X-Consul-LastContact`), or one that knows no
+    /// leader, is read again from the leader. Setting it turns `stale` on.
+    #[serde(with = "crate::spec::duration_serde_opt")]
+    pub max_stale: Option<Duration>,
     pub tls: Tls,
     #[serde(with = "crate::spec::duration_serde")]
     pub timeout: Duration,
     /// The `wait` of blocking queries.
     #[serde(with = "crate::spec::duration_serde")]
     pub query_wait: Duration,
+    /// What a recursive read whose answer the ACLs filtered is.
+    pub acl_filtered: AclFiltered,
+}
+
+/// What to do with a read Consul filtered by ACLs
+/// (`X-Consul-Results-Filtered-By-ACLs`): the token may read only some of
+/// the keys under the prefix, so the data is partial.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum AclFiltered {
+    /// An error naming the source and prefix, in render and watch.
+    #[default]
+    Error,
+    /// A warning, once per prefix; the readable keys are used.
+    Warn,
+}
+
+impl AclFiltered {
+    /// `error` or `warn`, as the config file and `--source` write it.
+    pub(crate) fn parse(s: &str) -> Option<AclFiltered> {
+        match s {
+            "error" => Some(AclFiltered::Error),
+            "warn" => Some(AclFiltered::Warn),
+            _ => None,
+        }
+    }
 }
 
 impl fmt::Debug for ConsulConfig {
@@ -74,9 +106,11 @@ impl fmt::Debug for ConsulConfig {
             .field("token_file", &self.token_file)
             .field("datacenter", &self.datacenter)
             .field("stale", &self.stale)
+            .field("max_stale", &self.max_stale)
             .field("tls", &self.tls)
             .field("timeout", &self.timeout)
             .field("query_wait", &self.query_wait)
+            .field("acl_filtered", &self.acl_filtered)
             .finish()
     }
 }
@@ -92,9 +126,11 @@ impl ConsulConfig {
             token_file: None,
             datacenter: None,
             stale: false,
+            max_stale: None,
             tls: Tls::default(),
             timeout: DEFAULT_TIMEOUT,
             query_wait: DEFAULT_QUERY_WAIT,
+            acl_filtered: AclFiltered::Error,
         }
     }
 
@@ -172,12 +208,19 @@ pub struct ConsulSource {
     /// Without leading or trailing `/`.
     prefix: String,
     query_wait: Duration,
+    acl_filtered: AclFiltered,
+    /// Folders whose filtered reads were warned about (`acl_filtered =
+    /// "warn"`): one warning per folder, not one per render or query.
+    warned: Mutex<HashSet<String>>,
+    /// Folders stencil merged watched keys into that Consul refused or
+    /// filtered: their keys are watched one by one from then on.
+    unlistable: Mutex<HashSet<String>>,
     cache: Mutex<Cache>,
     /// What the watch's queries last saw, by (recurse, key): a watch
     /// restarted for a new set of keys (the coordinator does that when the
     /// templates read something new) goes on from here for queries whose
     /// data the last render did not read, rather than starting blind.
-    watched: Mutex<watch::Watched>,
+    watched: Mutex<plan::Watched>,
 }
 
 impl ConsulSource {
@@ -187,6 +230,9 @@ impl ConsulSource {
             client: ConsulClient::new(config)?,
             prefix: super::normalize_key(&config.prefix).to_string(),
             query_wait: config.query_wait,
+            acl_filtered: config.acl_filtered,
+            warned: Mutex::new(HashSet::new()),
+            unlistable: Mutex::new(HashSet::new()),
             cache: Mutex::new(Cache::default()),
             watched: Mutex::new(HashMap::new()),
         })
@@ -228,6 +274,38 @@ impl ConsulSource {
 
     fn fetch(&self, key: &str, recurse: bool) -> Result<client::Reply> {
         runtime::block_on(self.client.read(key, recurse, None))
+    }
+
+    /// A reply to the recursive read of `folder` that the ACLs filtered:
+    /// an error (it ends a watch), or with `acl_filtered = "warn"` one
+    /// warning per folder.
+    fn check_filtered(&self, folder: &str, reply: &client::Reply) -> Result<()> {
+        if !reply.filtered {
+            return Ok(());
+        }
+        let what = format!(
+            "consul source {:?}: the read of prefix {folder:?} at {} was filtered by ACLs: \
+             the token may read only some of the keys under it",
+            self.name,
+            self.client.address()
+        );
+        match self.acl_filtered {
+            AclFiltered::Error => Err(client::refused(format!(
+                "{what}, so the data would be partial (give the token read on the whole \
+                 prefix, or set acl_filtered = \"warn\" on the source to use the keys it may read)"
+            ))),
+            AclFiltered::Warn => {
+                let first = self
+                    .warned
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .insert(folder.to_string());
+                if first {
+                    tracing::warn!(source = %self.name, "{what}; using the keys it may read (acl_filtered = \"warn\")");
+                }
+                Ok(())
+            }
+        }
     }
 }
 
@@ -289,6 +367,7 @@ impl Source for ConsulSource {
             return Ok(from(&cached.value));
         }
         let reply = self.fetch(&folder, true)?;
+        self.check_filtered(&folder, &reply)?;
         let mut keys = BTreeMap::new();
         for e in reply.entries.iter().flatten() {
             // Folder markers (`a/b/`, the UI's "create folder") hold no

@@ -1,20 +1,19 @@
 //! Watching with blocking queries (`?index=N&wait=…`), as Consul's
 //! documentation on blocking queries asks.
 //!
-//! Which queries: one per watched prefix (keys under it share it), one per
-//! folder holding several watched keys, one per other key. Each starts from
+//! Which queries (`plan`): one per watched prefix (keys under it share it),
+//! one per folder holding several watched keys, one per other key. Each starts from
 //! the `X-Consul-Index` the render's read returned, so a change made after
 //! the render is never missed. An index that goes backwards (a snapshot
 //! restore, reaped tombstones) resets to 0; an unchanged index, or a reply
-//! whose content is the same (a query on a missing key or an empty prefix
-//! returns on *any* write, because its index is the KV table's), reports
-//! nothing; the changed keys are found by diffing the old and new content.
+//! whose content is the same (a query on an empty prefix, or on a missing
+//! key before Consul 1.12, returns on *any* write, because its index is the
+//! KV table's), reports nothing; the changed keys are found by diffing the old and new content.
 //! Queries that bring no change are at least [`MIN_INTERVAL`] apart, so a
 //! misbehaving server cannot drive a hot loop.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::future::Future;
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use anyhow::Result;
@@ -22,9 +21,10 @@ use tokio::sync::mpsc::UnboundedSender;
 use tokio::time::Instant;
 
 use super::client::{Reply, is_denied};
-use super::{Cache, ConsulSource, Read, in_folder};
+use super::plan::{Content, Query};
+use super::{ConsulSource, Read, in_folder};
 use crate::runtime::Backoff;
-use crate::source::{SourceEvent, WatchSpec};
+use crate::source::SourceEvent;
 
 /// The least time between the starts of two blocking queries of one watch
 /// when the first brought no change (an expired wait, an index that did not
@@ -34,105 +34,7 @@ use crate::source::{SourceEvent, WatchSpec};
 /// followed without delay.
 pub const MIN_INTERVAL: Duration = Duration::from_millis(100);
 
-/// Full Consul key -> raw value.
-pub(super) type Content = BTreeMap<String, Vec<u8>>;
-
-/// (recurse, Consul key) of a query -> what it last saw.
-pub(super) type Watched = HashMap<(bool, String), Read<Arc<Content>>>;
-
-/// One blocking query of a watch.
-#[derive(Debug, Clone)]
-pub(super) struct Query {
-    /// A Consul key, or a folder (ending in `/`, or "") read with `recurse`.
-    key: String,
-    recurse: bool,
-    /// What the render (or an earlier watch) read, and at which index.
-    known: Option<Read<Arc<Content>>>,
-}
-
-/// What a watch covers, in Consul's terms.
-struct Coverage {
-    /// Folders read with `recurse`, none inside another.
-    folders: BTreeSet<String>,
-    /// Keys outside every folder, each its own query.
-    keys: BTreeSet<String>,
-    /// Folders watched for the keys they share -> those keys.
-    grouped: BTreeMap<String, Vec<String>>,
-}
-
 impl ConsulSource {
-    /// The queries that cover `spec`, each with what the current snapshot
-    /// (or an earlier watch) read of it.
-    pub(super) fn plan(&self, spec: &WatchSpec) -> Vec<Query> {
-        let Coverage {
-            folders,
-            keys,
-            grouped,
-        } = self.coverage(spec);
-        let cache = self.lock();
-        let mut queries: Vec<Query> = folders
-            .into_iter()
-            .map(|folder| Query {
-                known: known_folder(&cache, &folder, grouped.get(&folder)),
-                key: folder,
-                recurse: true,
-            })
-            .collect();
-        queries.extend(keys.into_iter().map(|key| Query {
-            known: known_key(&cache, &key),
-            key,
-            recurse: false,
-        }));
-        drop(cache);
-        self.resume(&mut queries);
-        queries
-    }
-
-    /// The folders and single keys to query for `spec`.
-    fn coverage(&self, spec: &WatchSpec) -> Coverage {
-        let mut folders: BTreeSet<String> = spec.prefixes.iter().map(|p| self.folder(p)).collect();
-        // A folder inside another watched folder shares its query.
-        outermost(&mut folders);
-        let mut keys: BTreeSet<String> = spec
-            .keys
-            .iter()
-            .map(|k| self.full_key(k))
-            .filter(|k| !k.is_empty() && !folders.iter().any(|f| in_folder(f, k)))
-            .collect();
-        let grouped = group_keys(&mut keys);
-        folders.extend(grouped.keys().cloned());
-        outermost(&mut folders);
-        Coverage {
-            folders,
-            keys,
-            grouped,
-        }
-    }
-
-    /// Starts each query from what a watch saw, when that is newer than
-    /// the render's read: changes between the two were delivered already.
-    /// What no query of this plan covers is forgotten.
-    fn resume(&self, queries: &mut [Query]) {
-        let mut watched = self.watched();
-        watched.retain(|(recurse, key), _| {
-            queries
-                .iter()
-                .any(|q| q.recurse == *recurse && q.key == *key)
-        });
-        for q in queries {
-            if let Some(seen) = watched.get(&(q.recurse, q.key.clone()))
-                && q.known.as_ref().is_none_or(|k| k.index < seen.index)
-            {
-                q.known = Some(seen.clone());
-            }
-        }
-    }
-
-    fn watched(&self) -> MutexGuard<'_, Watched> {
-        self.watched.lock().unwrap_or_else(|e| e.into_inner())
-    }
-
-    /// Runs every query until `tx` closes, or one is denied.
     pub(super) async fn watch_queries(
         &self,
         queries: Vec<Query>,
@@ -147,7 +49,17 @@ impl ConsulSource {
             source: &self.name,
             tx,
         };
-        let runs = queries.into_iter().map(|q| self.run_query(q, tx, &health));
+        self.run_all(queries, tx, &health).await
+    }
+
+    /// Runs `queries` side by side until `tx` closes, or one is denied.
+    async fn run_all(
+        &self,
+        queries: Vec<Query>,
+        tx: &UnboundedSender<SourceEvent>,
+        health: &Health<'_>,
+    ) -> Result<()> {
+        let runs = queries.into_iter().map(|q| self.run_query(q, tx, health));
         futures_util::future::try_join_all(runs).await?;
         Ok(())
     }
@@ -155,10 +67,11 @@ impl ConsulSource {
     /// One blocking query, again and again, until `tx` closes.
     async fn run_query(
         &self,
-        query: Query,
+        mut query: Query,
         tx: &UnboundedSender<SourceEvent>,
         health: &Health<'_>,
     ) -> Result<()> {
+        let members = std::mem::take(&mut query.members);
         let mut run = Run::new(self, query);
         // When the last query started, if the next one must keep
         // MIN_INTERVAL from it.
@@ -174,6 +87,19 @@ impl ConsulSource {
             let started = Instant::now();
             let Some(result) = until_closed(tx, run.read()).await else {
                 return Ok(());
+            };
+            if !members.is_empty()
+                && let Some(why) = refused_merge(&result)
+            {
+                run.answered(health);
+                self.split(&run.key, why);
+                return Box::pin(self.run_all(members, tx, health)).await;
+            }
+            let result = match result {
+                Ok(r) if run.recurse && members.is_empty() => {
+                    self.check_filtered(&run.key, &r).map(|()| r)
+                }
+                other => other,
             };
             let reply = match result {
                 Ok(reply) => reply,
@@ -207,6 +133,32 @@ impl ConsulSource {
             }
         }
     }
+
+    /// Remembers that Consul would not answer the merged query on
+    /// `folder` whole, so later watches split it from the start; logs it
+    /// once.
+    fn split(&self, folder: &str, why: &str) {
+        let first = self
+            .unlistable
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(folder.to_string());
+        if first {
+            tracing::warn!(source = %self.name, "consul {why} the query on folder {folder:?}, which stencil merged the watched keys in it into (with acl.enable_key_list_policy a recursive read needs list on the folder, which read does not grant); watching those keys one by one");
+        }
+    }
+}
+
+/// Why Consul would not answer a query stencil merged from several keys
+/// whole: a 403 (`acl.enable_key_list_policy` needs `list` on the folder,
+/// agent/consul/kvs_endpoint.go KVS.List), or an answer the ACLs filtered
+/// (the token may not read a neighbour of the keys).
+fn refused_merge(result: &Result<Reply>) -> Option<&'static str> {
+    match result {
+        Ok(r) if r.filtered => Some("filtered the answer to"),
+        Err(e) if is_denied(e) => Some("refused (403)"),
+        _ => None,
+    }
 }
 
 /// `future`'s output, or None as soon as nobody listens on `tx` any more.
@@ -217,104 +169,6 @@ async fn until_closed<T>(
     tokio::select! {
         out = future => Some(out),
         () = tx.closed() => None,
-    }
-}
-
-/// Drops the folders that another folder of the set holds.
-fn outermost(folders: &mut BTreeSet<String>) {
-    let all: Vec<String> = folders.iter().cloned().collect();
-    folders.retain(|f| !all.iter().any(|g| g != f && in_folder(g, f)));
-}
-
-/// Takes the keys that share a folder with another key out of `keys`, and
-/// returns them by folder: one recursive query per folder, not one
-/// connection per key (consul-template's hundreds of sockets). Keys at the
-/// root stay single queries rather than watching the whole store. The
-/// diff may report folder neighbours nobody reads; the coordinator ignores
-/// those.
-fn group_keys(keys: &mut BTreeSet<String>) -> BTreeMap<String, Vec<String>> {
-    let mut by_folder: BTreeMap<String, Vec<String>> = BTreeMap::new();
-    for key in keys.iter() {
-        if let Some(i) = key.rfind('/') {
-            by_folder
-                .entry(key[..=i].to_string())
-                .or_default()
-                .push(key.clone());
-        }
-    }
-    by_folder.retain(|_, members| members.len() > 1);
-    for members in by_folder.values() {
-        for k in members {
-            keys.remove(k);
-        }
-    }
-    by_folder
-}
-
-/// The values of `values` whose keys `within` accepts, as a watch compares
-/// them.
-fn raw(values: &BTreeMap<String, String>, within: impl Fn(&str) -> bool) -> Arc<Content> {
-    Arc::new(
-        values
-            .iter()
-            .filter(|(k, _)| within(k))
-            .map(|(k, v)| (k.clone(), v.clone().into_bytes()))
-            .collect(),
-    )
-}
-
-/// What the snapshot read of a folder: its own read, or one of a folder
-/// holding it (its index is at least the inner folder's, and any later
-/// write under it gets a higher one), or the keys it was made for.
-fn known_folder(
-    cache: &Cache,
-    folder: &str,
-    members: Option<&Vec<String>>,
-) -> Option<Read<Arc<Content>>> {
-    cache
-        .folder_of(folder)
-        .map(|r| Read {
-            index: r.index,
-            value: raw(&r.value, |k| in_folder(folder, k)),
-        })
-        .or_else(|| known_from_keys(cache, members?))
-}
-
-/// What the render saw of a folder it read key by key: the keys' values,
-/// at the oldest of their indexes (so no later change is missed). Only
-/// when every key was read.
-fn known_from_keys(cache: &Cache, keys: &[String]) -> Option<Read<Arc<Content>>> {
-    let mut index = u64::MAX;
-    let mut content = Content::new();
-    for key in keys {
-        let r = cache.keys.get(key)?;
-        index = index.min(r.index);
-        if let Some(v) = &r.value {
-            content.insert(key.clone(), v.clone().into_bytes());
-        }
-    }
-    Some(Read {
-        index,
-        value: Arc::new(content),
-    })
-}
-
-/// What the snapshot read of one key: its own read, or a folder's.
-fn known_key(cache: &Cache, key: &str) -> Option<Read<Arc<Content>>> {
-    match cache.keys.get(key) {
-        Some(r) => Some(Read {
-            index: r.index,
-            value: Arc::new(
-                r.value
-                    .iter()
-                    .map(|v| (key.to_string(), v.clone().into_bytes()))
-                    .collect(),
-            ),
-        }),
-        None => cache.folder_of(key).map(|r| Read {
-            index: r.index,
-            value: raw(&r.value, |k| k == key),
-        }),
     }
 }
 
@@ -499,39 +353,6 @@ fn diff(old: &Content, new: &Content) -> Vec<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::source::consul::ConsulConfig;
-
-    #[test]
-    fn watch_plan_shares_a_prefix_query_with_the_keys_under_it() {
-        let mut config = ConsulConfig::new("127.0.0.1:8500");
-        config.prefix = "apps".into();
-        let s = ConsulSource::new("kv", &config).unwrap();
-        let spec = WatchSpec {
-            keys: [
-                "web/db/host".into(),
-                "web/port".into(),
-                "other".into(),
-                "web/cache/a".into(),
-                "web/cache/b".into(),
-            ]
-            .into(),
-            prefixes: ["web/db".into(), "web/db/replicas".into()].into(),
-        };
-        let plan: Vec<(String, bool)> = s
-            .plan(&spec)
-            .into_iter()
-            .map(|q| (q.key, q.recurse))
-            .collect();
-        assert_eq!(
-            plan,
-            [
-                ("apps/web/cache/".to_string(), true),
-                ("apps/web/db/".to_string(), true),
-                ("apps/other".to_string(), false),
-                ("apps/web/port".to_string(), false),
-            ]
-        );
-    }
 
     #[test]
     fn diff_finds_created_modified_and_deleted_keys() {

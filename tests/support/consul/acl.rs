@@ -67,6 +67,11 @@ pub struct Acl {
     pub(super) management: String,
     pub(super) tokens: HashMap<String, Vec<Rule>>,
     anonymous: Vec<Rule>,
+    /// `acl.enable_key_list_policy`: a recursive read or key list needs
+    /// `list` on the prefix (agent/consul/kvs_endpoint.go, KVS.List and
+    /// KVS.ListKeys check KeyList before the query; `read` does not grant
+    /// it, `list` and `write` do).
+    pub(super) key_list_policy: bool,
 }
 
 impl Acl {
@@ -81,6 +86,12 @@ impl Acl {
     pub fn token(mut self, secret: &str, rules: impl IntoIterator<Item = Rule>) -> Acl {
         self.tokens
             .insert(secret.to_string(), rules.into_iter().collect());
+        self
+    }
+
+    /// Turns on `acl.enable_key_list_policy`.
+    pub fn key_list_policy(mut self) -> Acl {
+        self.key_list_policy = true;
         self
     }
 
@@ -132,6 +143,11 @@ impl Authz {
 
     pub(super) fn read(&self, key: &str) -> bool {
         self.policy(key) != Policy::Deny
+    }
+
+    /// KeyList: `list` or `write` on the prefix.
+    pub(super) fn list(&self, prefix: &str) -> bool {
+        matches!(self.policy(prefix), Policy::List | Policy::Write)
     }
 
     pub(super) fn write(&self, key: &str) -> bool {

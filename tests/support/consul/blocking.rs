@@ -6,26 +6,41 @@ use std::time::{Duration, Instant};
 
 use super::{DEFAULT_WAIT, MAX_WAIT, Shared, Store, lock};
 
-/// Consul's blockingQuery: run `read`; without `min_index` return at once;
-/// otherwise return when the read's index is above `min_index`, or with the
-/// last read when the timeout (capped wait plus jitter) expires. None: the
-/// test cut the connection.
+/// Consul's blockingQuery (agent/consul/rpc.go, agent/blockingquery in
+/// later releases): run `read`; without `min_index` return at once;
+/// otherwise return when the read's index is above `min_index`, or with
+/// the last read when the timeout (capped wait plus jitter) expires. A read
+/// that says "not found" (the third value: KVS.Get of a missing key returns
+/// errNotFound since Consul 1.12, agent/consul/kvs_endpoint.go) may return
+/// on its first run when the index already moved past `min_index`; woken
+/// later and still not found, it takes the new index as its floor, so a
+/// query on a missing key waits for the key rather than returning on every
+/// write elsewhere. None: the test cut the connection.
 pub(super) async fn blocking<T>(
     srv: &Shared,
     min_index: u64,
     wait: Option<Duration>,
-    mut read: impl FnMut(&Store) -> (u64, T),
+    mut read: impl FnMut(&Store) -> (u64, T, bool),
 ) -> Option<(u64, T)> {
     if min_index == 0 {
-        return Some(read(&lock(&srv.store)));
+        let (idx, value, _) = read(&lock(&srv.store));
+        return Some((idx, value));
     }
+    let mut min_index = min_index;
+    let mut not_found_before = false;
     let deadline = tokio::time::Instant::now() + query_timeout(wait);
     // Subscribed before the first read, so a change between the read and
     // the wait is not lost.
     let mut changes = srv.changes.subscribe();
     let mut kill = srv.kill_parked.subscribe();
     loop {
-        let (idx, value) = read(&lock(&srv.store));
+        let (idx, value, not_found) = read(&lock(&srv.store));
+        if not_found {
+            if not_found_before {
+                min_index = idx;
+            }
+            not_found_before = true;
+        }
         if idx.max(1) > min_index {
             return Some((idx, value));
         }

@@ -4,7 +4,7 @@
 use std::io;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -44,7 +44,47 @@ impl Connected<IncomingStream<'_, KillListener>> for Conn {
     }
 }
 
-pub(super) struct KillListener(pub(super) tokio::net::TcpListener);
+/// `limits.http_max_conns_per_client`, as Consul's agent enforces it
+/// through hashicorp/go-connlimit (agent/agent.go wires
+/// HTTPConnStateFuncWithDefault429Handler into the HTTP server's
+/// ConnState): a new connection past the cap gets a raw
+/// "429 Too Many Requests" and is closed, before any request is read. All
+/// of the test server's clients are 127.0.0.1, so per client is in total.
+#[derive(Default)]
+pub(super) struct ConnLimit {
+    /// 0: no limit (the test server's default; Consul's is 200).
+    pub(super) max: AtomicUsize,
+    pub(super) open: Arc<AtomicUsize>,
+    pub(super) rejected: AtomicUsize,
+}
+
+/// go-connlimit's reply, byte for byte.
+const TOO_MANY: &str =
+    "Your IP is issuing too many concurrent connections, please rate limit your calls\n";
+
+pub(super) struct KillListener(
+    pub(super) tokio::net::TcpListener,
+    pub(super) Arc<ConnLimit>,
+);
+
+/// Writes the 429 and closes. Unlike Consul (which closes at once, so a
+/// client whose request is still arriving may see a reset instead), the
+/// request is drained first, so the client reliably reads the 429.
+async fn refuse(mut sock: tokio::net::TcpStream) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let reply = format!(
+        "HTTP/1.1 429 Too Many Requests\r\nContent-Type: text/plain\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{TOO_MANY}",
+        TOO_MANY.len()
+    );
+    let mut buf = [0u8; 4096];
+    let _ = tokio::time::timeout(Duration::from_millis(200), sock.read(&mut buf)).await;
+    let _ = sock.write_all(reply.as_bytes()).await;
+    let _ = sock.shutdown().await;
+    let _ = tokio::time::timeout(Duration::from_secs(1), async {
+        while matches!(sock.read(&mut buf).await, Ok(n) if n > 0) {}
+    })
+    .await;
+}
 
 impl axum::serve::Listener for KillListener {
     type Io = ConnIo;
@@ -55,11 +95,19 @@ impl axum::serve::Listener for KillListener {
             match self.0.accept().await {
                 Ok((sock, _)) => {
                     let _ = sock.set_nodelay(true);
+                    let max = self.1.max.load(Ordering::SeqCst);
+                    if max > 0 && self.1.open.load(Ordering::SeqCst) >= max {
+                        self.1.rejected.fetch_add(1, Ordering::SeqCst);
+                        tokio::spawn(refuse(sock));
+                        continue;
+                    }
+                    self.1.open.fetch_add(1, Ordering::SeqCst);
                     let ctl = Arc::new(ConnCtl::default());
                     return (
                         ConnIo {
                             inner: sock,
                             ctl: ctl.clone(),
+                            open: self.1.open.clone(),
                         },
                         Conn { ctl },
                     );
@@ -80,6 +128,14 @@ impl axum::serve::Listener for KillListener {
 pub(super) struct ConnIo {
     inner: tokio::net::TcpStream,
     ctl: Arc<ConnCtl>,
+    /// The count of open connections, decremented when this one closes.
+    open: Arc<AtomicUsize>,
+}
+
+impl Drop for ConnIo {
+    fn drop(&mut self) {
+        self.open.fetch_sub(1, Ordering::SeqCst);
+    }
 }
 
 impl ConnIo {

@@ -54,6 +54,13 @@ impl Shared {
         self.cleared.load(Ordering::SeqCst) + log.len() - 1
     }
 
+    /// Returns once the server is not frozen.
+    async fn thawed(&self) {
+        let mut frozen = self.frozen.subscribe();
+        // Err: the server is shutting down; nothing to wait for.
+        let _ = frozen.wait_for(|f| !*f).await;
+    }
+
     /// Uses up one of the pending faults, if any: a dropped connection
     /// first, else a failure.
     fn take_fault(&self) -> Injected {
@@ -81,6 +88,7 @@ pub(super) async fn handle(
     let params = parse_query(parts.uri.query().unwrap_or(""));
     let token = token_of(&params, &parts.headers);
     let id = srv.record(&parts, &path, &params, token.clone());
+    srv.thawed().await;
     let fault = srv.take_fault();
     if fault.drop {
         conn.kill();
@@ -106,6 +114,7 @@ pub(super) async fn handle(
         srv.finish(id, None);
         return reply(500, "");
     };
+    srv.thawed().await;
     srv.finish(id, Some(response.status().as_u16()));
     response
 }
@@ -146,6 +155,12 @@ struct Call<'a> {
     wait: Option<Duration>,
     min_index: u64,
     authz: Authz,
+    /// Whether the request carried a token: Consul says a read was
+    /// filtered only then (agent/consul/rpc.go, maskResultsFilteredByACLs),
+    /// so an anonymous client cannot learn that hidden keys exist.
+    authenticated: bool,
+    /// `acl.enable_key_list_policy` is on.
+    list_policy: bool,
     consistency: &'static str,
     pretty: bool,
 }
@@ -180,11 +195,13 @@ impl<'a> Call<'a> {
         {
             return Err(refuse(500, "No path to datacenter"));
         }
-        let authz = match lock(&srv.acl).as_ref() {
-            None => Authz::All,
-            Some(acl) => acl
-                .resolve(token.unwrap_or(""))
-                .map_err(|body| refuse(403, body))?,
+        let (authz, list_policy) = match lock(&srv.acl).as_ref() {
+            None => (Authz::All, false),
+            Some(acl) => (
+                acl.resolve(token.unwrap_or(""))
+                    .map_err(|body| refuse(403, body))?,
+                acl.key_list_policy,
+            ),
         };
         let consistency = if q.has("stale") {
             "stale"
@@ -199,9 +216,17 @@ impl<'a> Call<'a> {
             wait,
             min_index,
             authz,
+            authenticated: token.is_some_and(|t| !t.is_empty()),
+            list_policy,
             consistency,
             pretty: q.has("pretty"),
         })
+    }
+
+    /// Whether KVS.List / KVS.ListKeys may run: with
+    /// `enable_key_list_policy`, only with `list` on the prefix.
+    fn may_list(&self) -> bool {
+        !self.list_policy || self.authz.list(self.key)
     }
 
     /// KVS.List: the entries under the key the token may read, with
@@ -213,7 +238,7 @@ impl<'a> Call<'a> {
             .into_iter()
             .filter(|e| self.authz.read(&e.key))
             .collect();
-        let filtered = visible.len() < total;
+        let filtered = visible.len() < total && self.authenticated;
         (idx, (visible, filtered))
     }
 
@@ -234,9 +259,12 @@ async fn list_keys(srv: &Shared, call: &Call<'_>) -> Option<Response> {
         .get("separator")
         .or_else(|| call.q.get("seperator"))
         .unwrap_or("");
+    if !call.may_list() {
+        return Some(text(403, PERMISSION_DENIED));
+    }
     let (idx, (keys, filtered)) = blocking(srv, call.min_index, call.wait, |s| {
         let (idx, (visible, filtered)) = call.visible(s);
-        (idx, (fold_keys(call.key, sep, &visible), filtered))
+        (idx, (fold_keys(call.key, sep, &visible), filtered), false)
     })
     .await?;
     let mut r = if keys.is_empty() && !call.key.is_empty() {
@@ -257,12 +285,38 @@ async fn get(srv: &Shared, call: &Call<'_>) -> Option<Response> {
     if !recurse && !call.authz.read(call.key) {
         return Some(text(403, PERMISSION_DENIED));
     }
+    if recurse && !call.may_list() {
+        return Some(text(403, PERMISSION_DENIED));
+    }
+    let follower = lock(&srv.follower).clone();
+    if let Some((store, last_contact)) = follower.filter(|_| call.consistency == "stale") {
+        let (idx, (entries, filtered)) = if recurse {
+            call.visible(&store)
+        } else {
+            let (idx, e) = store.get(call.key);
+            (idx, (e.into_iter().collect(), false))
+        };
+        let mut r = if entries.is_empty() {
+            reply(404, "")
+        } else {
+            let out: Vec<JsonEntry> = entries.iter().map(JsonEntry::from).collect();
+            json(200, &out, call.pretty)
+        };
+        meta(&mut r, idx, call.consistency, filtered);
+        let ms = u64::try_from(last_contact.as_millis()).unwrap_or(u64::MAX);
+        r.headers_mut().insert("x-consul-lastcontact", ms.into());
+        return Some(r);
+    }
     let (idx, (entries, filtered)) = blocking(srv, call.min_index, call.wait, |s| {
         if recurse {
-            call.visible(s)
+            // KVS.List answers an empty prefix like any other (no
+            // errNotFound), with the table index.
+            let (idx, visible) = call.visible(s);
+            (idx, visible, false)
         } else {
             let (idx, e) = s.get(call.key);
-            (idx, (e.into_iter().collect(), false))
+            let missing = e.is_none();
+            (idx, (e.into_iter().collect(), false), missing)
         }
     })
     .await?;

@@ -36,13 +36,15 @@
 //! Blocking queries wake on every KV change, as Consul's watch sets may,
 //! re-evaluate, and return only when the index of what they read moved past
 //! `index` (or the wait expired). So an unrelated change never returns a
-//! reply, but a query on a *missing* key or an empty prefix does return on
-//! any KV write, because its index is the table index: that is Consul's
-//! behaviour too.
+//! reply, but a query on an empty prefix does return on any KV write,
+//! because its index is the table index: that is Consul's behaviour too. A
+//! query on a *missing* key waits for the key (KVS.Get's errNotFound,
+//! Consul 1.12+), and a recursive delete leaves one tombstone at its
+//! prefix (kvsDeleteTreeTxn).
 //!
 //! Simplified: one datacenter ("dc1"), one always-known leader, no
 //! sessions or locks (`acquire`/`release` are refused), no namespaces or
-//! partitions, no `/v1/txn`, no `enable_key_list_policy`, ACL default policy
+//! partitions, no `/v1/txn`, ACL default policy
 //! is deny, tombstones are kept until `reap_tombstones()`. Error replies
 //! (400, 403, 500) carry no X-Consul-Index, as in Consul. The newest
 //! Consul's key-name validation (only `[A-Za-z0-9,-_./]`, no ".json" suffix)
@@ -77,7 +79,7 @@ pub use blocking::{parse_go_duration, query_timeout};
 pub use store::Entry;
 pub use target::ConsulTarget;
 
-use conn::{Conn, KillListener};
+use conn::{Conn, ConnLimit, KillListener};
 use store::Store;
 
 /// The only datacenter the test server knows.
@@ -155,6 +157,8 @@ struct Shared {
     changes: watch::Sender<u64>,
     /// Bumped by `drop_parked_connections`.
     kill_parked: watch::Sender<u64>,
+    /// True while `freeze` holds every request and reply.
+    frozen: watch::Sender<bool>,
     acl: Mutex<Option<Acl>>,
     faults: Mutex<Faults>,
     log: Mutex<Vec<Request>>,
@@ -163,6 +167,10 @@ struct Shared {
     /// its own entry (or none), never another's.
     cleared: AtomicUsize,
     parked: AtomicUsize,
+    conns: Arc<ConnLimit>,
+    /// A lagging follower answering `?stale` reads: its (old) copy of the
+    /// store and how long ago it heard from the leader.
+    follower: Mutex<Option<(Store, Duration)>>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -218,12 +226,16 @@ impl ConsulServer {
             store: Mutex::new(Store::new()),
             changes: watch::channel(0).0,
             kill_parked: watch::channel(0).0,
+            frozen: watch::channel(false).0,
             acl: Mutex::new(acl),
             faults: Mutex::new(Faults::default()),
             log: Mutex::new(Vec::new()),
             cleared: AtomicUsize::new(0),
             parked: AtomicUsize::new(0),
+            conns: Arc::new(ConnLimit::default()),
+            follower: Mutex::new(None),
         });
+        let conns = shared.conns.clone();
         // Bound here, so the address is known before start() returns and
         // the first request can never race the bind.
         let std_listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0");
@@ -243,6 +255,7 @@ impl ConsulServer {
                 rt.block_on(async move {
                     let listener = KillListener(
                         tokio::net::TcpListener::from_std(std_listener).expect("tokio listener"),
+                        conns,
                     );
                     let serve =
                         axum::serve(listener, app.into_make_service_with_connect_info::<Conn>());
@@ -463,6 +476,48 @@ impl ConsulServer {
 
     pub fn drop_next_connections(&self, n: usize) {
         lock(&self.shared.faults).drop = n;
+    }
+
+    /// `limits.http_max_conns_per_client`: connections past `n` open ones
+    /// get Consul's raw 429 and are closed (0: no limit, the default here).
+    pub fn max_conns_per_client(&self, n: usize) {
+        self.shared.conns.max.store(n, Ordering::SeqCst);
+    }
+
+    /// Connections open now.
+    pub fn open_connections(&self) -> usize {
+        self.shared.conns.open.load(Ordering::SeqCst)
+    }
+
+    /// Connections refused with a 429 so far.
+    pub fn rejected_connections(&self) -> usize {
+        self.shared.conns.rejected.load(Ordering::SeqCst)
+    }
+
+    /// From now on `?stale` reads are answered by a follower that stopped
+    /// applying the leader's log at this moment and last heard from it
+    /// `last_contact` ago (X-Consul-LastContact; rpc.go's setQueryMeta sets
+    /// it from raft's LastContact on a follower): later writes are not in
+    /// its answers. Simplified: the follower answers at once, never parks.
+    pub fn lagging_follower(&self, last_contact: Duration) {
+        let snapshot = lock(&self.shared.store).clone();
+        *lock(&self.shared.follower) = Some((snapshot, last_contact));
+    }
+
+    /// The follower caught up: `?stale` reads see the leader's data again.
+    pub fn follower_caught_up(&self) {
+        *lock(&self.shared.follower) = None;
+    }
+
+    /// A frozen agent (a stopped process, a hung disk): connections are
+    /// accepted, but no request is answered, and no reply already computed
+    /// (a parked query woken by a write) is written, until `thaw`.
+    pub fn freeze(&self) {
+        self.shared.frozen.send_replace(true);
+    }
+
+    pub fn thaw(&self) {
+        self.shared.frozen.send_replace(false);
     }
 
     /// Closes the connections of the blocking queries waiting now, without

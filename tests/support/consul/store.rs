@@ -23,6 +23,7 @@ impl Entry {
 }
 
 /// The state store: entries, tombstones and the two indexes Consul keeps.
+#[derive(Clone)]
 pub(super) struct Store {
     /// The raft index: every write (even a failed CAS or a no-op) is a raft
     /// log entry and takes the next one.
@@ -105,14 +106,19 @@ impl Store {
         true
     }
 
+    /// kvsDeleteTreeTxn: the keys go, and one tombstone is left at the
+    /// prefix itself, not one per key (none when the prefix is "": every
+    /// watcher then sees the table index).
     pub(super) fn delete_tree(&mut self, prefix: &str) {
         let idx = self.next_index();
         let doomed: Vec<String> = self.under(prefix).map(|e| e.key.clone()).collect();
         for key in &doomed {
             self.entries.remove(key);
-            self.tombstones.insert(key.clone(), idx);
         }
         if !doomed.is_empty() {
+            if !prefix.is_empty() {
+                self.tombstones.insert(prefix.to_string(), idx);
+            }
             self.table = idx;
         }
     }
