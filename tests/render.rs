@@ -602,3 +602,40 @@ fn owner_and_group_are_set_by_name_and_an_unknown_user_is_an_error() {
         .stderr_has("owner \"no-such-user-x\": no such user")
         .file_is("a.conf", "old\n");
 }
+
+#[test]
+fn whitespace_switches_apply_per_template_over_top_level_defaults() {
+    let body = "{% if true %}\n  x\n  {% endif %}\nend";
+    Test::new()
+        .file("a.j2", body)
+        .file("b.j2", body)
+        .file(
+            "stencil.toml",
+            "trim_blocks = false\nkeep_trailing_newline = false\n\
+             [[templates]]\nsource = \"a.j2\"\ndestination = \"a.out\"\n\
+             [[templates]]\nsource = \"b.j2\"\ndestination = \"b.out\"\n\
+             trim_blocks = true\nlstrip_blocks = true\n",
+        )
+        .args(["render", "-c", "stencil.toml"])
+        .run()
+        .success()
+        // Top-level defaults: no block trimming, Go-like.
+        .file_is("a.out", "\n  x\n  \nend")
+        // The template's own switches: the tag lines vanish.
+        .file_is("b.out", "  x\nend");
+}
+
+#[test]
+fn an_unknown_whitespace_key_is_an_error_with_its_line() {
+    Test::new()
+        .file("a.j2", "x")
+        .file(
+            "stencil.toml",
+            "[[templates]]\nsource = \"a.j2\"\ntrim_block = false\n",
+        )
+        .args(["render", "-c", "stencil.toml"])
+        .run()
+        .code(2)
+        .stderr_has("line 3")
+        .stderr_has("trim_block");
+}

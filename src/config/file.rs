@@ -13,6 +13,7 @@ use toml::Spanned;
 use super::sources::SourceTable;
 use super::{Config, DEFAULT_COMMAND_TIMEOUT, Destination, ExecTable, TemplateSpec, valid_name};
 use crate::spec::{CommandSpec, Debounce, de_command_opt, duration_serde, duration_serde_opt};
+use crate::template::Whitespace;
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -24,6 +25,27 @@ struct FileConfig {
     #[serde(default)]
     templates: Vec<Spanned<TemplateToml>>,
     exec: Option<ExecTable>,
+    trim_blocks: Option<bool>,
+    lstrip_blocks: Option<bool>,
+    keep_trailing_newline: Option<bool>,
+}
+
+/// `trim_blocks`, `lstrip_blocks`, `keep_trailing_newline`: at the top
+/// level they are the defaults of every template; in `[[templates]]` they
+/// override them for that template.
+/// (Written out in both structs, not flattened: serde's `flatten` would
+/// turn off `deny_unknown_fields`.)
+fn whitespace_over(
+    trim: Option<bool>,
+    lstrip: Option<bool>,
+    keep: Option<bool>,
+    base: Whitespace,
+) -> Whitespace {
+    Whitespace {
+        trim_blocks: trim.unwrap_or(base.trim_blocks),
+        lstrip_blocks: lstrip.unwrap_or(base.lstrip_blocks),
+        keep_trailing_newline: keep.unwrap_or(base.keep_trailing_newline),
+    }
 }
 
 #[derive(Debug, Deserialize)]
@@ -47,6 +69,9 @@ struct TemplateToml {
     #[serde(default)]
     create_dirs: bool,
     wait: Option<WaitToml>,
+    trim_blocks: Option<bool>,
+    lstrip_blocks: Option<bool>,
+    keep_trailing_newline: Option<bool>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -114,6 +139,12 @@ impl Config {
         self.wait = file.wait.map(Debounce::from);
         self.listen = file.listen.map(|l| l.address);
         self.exec = file.exec;
+        self.whitespace = whitespace_over(
+            file.trim_blocks,
+            file.lstrip_blocks,
+            file.keep_trailing_newline,
+            Whitespace::default(),
+        );
         for (name, table) in file.sources {
             let at = position(table.span());
             let table = table.into_inner();
@@ -128,14 +159,16 @@ impl Config {
         }
         for tmpl in file.templates {
             let at = position(tmpl.span());
-            self.templates.push(tmpl.into_inner().resolve(base, at));
+            let whitespace = self.whitespace;
+            self.templates
+                .push(tmpl.into_inner().resolve(base, at, whitespace));
         }
         Ok(())
     }
 }
 
 impl TemplateToml {
-    fn resolve(self, base: &Path, origin: String) -> TemplateSpec {
+    fn resolve(self, base: &Path, origin: String, defaults: Whitespace) -> TemplateSpec {
         let destination = match self.destination.as_deref() {
             None | Some("-") => Destination::Stdout,
             Some(d) => Destination::File(base.join(d)),
@@ -153,6 +186,12 @@ impl TemplateToml {
             backup: self.backup,
             create_dirs: self.create_dirs,
             wait: self.wait.map(Debounce::from),
+            whitespace: whitespace_over(
+                self.trim_blocks,
+                self.lstrip_blocks,
+                self.keep_trailing_newline,
+                defaults,
+            ),
             origin,
         }
     }

@@ -24,6 +24,7 @@ use crate::cli::TemplateArgs;
 use crate::error::{UsageContext, usage};
 use crate::source::SourceSpec;
 use crate::spec::{CommandSpec, Debounce, de_command_opt, duration_serde, signal_serde_opt};
+use crate::template::Whitespace;
 
 mod file;
 mod sources;
@@ -48,6 +49,9 @@ pub struct Config {
     pub templates: Vec<TemplateSpec>,
     /// The `[exec]` table, for `stencil exec`; its flags win over it.
     pub exec: Option<ExecTable>,
+    /// The top-level `trim_blocks`, `lstrip_blocks`,
+    /// `keep_trailing_newline`: what a template without its own gets.
+    pub whitespace: Whitespace,
 }
 
 /// What the command line says about the configuration. Watch and exec keep
@@ -132,6 +136,8 @@ pub struct TemplateSpec {
     pub backup: bool,
     pub create_dirs: bool,
     pub wait: Option<Debounce>,
+    /// Jinja's whitespace switches for this template.
+    pub whitespace: Whitespace,
     /// Where this template was declared, for error messages:
     /// `stencil.toml:12` or `-t flag`.
     pub origin: String,
@@ -183,7 +189,9 @@ impl Config {
             config.add_source(&name, spec, &format!("--source {source}"))?;
         }
         for flag in &args.templates {
-            config.templates.push(parse_template_flag(flag)?);
+            let mut spec = parse_template_flag(flag)?;
+            spec.whitespace = config.whitespace;
+            config.templates.push(spec);
         }
         config.validate()?;
         Ok(config)
@@ -324,6 +332,7 @@ pub fn parse_template_flag(flag: &str) -> Result<TemplateSpec> {
         backup: false,
         create_dirs: false,
         wait: None,
+        whitespace: Whitespace::default(),
         origin: format!("-t {flag}"),
     })
 }
