@@ -29,6 +29,7 @@ mod cli;
 mod command;
 mod commands;
 mod config;
+mod convert;
 mod error;
 mod exec;
 mod install;
@@ -50,6 +51,7 @@ pub use error::Exit;
 // The public surface: what the integration tests and the fuzz targets
 // reach into. Everything else is private to the crate.
 pub use config::{Config, parse_source_flag, parse_template_flag};
+pub use convert::{Converted, GoError, go_to_jinja};
 pub use man::pages as man_pages;
 pub use runtime::{block_on, get as async_runtime};
 pub use source::consul::{ConsulConfig, ConsulSource, MIN_INTERVAL as CONSUL_MIN_INTERVAL};
@@ -104,6 +106,7 @@ where
         Command::Check(args) => commands::check(&args.templates),
         Command::Deps(args) => commands::deps(&args),
         Command::Exec(args) => exec::run(&args),
+        Command::Convert(args) => convert::run(&args),
         Command::Subst(args) => subst::run(
             &args,
             &mut std::io::stdin().lock(),

@@ -31,6 +31,11 @@ pub const FUNCTIONS: &[&str] = &[
     "lsdir",
     "keyOrDefault",
     "keyExists",
+    // Go's builtins, for converted templates (gofmt.rs).
+    "print",
+    "printf",
+    "println",
+    "go_range",
 ];
 
 pub(super) fn register(env: &mut Environment<'static>) {

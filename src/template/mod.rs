@@ -15,6 +15,7 @@
 
 mod filters;
 mod functions;
+mod gofmt;
 mod reads;
 
 use std::collections::BTreeSet;
@@ -238,6 +239,7 @@ fn new_environment(whitespace: Whitespace) -> Environment<'static> {
     env.set_unknown_method_callback(minijinja_contrib::pycompat::unknown_method_callback);
 
     functions::register(&mut env);
+    gofmt::register(&mut env);
     filters::register(&mut env);
     env
 }
