@@ -28,7 +28,10 @@ const TEMPLATE_KEYS: &[&str] = &[
 ];
 
 pub(super) fn plan(args: &ConsulTemplateArgs) -> Result<Plan> {
-    let mut plan = Plan::default();
+    let mut plan = Plan {
+        consul_template: true,
+        ..Plan::default()
+    };
     let mut consul = toml::Table::new();
     consul.insert("kind".into(), "consul".into());
     if let Some(config) = &args.config {

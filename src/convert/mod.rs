@@ -70,10 +70,11 @@ pub struct Converted {
     pub missing: Vec<String>,
 }
 
-/// Translates one Go template to Jinja (for the fuzz target and tests).
-pub fn go_to_jinja(src: &str) -> Result<Converted, GoError> {
+/// Translates one Go template to Jinja (for the fuzz target and tests):
+/// with confd's functions, or consul-template's.
+pub fn go_to_jinja(src: &str, consul_template: bool) -> Result<Converted, GoError> {
     let nodes = parse::parse(src)?;
-    let mut t = translate::Translator::new(crate::template::FUNCTIONS);
+    let mut t = translate::Translator::new(crate::template::FUNCTIONS, consul_template);
     let mut out = String::new();
     t.nodes(&nodes, &mut out)?;
     Ok(Converted {
@@ -107,6 +108,7 @@ pub(crate) struct Plan {
     pub templates: Vec<PlanTemplate>,
     pub wait: Option<(String, Option<String>)>,
     pub report: Vec<String>,
+    pub consul_template: bool,
 }
 
 pub(crate) fn run(args: &ConvertArgs) -> Result<Exit> {

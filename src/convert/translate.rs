@@ -128,6 +128,9 @@ pub(crate) struct Notes {
 pub(crate) struct Translator<'a> {
     /// stencil's own functions.
     known: &'a [&'a str],
+    /// consul-template's functions rather than confd's, where a name means
+    /// different things (`ls`: pairs there, names in confd).
+    consul_template: bool,
     /// The expression `.` stands for, innermost last; None at the top,
     /// where confd and consul-template pass no data.
     dots: Vec<Option<String>>,
@@ -143,9 +146,10 @@ fn err(offset: usize, what: &str, construct: &str) -> GoError {
 }
 
 impl<'a> Translator<'a> {
-    pub(crate) fn new(known: &'a [&'a str]) -> Translator<'a> {
+    pub(crate) fn new(known: &'a [&'a str], consul_template: bool) -> Translator<'a> {
         Translator {
             known,
+            consul_template,
             dots: vec![None],
             vars: HashMap::new(),
             loops: 0,
@@ -329,7 +333,14 @@ impl<'a> Translator<'a> {
     fn pipeline(&mut self, p: &Pipeline) -> Result<(String, bool), GoError> {
         let mut acc: Option<(String, bool)> = None;
         for cmd in &p.cmds {
-            acc = Some(self.command(cmd, acc, p.offset)?);
+            // Errors found below the action carry no offset: the action's.
+            let r = self.command(cmd, acc, p.offset).map_err(|mut e| {
+                if e.offset == 0 {
+                    e.offset = p.offset;
+                }
+                e
+            });
+            acc = Some(r?);
         }
         Ok(acc.unwrap_or_default())
     }
@@ -362,57 +373,25 @@ impl<'a> Translator<'a> {
     }
 
     fn call(&mut self, name: &str, args: &[String], at: usize) -> Result<(String, bool), GoError> {
-        let need = |n: usize| {
-            if args.len() < n {
-                Err(err(at, &format!("{name} needs {n} arguments"), name))
-            } else {
-                Ok(())
-            }
-        };
-        let cmp = |op: &str| -> Result<(String, bool), GoError> {
-            need(2)?;
-            Ok((format!("({} {op} {})", args[0], args[1]), false))
-        };
+        if let Some(r) = builtin(name, args, at)? {
+            return Ok(r);
+        }
         Ok(match name {
-            "and" | "or" => {
-                need(1)?;
-                (format!("({})", args.join(&format!(" {name} "))), false)
+            // Unset is "" in both tools; confd's second argument is the
+            // default for unset or empty.
+            "env" | "getenv" if args.len() == 1 => {
+                (format!("(env[{}] | default(\"\"))", args[0]), true)
             }
-            "not" => {
-                need(1)?;
-                (format!("(not {})", args[0]), false)
-            }
-            "eq" => {
-                need(2)?;
-                let alts: Vec<String> = args[1..]
-                    .iter()
-                    .map(|b| format!("{} == {b}", args[0]))
-                    .collect();
-                (format!("({})", alts.join(" or ")), false)
-            }
-            "ne" => cmp("!=")?,
-            "lt" => cmp("<")?,
-            "le" => cmp("<=")?,
-            "gt" => cmp(">")?,
-            "ge" => cmp(">=")?,
-            "len" => {
-                need(1)?;
-                (format!("({} | length)", args[0]), false)
-            }
-            "index" => {
-                need(1)?;
-                let keys: String = args[1..].iter().map(|k| format!("[{k}]")).collect();
-                (format!("{}{keys}", args[0]), false)
-            }
-            "slice" => {
-                need(1)?;
-                let r = match &args[1..] {
-                    [] => ":".to_string(),
-                    [i] => format!("{i}:"),
-                    [i, j] => format!("{i}:{j}"),
-                    _ => return Err(err(at, "3-index slice cannot be translated", "slice")),
-                };
-                (format!("{}[{r}]", args[0]), false)
+            "getenv" if args.len() == 2 => (
+                format!("(env[{}] | default({}, true))", args[0], args[1]),
+                true,
+            ),
+            // consul-template's ls and tree give {Key, Value} pairs, stencil's
+            // ls gives names: a differently named call, reported as missing.
+            "ls" | "tree" | "safeLs" | "safeTree" if self.consul_template => {
+                let n = format!("{name}_pairs");
+                self.notes.missing.insert(n.clone());
+                (format!("{n}({})", args.join(", ")), false)
             }
             "html" | "js" | "call" => {
                 return Err(err(
@@ -570,4 +549,62 @@ fn number(n: &str) -> Option<String> {
         return Some(format!("{sign}{digits}"));
     }
     digits.parse::<f64>().ok().map(|f| format!("{sign}{f:?}"))
+}
+
+/// Go's own functions, or None for another name.
+fn builtin(name: &str, args: &[String], at: usize) -> Result<Option<(String, bool)>, GoError> {
+    let need = |n: usize| {
+        if args.len() < n {
+            Err(err(at, &format!("{name} needs {n} arguments"), name))
+        } else {
+            Ok(())
+        }
+    };
+    let cmp = |op: &str| -> Result<(String, bool), GoError> {
+        need(2)?;
+        Ok((format!("({} {op} {})", args[0], args[1]), false))
+    };
+    Ok(Some(match name {
+        "and" | "or" => {
+            need(1)?;
+            (format!("({})", args.join(&format!(" {name} "))), false)
+        }
+        "not" => {
+            need(1)?;
+            (format!("(not {})", args[0]), false)
+        }
+        "eq" => {
+            need(2)?;
+            let alts: Vec<String> = args[1..]
+                .iter()
+                .map(|b| format!("{} == {b}", args[0]))
+                .collect();
+            (format!("({})", alts.join(" or ")), false)
+        }
+        "ne" => cmp("!=")?,
+        "lt" => cmp("<")?,
+        "le" => cmp("<=")?,
+        "gt" => cmp(">")?,
+        "ge" => cmp(">=")?,
+        "len" => {
+            need(1)?;
+            (format!("({} | length)", args[0]), false)
+        }
+        "index" => {
+            need(1)?;
+            let keys: String = args[1..].iter().map(|k| format!("[{k}]")).collect();
+            (format!("{}{keys}", args[0]), false)
+        }
+        "slice" => {
+            need(1)?;
+            let r = match &args[1..] {
+                [] => ":".to_string(),
+                [i] => format!("{i}:"),
+                [i, j] => format!("{i}:{j}"),
+                _ => return Err(err(at, "3-index slice cannot be translated", "slice")),
+            };
+            (format!("{}[{r}]", args[0]), false)
+        }
+        _ => return Ok(None),
+    }))
 }

@@ -19,7 +19,7 @@ pub(super) fn write(plan: Plan, output: Option<&PathBuf>, force: bool) -> Result
     let mut files: Vec<(PathBuf, String)> = Vec::new();
     let mut errors = Vec::new();
     for t in &plan.templates {
-        match translate(t, &mut report) {
+        match translate(t, plan.consul_template, &mut report) {
             Ok(jinja) => files.push((dir.join("templates").join(format!("{}.j2", t.name)), jinja)),
             Err(e) => errors.push(format!("{e:#}")),
         }
@@ -58,10 +58,11 @@ pub(super) fn write(plan: Plan, output: Option<&PathBuf>, force: bool) -> Result
     Ok(Exit::Success)
 }
 
-fn translate(t: &PlanTemplate, report: &mut Vec<String>) -> Result<String> {
+fn translate(t: &PlanTemplate, consul_template: bool, report: &mut Vec<String>) -> Result<String> {
     let src = std::fs::read_to_string(&t.go_source)
         .with_context(|| format!("cannot read template {}", t.go_source.display()))?;
-    let converted = go_to_jinja(&src).map_err(|e| anyhow::anyhow!(e.at(&t.go_source, &src)))?;
+    let converted = go_to_jinja(&src, consul_template)
+        .map_err(|e| anyhow::anyhow!(e.at(&t.go_source, &src)))?;
     for f in &converted.missing {
         report.push(format!(
             "{}: calls {f}, which stencil does not have yet: rendering fails until it does",
