@@ -62,7 +62,7 @@ pub use spec::{Debounce, MAX_DURATION, WaitTarget, parse_duration, parse_signal}
 pub use subst::{
     Env as SubstEnv, Options as SubstOptions, Substituter, names as subst_names, substitute,
 };
-pub use template::{FILTERS, FUNCTIONS, Scope, Template};
+pub use template::{FILTERS, FUNCTIONS, Scope, Template, Whitespace};
 
 /// Runs stencil with `args` (the first is the program name) and returns
 /// the process exit code, printing errors on stderr.

@@ -118,3 +118,57 @@ pub(crate) fn run(args: &ConvertArgs) -> Result<Exit> {
     };
     write::write(plan, args.output.as_ref(), args.force)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The fuzz target's property on every prefix of tricky inputs: no
+    /// panic, errors point inside the text, translations parse as Jinja.
+    #[test]
+    fn every_prefix_translates_to_valid_jinja_or_errs_inside_the_text() {
+        let inputs = [
+            "a {{- /* c */ -}} b {{if and .X (not $)}}{{else if eq 1 2 3}}{{else}}{{end}}",
+            "{{range $i, $e := getvs \"/a/*\"}}{{$i}}{{.}}{{break}}{{else}}none{{end}}{",
+            "{{with $x := getv \"/k\" \"d\"}}{{$x}}{{printf \"%5.2f|%-3s\" 1.5 `raw`}}{{end}}",
+            "{% raw %}{# {{ \"{{\" }} {{ 'a' }} {{ 0x1F }} {{ -1.5e3 }} {{ (len \"é\") }}",
+            "{{ $a := 1 }}{{ range getvs \"/x\" }}{{ $a = 2 }}{{ end }}{{ index . 1 }}",
+        ];
+        for input in inputs {
+            for (i, _) in input.char_indices() {
+                let src = &input[..i];
+                for ct in [false, true] {
+                    match go_to_jinja(src, ct) {
+                        Ok(c) => {
+                            let ws = crate::template::Whitespace {
+                                trim_blocks: false,
+                                lstrip_blocks: false,
+                                keep_trailing_newline: true,
+                            };
+                            let parsed = crate::template::Template::with_whitespace(
+                                Path::new("t.j2"),
+                                c.jinja.clone(),
+                                ws,
+                            );
+                            assert!(parsed.is_ok(), "{src:?} -> {:?}", c.jinja);
+                        }
+                        Err(e) => assert!(src.is_char_boundary(e.offset) && e.offset <= src.len()),
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn go_whitespace_and_text_survive_translation() {
+        let c = go_to_jinja(
+            "a {\n{{- range getvs \"/x\"}}\n  {{.}};\n{{- end}}\n}\n",
+            false,
+        )
+        .unwrap();
+        assert_eq!(
+            c.jinja,
+            "a {{ \"{\" }}{% for _item1 in getvs(\"/x\") %}\n  {{ print(_item1) }};{% endfor %}\n}\n"
+        );
+    }
+}
