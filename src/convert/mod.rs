@@ -3,11 +3,12 @@
 //!
 //! - `lex`, `parse`: Go's text/template, as Go reads it (trim markers
 //!   applied to the text, comments dropped).
-//! - `translate`: the tree as Jinja, under Go's whitespace rules
+//! - `translate`, `builtins`: the tree as Jinja, under Go's whitespace rules
 //!   (`trim_blocks = false`).
 //! - `confd`, `consul_template`: their config files -> [`Plan`].
 //! - `write`: the output directory and the report.
 
+mod builtins;
 mod confd;
 mod consul_template;
 mod lex;
