@@ -639,3 +639,29 @@ fn an_unknown_whitespace_key_is_an_error_with_its_line() {
         .stderr_has("line 3")
         .stderr_has("trim_block");
 }
+
+#[test]
+fn confd_getvs_sorts_by_value_not_by_key() {
+    // confd's GetAllValues ends with sort.Strings: z-key's "a" comes first.
+    Test::new()
+        .file("a.j2", "{{ getvs(\"/hosts/*\") | join(\",\") }}\n")
+        .file(
+            "d.json",
+            r#"{"hosts": {"a": "zeta", "b": "alpha", "c": "mid"}}"#,
+        )
+        .args(["render", "--data", "d.json", "-t", "a.j2"])
+        .run()
+        .success()
+        .stdout_is("alpha,mid,zeta\n");
+}
+
+#[test]
+fn a_data_file_with_dots_in_its_name_is_accepted() {
+    Test::new()
+        .file("vars/nginx.conf.yml", "port: 8080\n")
+        .file("a.j2", "{{ key('port', source='nginx_conf') }}\n")
+        .args(["render", "--data", "vars/nginx.conf.yml", "-t", "a.j2"])
+        .run()
+        .success()
+        .stdout_is("8080\n");
+}

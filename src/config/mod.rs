@@ -170,11 +170,21 @@ impl Config {
             let (name, path) = match data.split_once('=') {
                 Some((name, path)) if valid_name(name) => (name.to_string(), path),
                 _ => {
-                    let name = Path::new(data)
+                    // `vars/nginx.conf.yml` is source `nginx_conf`: a
+                    // file name may hold characters a name may not.
+                    let name: String = Path::new(data)
                         .file_stem()
                         .and_then(|s| s.to_str())
                         .unwrap_or("data")
-                        .to_string();
+                        .chars()
+                        .map(|c| {
+                            if c.is_ascii_alphanumeric() || c == '-' {
+                                c
+                            } else {
+                                '_'
+                            }
+                        })
+                        .collect();
                     (name, data.as_str())
                 }
             };
