@@ -665,3 +665,25 @@ fn a_data_file_with_dots_in_its_name_is_accepted() {
         .success()
         .stdout_is("8080\n");
 }
+
+#[test]
+fn go_helpers_behave_as_in_confd_and_consul_template() {
+    let tpl = concat!(
+        "{{ toUpper('ab') }} {{ toLower('AB') }} {{ base('/a/b/') }} {{ dir('/a/b/c') }}\n",
+        "{{ trimSuffix('x.conf', '.conf') }} {{ atoi('+7') + 1 }} {{ seq(1, 3) | join(',') }}\n",
+        "[{{ trimSpace('  x \\n') }}] {{ replaceAll('o', '0', 'foo') }}\n",
+        "{{ parseBool('') }} {{ parseBool('T') }} {{ parseInt('') }} {{ parseInt('-12') }}\n",
+    );
+    Test::new()
+        .file("a.j2", tpl)
+        .args(["render", "-t", "a.j2"])
+        .run()
+        .success()
+        .stdout_is("AB ab b /a/b\nx 8 1,2,3\n[x] f00\nfalse true 0 -12\n");
+    Test::new()
+        .file("a.j2", "{{ atoi('x1') }}\n")
+        .args(["render", "-t", "a.j2"])
+        .run()
+        .code(1)
+        .stderr_has("atoi: parsing \"x1\": invalid syntax");
+}

@@ -36,6 +36,18 @@ pub const FUNCTIONS: &[&str] = &[
     "printf",
     "println",
     "go_range",
+    // confd's and consul-template's helpers (aliases.rs).
+    "toUpper",
+    "toLower",
+    "base",
+    "dir",
+    "trimSuffix",
+    "atoi",
+    "seq",
+    "trimSpace",
+    "replaceAll",
+    "parseBool",
+    "parseInt",
 ];
 
 pub(super) fn register(env: &mut Environment<'static>) {

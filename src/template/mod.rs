@@ -13,6 +13,7 @@
 //!   progress that the functions record into.
 //! - `functions`, `filters`: what stencil adds to minijinja.
 
+mod aliases;
 mod filters;
 mod functions;
 mod gofmt;
@@ -240,6 +241,7 @@ fn new_environment(whitespace: Whitespace) -> Environment<'static> {
 
     functions::register(&mut env);
     gofmt::register(&mut env);
+    aliases::register(&mut env);
     filters::register(&mut env);
     env
 }
