@@ -161,6 +161,19 @@ mod tests {
     }
 
     #[test]
+    fn a_field_after_a_space_is_an_argument_not_a_chain() {
+        let c = go_to_jinja(
+            "{{range gets \"/x\"}}{{base .Key}}{{(base .Key).A}}{{end}}",
+            false,
+        )
+        .unwrap();
+        assert_eq!(
+            c.jinja,
+            "{% for _item1 in gets(\"/x\") %}{{ base(_item1.Key) }}{{ print((base(_item1.Key)).A) }}{% endfor %}"
+        );
+    }
+
+    #[test]
     fn go_whitespace_and_text_survive_translation() {
         let c = go_to_jinja(
             "a {\n{{- range getvs \"/x\"}}\n  {{.}};\n{{- end}}\n}\n",

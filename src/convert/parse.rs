@@ -278,9 +278,22 @@ fn operand(toks: &[(Tok, usize)], at: usize) -> Result<(Expr, usize), GoError> {
             ));
         }
     };
-    while let Some((Tok::Field(f), _)) = toks.get(used) {
+    // `x.F` chains a field; `x .F` (with a space) is a second operand.
+    while let Some((Tok::Field(f), at)) = toks.get(used) {
+        if *at != end_of(&toks[used - 1]) {
+            break;
+        }
         e = Expr::Field(Box::new(e), f.clone());
         used += 1;
     }
     Ok((e, used))
+}
+
+/// Where a token ends, for the tokens a field can follow directly.
+fn end_of((tok, at): &(Tok, usize)) -> usize {
+    at + match tok {
+        Tok::Ident(w) => w.len(),
+        Tok::Field(f) | Tok::Var(f) => f.len() + 1,
+        _ => 1,
+    }
 }
