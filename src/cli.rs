@@ -12,6 +12,9 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 
 use crate::spec::{Debounce, WaitTarget, parse_duration, parse_listen, parse_signal};
 
+mod convert;
+pub use convert::{ConfdArgs, ConsulTemplateArgs, ConvertArgs, ConvertCommand};
+
 const ABOUT: &str = "Render configuration files from templates with data from environment \
 variables, data files, Consul and etcd; install them atomically; check before and reload after.";
 
@@ -156,6 +159,12 @@ pub enum Command {
     /// run, 127 when it is not found.
     #[command(after_help = EXEC_EXAMPLES)]
     Exec(ExecArgs),
+
+    /// Turn a confd or consul-template setup into stencil.toml and Jinja templates.
+    ///
+    /// Writes DIR/stencil.toml and DIR/templates/*.j2, refusing to overwrite
+    /// unless --force, and prints a report of every judgement call.
+    Convert(ConvertArgs),
 
     /// Print a shell completion script.
     #[command(after_help = "Example:\n  stencil completions bash > /etc/bash_completion.d/stencil")]

@@ -29,6 +29,7 @@ mod cli;
 mod command;
 mod commands;
 mod config;
+mod convert;
 mod error;
 mod exec;
 mod install;
@@ -50,6 +51,7 @@ pub use error::Exit;
 // The public surface: what the integration tests and the fuzz targets
 // reach into. Everything else is private to the crate.
 pub use config::{Config, parse_source_flag, parse_template_flag};
+pub use convert::{Converted, GoError, go_to_jinja};
 pub use man::pages as man_pages;
 pub use runtime::{block_on, get as async_runtime};
 pub use source::consul::{
@@ -62,7 +64,7 @@ pub use spec::{Debounce, MAX_DURATION, WaitTarget, parse_duration, parse_signal}
 pub use subst::{
     Env as SubstEnv, Options as SubstOptions, Substituter, names as subst_names, substitute,
 };
-pub use template::{FILTERS, FUNCTIONS, Scope, Template};
+pub use template::{FILTERS, FUNCTIONS, Scope, Template, Whitespace};
 
 /// Runs stencil with `args` (the first is the program name) and returns
 /// the process exit code, printing errors on stderr.
@@ -108,6 +110,7 @@ where
         Command::Check(args) => commands::check(&args.templates),
         Command::Deps(args) => commands::deps(&args),
         Command::Exec(args) => exec::run(&args),
+        Command::Convert(args) => convert::run(&args),
         Command::Subst(args) => subst::run(
             &args,
             &mut std::io::stdin().lock(),

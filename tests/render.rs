@@ -602,3 +602,88 @@ fn owner_and_group_are_set_by_name_and_an_unknown_user_is_an_error() {
         .stderr_has("owner \"no-such-user-x\": no such user")
         .file_is("a.conf", "old\n");
 }
+
+#[test]
+fn whitespace_switches_apply_per_template_over_top_level_defaults() {
+    let body = "{% if true %}\n  x\n  {% endif %}\nend";
+    Test::new()
+        .file("a.j2", body)
+        .file("b.j2", body)
+        .file(
+            "stencil.toml",
+            "trim_blocks = false\nkeep_trailing_newline = false\n\
+             [[templates]]\nsource = \"a.j2\"\ndestination = \"a.out\"\n\
+             [[templates]]\nsource = \"b.j2\"\ndestination = \"b.out\"\n\
+             trim_blocks = true\nlstrip_blocks = true\n",
+        )
+        .args(["render", "-c", "stencil.toml"])
+        .run()
+        .success()
+        // Top-level defaults: no block trimming, Go-like.
+        .file_is("a.out", "\n  x\n  \nend")
+        // The template's own switches: the tag lines vanish.
+        .file_is("b.out", "  x\nend");
+}
+
+#[test]
+fn an_unknown_whitespace_key_is_an_error_with_its_line() {
+    Test::new()
+        .file("a.j2", "x")
+        .file(
+            "stencil.toml",
+            "[[templates]]\nsource = \"a.j2\"\ntrim_block = false\n",
+        )
+        .args(["render", "-c", "stencil.toml"])
+        .run()
+        .code(2)
+        .stderr_has("line 3")
+        .stderr_has("trim_block");
+}
+
+#[test]
+fn confd_getvs_sorts_by_value_not_by_key() {
+    // confd's GetAllValues ends with sort.Strings: z-key's "a" comes first.
+    Test::new()
+        .file("a.j2", "{{ getvs(\"/hosts/*\") | join(\",\") }}\n")
+        .file(
+            "d.json",
+            r#"{"hosts": {"a": "zeta", "b": "alpha", "c": "mid"}}"#,
+        )
+        .args(["render", "--data", "d.json", "-t", "a.j2"])
+        .run()
+        .success()
+        .stdout_is("alpha,mid,zeta\n");
+}
+
+#[test]
+fn a_data_file_with_dots_in_its_name_is_accepted() {
+    Test::new()
+        .file("vars/nginx.conf.yml", "port: 8080\n")
+        .file("a.j2", "{{ key('port', source='nginx_conf') }}\n")
+        .args(["render", "--data", "vars/nginx.conf.yml", "-t", "a.j2"])
+        .run()
+        .success()
+        .stdout_is("8080\n");
+}
+
+#[test]
+fn go_helpers_behave_as_in_confd_and_consul_template() {
+    let tpl = concat!(
+        "{{ toUpper('ab') }} {{ toLower('AB') }} {{ base('/a/b/') }} {{ dir('/a/b/c') }}\n",
+        "{{ trimSuffix('x.conf', '.conf') }} {{ atoi('+7') + 1 }} {{ seq(1, 3) | join(',') }}\n",
+        "[{{ trimSpace('  x \\n') }}] {{ replaceAll('o', '0', 'foo') }}\n",
+        "{{ parseBool('') }} {{ parseBool('T') }} {{ parseInt('') }} {{ parseInt('-12') }}\n",
+    );
+    Test::new()
+        .file("a.j2", tpl)
+        .args(["render", "-t", "a.j2"])
+        .run()
+        .success()
+        .stdout_is("AB ab b /a/b\nx 8 1,2,3\n[x] f00\nfalse true 0 -12\n");
+    Test::new()
+        .file("a.j2", "{{ atoi('x1') }}\n")
+        .args(["render", "-t", "a.j2"])
+        .run()
+        .code(1)
+        .stderr_has("atoi: parsing \"x1\": invalid syntax");
+}

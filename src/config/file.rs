@@ -16,6 +16,7 @@ use super::{
     valid_name,
 };
 use crate::spec::{CommandSpec, Debounce, de_command_opt, duration_serde, duration_serde_opt};
+use crate::template::Whitespace;
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -28,6 +29,27 @@ struct FileConfig {
     templates: Vec<Spanned<TemplateToml>>,
     exec: Option<ExecTable>,
     on_reload_failure: Option<OnReloadFailure>,
+    trim_blocks: Option<bool>,
+    lstrip_blocks: Option<bool>,
+    keep_trailing_newline: Option<bool>,
+}
+
+/// `trim_blocks`, `lstrip_blocks`, `keep_trailing_newline`: at the top
+/// level they are the defaults of every template; in `[[templates]]` they
+/// override them for that template.
+/// (Written out in both structs, not flattened: serde's `flatten` would
+/// turn off `deny_unknown_fields`.)
+fn whitespace_over(
+    trim: Option<bool>,
+    lstrip: Option<bool>,
+    keep: Option<bool>,
+    base: Whitespace,
+) -> Whitespace {
+    Whitespace {
+        trim_blocks: trim.unwrap_or(base.trim_blocks),
+        lstrip_blocks: lstrip.unwrap_or(base.lstrip_blocks),
+        keep_trailing_newline: keep.unwrap_or(base.keep_trailing_newline),
+    }
 }
 
 #[derive(Debug, Deserialize)]
@@ -56,6 +78,9 @@ struct TemplateToml {
     #[serde(default)]
     secret: bool,
     wait: Option<WaitToml>,
+    trim_blocks: Option<bool>,
+    lstrip_blocks: Option<bool>,
+    keep_trailing_newline: Option<bool>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -139,6 +164,12 @@ impl Config {
         self.listen = file.listen.map(|l| l.address);
         self.exec = file.exec;
         self.on_reload_failure = file.on_reload_failure.unwrap_or_default();
+        self.whitespace = whitespace_over(
+            file.trim_blocks,
+            file.lstrip_blocks,
+            file.keep_trailing_newline,
+            Whitespace::default(),
+        );
         for (name, table) in file.sources {
             let at = position(table.span());
             let table = table.into_inner();
@@ -153,7 +184,10 @@ impl Config {
         }
         for tmpl in file.templates {
             let at = position(tmpl.span());
-            let spec = tmpl.into_inner().resolve(base, at, self.on_reload_failure);
+            let whitespace = self.whitespace;
+            let spec = tmpl
+                .into_inner()
+                .resolve(base, at, self.on_reload_failure, whitespace);
             self.templates.push(spec);
         }
         Ok(())
@@ -161,13 +195,14 @@ impl Config {
 }
 
 impl TemplateToml {
-    /// The template as stencil uses it; `on_reload_failure` is the
-    /// top-level default.
+    /// The template as stencil uses it; `on_reload_failure` and
+    /// `defaults` are the top-level defaults.
     fn resolve(
         self,
         base: &Path,
         origin: String,
         on_reload_failure: OnReloadFailure,
+        defaults: Whitespace,
     ) -> TemplateSpec {
         let destination = match self.destination.as_deref() {
             None | Some("-") => Destination::Stdout,
@@ -188,6 +223,12 @@ impl TemplateToml {
             create_dirs: self.create_dirs,
             secret: self.secret,
             wait: self.wait.map(Debounce::from),
+            whitespace: whitespace_over(
+                self.trim_blocks,
+                self.lstrip_blocks,
+                self.keep_trailing_newline,
+                defaults,
+            ),
             origin,
         }
     }

@@ -24,6 +24,7 @@ use crate::cli::TemplateArgs;
 use crate::error::{UsageContext, usage};
 use crate::source::SourceSpec;
 use crate::spec::{CommandSpec, Debounce, de_command_opt, duration_serde, signal_serde_opt};
+use crate::template::Whitespace;
 
 mod file;
 mod sources;
@@ -51,6 +52,9 @@ pub struct Config {
     /// The top-level `on_reload_failure`: what templates that set none of
     /// their own (and `-t` templates) do when their reload fails.
     pub on_reload_failure: OnReloadFailure,
+    /// The top-level `trim_blocks`, `lstrip_blocks`,
+    /// `keep_trailing_newline`: what a template without its own gets.
+    pub whitespace: Whitespace,
 }
 
 /// What a failed reload does to the files it was reloading onto.
@@ -150,6 +154,8 @@ pub struct TemplateSpec {
     /// without `--show-secrets`), nor its commands' output in `/status`.
     pub secret: bool,
     pub wait: Option<Debounce>,
+    /// Jinja's whitespace switches for this template.
+    pub whitespace: Whitespace,
     /// Where this template was declared, for error messages:
     /// `stencil.toml:12` or `-t flag`.
     pub origin: String,
@@ -190,11 +196,21 @@ impl Config {
             let (name, path) = match data.split_once('=') {
                 Some((name, path)) if valid_name(name) => (name.to_string(), path),
                 _ => {
-                    let name = Path::new(data)
+                    // `vars/nginx.conf.yml` is source `nginx_conf`: a
+                    // file name may hold characters a name may not.
+                    let name: String = Path::new(data)
                         .file_stem()
                         .and_then(|s| s.to_str())
                         .unwrap_or("data")
-                        .to_string();
+                        .chars()
+                        .map(|c| {
+                            if c.is_ascii_alphanumeric() || c == '-' {
+                                c
+                            } else {
+                                '_'
+                            }
+                        })
+                        .collect();
                     (name, data.as_str())
                 }
             };
@@ -211,6 +227,7 @@ impl Config {
         for flag in &args.templates {
             let mut spec = parse_template_flag(flag)?;
             spec.on_reload_failure = config.on_reload_failure;
+            spec.whitespace = config.whitespace;
             config.templates.push(spec);
         }
         config.validate()?;
@@ -354,6 +371,7 @@ pub fn parse_template_flag(flag: &str) -> Result<TemplateSpec> {
         create_dirs: false,
         secret: false,
         wait: None,
+        whitespace: Whitespace::default(),
         origin: format!("-t {flag}"),
     })
 }

@@ -112,7 +112,7 @@ impl Pipeline {
         let mut errors = Vec::new();
         let mut units = Vec::new();
         for spec in &config.templates {
-            match Template::load(&spec.source) {
+            match Template::load(&spec.source, spec.whitespace) {
                 Ok(template) => units.push(Unit {
                     default_source: config.default_source(spec),
                     spec: spec.clone(),

@@ -31,6 +31,23 @@ pub const FUNCTIONS: &[&str] = &[
     "lsdir",
     "keyOrDefault",
     "keyExists",
+    // Go's builtins, for converted templates (gofmt.rs).
+    "print",
+    "printf",
+    "println",
+    "go_range",
+    // confd's and consul-template's helpers (aliases.rs).
+    "toUpper",
+    "toLower",
+    "base",
+    "dir",
+    "trimSuffix",
+    "atoi",
+    "seq",
+    "trimSpace",
+    "replaceAll",
+    "parseBool",
+    "parseInt",
 ];
 
 pub(super) fn register(env: &mut Environment<'static>) {
@@ -312,11 +329,15 @@ fn gets(pattern: &str, kwargs: Kwargs) -> Result<Value, Error> {
 }
 
 /// confd's `getvs(pattern)`: the values of the keys matching a glob.
+/// The values sorted by value, not by key: confd's GetAllValues ends with
+/// `sort.Strings`, and templates iterating getvs rely on that order.
 fn getvs(pattern: &str, kwargs: Kwargs) -> Result<Value, Error> {
-    Ok(glob_read(pattern, &kwargs)?
+    let mut values: Vec<String> = glob_read(pattern, &kwargs)?
         .into_iter()
-        .map(|(_, v)| Value::from(v))
-        .collect())
+        .map(|(_, v)| v)
+        .collect();
+    values.sort();
+    Ok(values.into_iter().map(Value::from).collect())
 }
 
 fn glob_read(pattern: &str, kwargs: &Kwargs) -> Result<Vec<(String, String)>, Error> {

@@ -13,8 +13,10 @@
 //!   progress that the functions record into.
 //! - `functions`, `filters`: what stencil adds to minijinja.
 
+mod aliases;
 mod filters;
 mod functions;
+mod gofmt;
 mod reads;
 
 use std::collections::BTreeSet;
@@ -39,6 +41,28 @@ pub struct Rendered {
     pub deps: Deps,
 }
 
+/// Jinja's whitespace switches, per template (`trim_blocks`,
+/// `lstrip_blocks`, `keep_trailing_newline` in stencil.toml). The default
+/// is what Jinja2 users of config tools expect: blocks trimmed, trailing
+/// newline kept; a template converted from Go's text/template turns
+/// `trim_blocks` off, since Go keeps every newline it is not told to trim.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+pub struct Whitespace {
+    pub trim_blocks: bool,
+    pub lstrip_blocks: bool,
+    pub keep_trailing_newline: bool,
+}
+
+impl Default for Whitespace {
+    fn default() -> Whitespace {
+        Whitespace {
+            trim_blocks: true,
+            lstrip_blocks: false,
+            keep_trailing_newline: true,
+        }
+    }
+}
+
 /// A parsed template, ready to render any number of times.
 pub struct Template {
     path: PathBuf,
@@ -59,16 +83,26 @@ impl fmt::Debug for Template {
 impl Template {
     /// Reads and parses a template. A syntax error is a usage error naming
     /// file, line and column.
-    pub(crate) fn load(path: &Path) -> Result<Template> {
+    pub(crate) fn load(path: &Path, whitespace: Whitespace) -> Result<Template> {
         let source = std::fs::read_to_string(path)
             .with_context(|| format!("cannot read template {}", path.display()))?;
-        Template::from_source(path, source)
+        Template::with_whitespace(path, source, whitespace)
     }
 
+    /// A template from text, with the default whitespace switches.
     pub fn from_source(path: &Path, source: String) -> Result<Template> {
+        Template::with_whitespace(path, source, Whitespace::default())
+    }
+
+    /// A template from text, with the given whitespace switches.
+    pub fn with_whitespace(
+        path: &Path,
+        source: String,
+        whitespace: Whitespace,
+    ) -> Result<Template> {
         let dir = path.parent().unwrap_or(Path::new("")).to_path_buf();
         let included = Arc::new(Mutex::new(BTreeSet::new()));
-        let mut env = new_environment();
+        let mut env = new_environment(whitespace);
         let loader_included = included.clone();
         env.set_loader(move |name| {
             let file = dir.join(name);
@@ -177,12 +211,13 @@ fn err_is_undefined(err: &anyhow::Error) -> bool {
         .is_some_and(|e| e.kind() == ErrorKind::UndefinedError)
 }
 
-fn new_environment() -> Environment<'static> {
+fn new_environment(whitespace: Whitespace) -> Environment<'static> {
     let mut env = Environment::new();
     env.set_syntax(
         minijinja::syntax::SyntaxConfig::builder()
-            .trim_blocks(true)
-            .keep_trailing_newline(true)
+            .trim_blocks(whitespace.trim_blocks)
+            .lstrip_blocks(whitespace.lstrip_blocks)
+            .keep_trailing_newline(whitespace.keep_trailing_newline)
             .build()
             .expect("default delimiters are valid"),
     );
@@ -205,6 +240,8 @@ fn new_environment() -> Environment<'static> {
     env.set_unknown_method_callback(minijinja_contrib::pycompat::unknown_method_callback);
 
     functions::register(&mut env);
+    gofmt::register(&mut env);
+    aliases::register(&mut env);
     filters::register(&mut env);
     env
 }
@@ -215,7 +252,7 @@ mod tests {
 
     #[test]
     fn functions_list_matches_the_environment() {
-        let env = new_environment();
+        let env = new_environment(Whitespace::default());
         let builtin: BTreeSet<String> = Environment::new()
             .globals()
             .map(|(name, _)| name.to_string())

@@ -396,7 +396,7 @@ impl Coordinator {
                 continue;
             }
             let unit = &mut self.pipeline.units[i];
-            match crate::template::Template::load(&unit.spec.source) {
+            match crate::template::Template::load(&unit.spec.source, unit.spec.whitespace) {
                 Ok(t) => {
                     unit.template = t;
                     keep.push(i);
