@@ -15,6 +15,18 @@ use crate::spec::{Debounce, WaitTarget, parse_duration, parse_signal};
 const ABOUT: &str = "Render configuration files from templates with data from environment \
 variables, data files, Consul and etcd; install them atomically; check before and reload after.";
 
+/// `stencil --version`: the version, the git commit and the build date
+/// (build.rs), as rustc prints them. `-V` and the man pages show the version alone, so the
+/// committed pages do not change with every commit.
+const LONG_VERSION: &str = concat!(
+    env!("CARGO_PKG_VERSION"),
+    " (",
+    env!("STENCIL_GIT_COMMIT"),
+    " ",
+    env!("STENCIL_BUILD_DATE"),
+    ")"
+);
+
 const EXAMPLES: &str = "\
 Examples:
   # Render one file from the environment, installing it atomically:
@@ -42,6 +54,7 @@ Examples:
 #[command(
     name = "stencil",
     version,
+    long_version = LONG_VERSION,
     about = ABOUT,
     after_help = EXAMPLES,
     propagate_version = true,

@@ -78,6 +78,7 @@ pub(crate) fn watch(args: WatchArgs) -> Result<Exit> {
         templates: args.templates,
         listen: args.watch.listen,
         debounce: args.watch.debounce,
+        ..Flags::default()
     };
     let pipeline = match load(&flags)? {
         Ok(p) => p,

@@ -44,6 +44,8 @@ pub(crate) struct Request<'a> {
     pub(crate) command_timeout: Duration,
     pub(crate) backup: bool,
     pub(crate) create_dirs: bool,
+    /// Prefixes the check command's logged output: the template.
+    pub(crate) label: &'a str,
 }
 
 /// What the destination holds now, and what installing would change.
@@ -131,7 +133,7 @@ pub(crate) fn install(req: &Request) -> Result<Outcome> {
         let spec = check.substitute(&[("staged", &staged_path), ("destination", &dest)]);
         // On failure `staged` is dropped, which removes it: the old file
         // was never touched.
-        command::run(&spec, "check command", req.command_timeout)?;
+        command::run(&spec, "check command", req.label, req.command_timeout)?;
     }
 
     if req.backup && plan.current.is_some() {
@@ -375,6 +377,7 @@ mod tests {
             command_timeout: Duration::from_secs(10),
             backup: false,
             create_dirs: false,
+            label: "test",
         }
     }
 

@@ -118,7 +118,9 @@ impl Pipeline {
     pub(crate) fn run(&mut self, which: &[usize], opts: &Options, out: &mut dyn Write) -> Report {
         let rendered = self.render_waiting(which, opts);
         let mut report = Report::default();
-        let mut reloads: Vec<(CommandSpec, Duration)> = Vec::new();
+        // Each reload once, with the templates that asked for it (its
+        // logged output is prefixed by them).
+        let mut reloads: Vec<(CommandSpec, Duration, String)> = Vec::new();
         for (index, result, deps) in rendered {
             let unit = &self.units[index];
             let result = result.and_then(|text| {
@@ -141,8 +143,13 @@ impl Pipeline {
                     {
                         let dest = dest.to_string_lossy();
                         let spec = reload.substitute(&[("destination", &dest)]);
-                        if !reloads.iter().any(|(r, _)| *r == spec) {
-                            reloads.push((spec, unit.spec.command_timeout));
+                        let name = unit.spec.source.display().to_string();
+                        match reloads.iter_mut().find(|(r, _, _)| *r == spec) {
+                            Some((_, _, label)) => {
+                                label.push_str(", ");
+                                label.push_str(&name);
+                            }
+                            None => reloads.push((spec, unit.spec.command_timeout, name)),
                         }
                     }
                 }
@@ -158,10 +165,10 @@ impl Pipeline {
             });
         }
         if !opts.dry_run && !opts.no_reload {
-            for (spec, timeout) in reloads {
+            for (spec, timeout, label) in reloads {
                 tracing::info!(command = %spec, "running reload command");
                 report.commands_run += 1;
-                if let Err(e) = command::run(&spec, "reload command", timeout) {
+                if let Err(e) = command::run(&spec, "reload command", &label, timeout) {
                     report.command_failures += 1;
                     report.commands.push(e);
                 }
@@ -246,6 +253,7 @@ fn deliver(unit: &Unit, content: &[u8], opts: &Options, out: &mut dyn Write) -> 
         }
         Destination::File(p) => p,
     };
+    let label = spec.source.display().to_string();
     let req = install::Request {
         destination: dest,
         content,
@@ -256,6 +264,7 @@ fn deliver(unit: &Unit, content: &[u8], opts: &Options, out: &mut dyn Write) -> 
         command_timeout: spec.command_timeout,
         backup: spec.backup,
         create_dirs: spec.create_dirs,
+        label: &label,
     };
     let context = || format!("cannot install {}", dest.display());
     if opts.dry_run || opts.diff {

@@ -861,3 +861,20 @@ fn exec_help_has_the_dockerfile_example_and_signal_table() {
         assert!(help.contains(needle), "help lacks {needle:?}\n{help}");
     }
 }
+
+#[test]
+fn wait_alone_needs_no_template() {
+    // dockerize and wait-for-it users: `stencil exec --wait … -- app`.
+    let t = Test::new().file("ready", "");
+    let url = format!("file://{}", t.path("ready").display());
+    t.args(["exec", "--wait", &url, "--", "sh", "-c", "echo started"])
+        .run()
+        .success()
+        .stdout_is("started\n");
+    // Neither a template nor a wait: still nothing to do.
+    Test::new()
+        .args(["exec", "--", "true"])
+        .run()
+        .code(2)
+        .stderr_has("no templates");
+}

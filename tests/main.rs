@@ -10,6 +10,7 @@ mod consul_server;
 mod etcd;
 mod examples;
 mod exec;
+mod package;
 mod render;
 mod shape;
 mod subst;

@@ -59,6 +59,9 @@ pub struct Flags {
     pub listen: Option<SocketAddr>,
     /// `--debounce`: wins over the top-level `wait`.
     pub debounce: Option<Debounce>,
+    /// No template is fine: `exec --wait … -- app` only waits (dockerize and
+    /// wait-for-it users do exactly that).
+    pub templates_optional: bool,
 }
 
 impl From<&TemplateArgs> for Flags {
@@ -74,6 +77,11 @@ impl Flags {
     /// Reads the config file (if any) and merges the flags over it.
     pub fn load(&self) -> Result<Config> {
         let mut config = Config::load(&self.templates)?;
+        if config.templates.is_empty() && !self.templates_optional {
+            return Err(usage(
+                "no templates: give -t SRC[:DEST] or a config file (-c) with [[templates]]",
+            ));
+        }
         config.listen = self.listen.or(config.listen);
         config.wait = self.debounce.or(config.wait);
         Ok(config)
@@ -217,11 +225,6 @@ impl Config {
 
     /// Checks what only makes sense across the whole config.
     fn validate(&self) -> Result<()> {
-        if self.templates.is_empty() {
-            return Err(usage(
-                "no templates: give -t SRC[:DEST] or a config file (-c) with [[templates]]",
-            ));
-        }
         let mut seen: HashMap<PathBuf, &str> = HashMap::new();
         for t in &self.templates {
             if let Destination::File(dest) = &t.destination {

@@ -40,6 +40,7 @@ pub fn run(args: &ExecArgs) -> Result<Exit> {
         templates: args.templates.clone(),
         listen: args.exec.listen,
         debounce: args.exec.debounce,
+        templates_optional: !args.exec.wait.is_empty(),
     };
     let mut pipeline = match commands::load(&flags)? {
         Ok(p) => p,
