@@ -48,7 +48,15 @@ Examples:
   stencil exec -t /tpl/app.conf.j2:/etc/app.conf --wait tcp://db:5432 -- app --serve
 
   # Replace envsubst:
-  stencil subst '$HOST $PORT' < in.conf > out.conf";
+  stencil subst '$HOST $PORT' < in.conf > out.conf
+
+Exit status, the same for every command and the same error:
+  0  done: every file is in place
+  1  something failed while running: a render (missing data), a check or
+     reload command, a source, a write, a --wait
+  2  something a person must fix before anything can run: a flag, the
+     config file, a template or data file that is missing or does not parse
+  exec passes its app's status through (stencil-exec(1)).";
 
 #[derive(Debug, Parser)]
 #[command(
@@ -78,6 +86,13 @@ pub struct GlobalArgs {
     /// Log line format: human-readable text, or one JSON object per line.
     #[arg(long, global = true, env = "STENCIL_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
     pub log_format: LogFormat,
+
+    /// Start text log lines with an RFC 3339 timestamp (UTC). [default: true, false when
+    /// stderr is the systemd journal (JOURNAL_STREAM is set), which stamps lines itself]
+    #[arg(long, global = true, env = "STENCIL_LOG_TIMESTAMPS", value_name = "BOOL",
+          num_args = 0..=1, default_missing_value = "true", require_equals = true,
+          value_parser = clap::builder::BoolishValueParser::new())]
+    pub log_timestamps: Option<bool>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -112,7 +127,8 @@ pub enum Command {
     /// Render templates once, install the files that changed, run their commands.
     ///
     /// The exit status says whether every file is in place: 0 all done, 1 a
-    /// render, install or command failed, 2 a usage or configuration error.
+    /// render, install or command failed, 2 a usage or configuration error
+    /// (a missing or unparsable template or data file included).
     /// A failed render, check or write leaves the old file byte for byte.
     #[command(after_help = RENDER_EXAMPLES)]
     Render(RenderArgs),

@@ -7,6 +7,7 @@ mod bench_servers;
 mod cli;
 mod consul;
 mod consul_server;
+mod edges;
 mod etcd;
 mod examples;
 mod exec;

@@ -77,7 +77,7 @@ _stencil() {
 
     case "${cmd}" in
         stencil)
-            opts="-h -V --log-level --log-format --help --version render watch check deps subst exec completions man help"
+            opts="-h -V --log-level --log-format --log-timestamps --help --version render watch check deps subst exec completions man help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 1 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -91,6 +91,10 @@ _stencil() {
                     COMPREPLY=($(compgen -W "text json" -- "${cur}"))
                     return 0
                     ;;
+                --log-timestamps)
+                    COMPREPLY=($(compgen -W "true false" -- "${cur}"))
+                    return 0
+                    ;;
                 *)
                     COMPREPLY=()
                     ;;
@@ -99,7 +103,7 @@ _stencil() {
             return 0
             ;;
         stencil__subcmd__check)
-            opts="-c -t -h -V --config --template --data --source --print-config --log-level --log-format --help --version"
+            opts="-c -t -h -V --config --template --data --source --print-config --log-level --log-format --log-timestamps --help --version"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -135,6 +139,10 @@ _stencil() {
                     ;;
                 --log-format)
                     COMPREPLY=($(compgen -W "text json" -- "${cur}"))
+                    return 0
+                    ;;
+                --log-timestamps)
+                    COMPREPLY=($(compgen -W "true false" -- "${cur}"))
                     return 0
                     ;;
                 *)
@@ -145,7 +153,7 @@ _stencil() {
             return 0
             ;;
         stencil__subcmd__completions)
-            opts="-h -V --log-level --log-format --help --version bash elvish fish powershell zsh"
+            opts="-h -V --log-level --log-format --log-timestamps --help --version bash elvish fish powershell zsh"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -159,6 +167,10 @@ _stencil() {
                     COMPREPLY=($(compgen -W "text json" -- "${cur}"))
                     return 0
                     ;;
+                --log-timestamps)
+                    COMPREPLY=($(compgen -W "true false" -- "${cur}"))
+                    return 0
+                    ;;
                 *)
                     COMPREPLY=()
                     ;;
@@ -167,7 +179,7 @@ _stencil() {
             return 0
             ;;
         stencil__subcmd__deps)
-            opts="-c -t -h -V --config --template --data --source --print-config --json --log-level --log-format --help --version"
+            opts="-c -t -h -V --config --template --data --source --print-config --json --log-level --log-format --log-timestamps --help --version"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -205,6 +217,10 @@ _stencil() {
                     COMPREPLY=($(compgen -W "text json" -- "${cur}"))
                     return 0
                     ;;
+                --log-timestamps)
+                    COMPREPLY=($(compgen -W "true false" -- "${cur}"))
+                    return 0
+                    ;;
                 *)
                     COMPREPLY=()
                     ;;
@@ -213,7 +229,7 @@ _stencil() {
             return 0
             ;;
         stencil__subcmd__exec)
-            opts="-c -t -h -V --config --template --data --source --print-config --wait-for-data --wait --wait-timeout --watch --listen --debounce --reload-signal --restart-on-change --kill-signal --kill-timeout --log-level --log-format --help --version"
+            opts="-c -t -h -V --config --template --data --source --print-config --wait-for-data --wait --wait-timeout --watch --listen --debounce --reload-signal --restart-on-change --kill-signal --kill-timeout --log-level --log-format --log-timestamps --help --version"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -281,6 +297,10 @@ _stencil() {
                     ;;
                 --log-format)
                     COMPREPLY=($(compgen -W "text json" -- "${cur}"))
+                    return 0
+                    ;;
+                --log-timestamps)
+                    COMPREPLY=($(compgen -W "true false" -- "${cur}"))
                     return 0
                     ;;
                 *)
@@ -431,7 +451,7 @@ _stencil() {
             return 0
             ;;
         stencil__subcmd__man)
-            opts="-h -V --log-level --log-format --help --version"
+            opts="-h -V --log-level --log-format --log-timestamps --help --version"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -445,6 +465,10 @@ _stencil() {
                     COMPREPLY=($(compgen -W "text json" -- "${cur}"))
                     return 0
                     ;;
+                --log-timestamps)
+                    COMPREPLY=($(compgen -W "true false" -- "${cur}"))
+                    return 0
+                    ;;
                 *)
                     COMPREPLY=()
                     ;;
@@ -453,7 +477,7 @@ _stencil() {
             return 0
             ;;
         stencil__subcmd__render)
-            opts="-c -t -h -V --config --template --data --source --print-config --dry-run --diff --no-reload --wait-for-data --log-level --log-format --help --version"
+            opts="-c -t -h -V --config --template --data --source --print-config --dry-run --diff --no-reload --wait-for-data --log-level --log-format --log-timestamps --help --version"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -495,6 +519,10 @@ _stencil() {
                     COMPREPLY=($(compgen -W "text json" -- "${cur}"))
                     return 0
                     ;;
+                --log-timestamps)
+                    COMPREPLY=($(compgen -W "true false" -- "${cur}"))
+                    return 0
+                    ;;
                 *)
                     COMPREPLY=()
                     ;;
@@ -503,7 +531,7 @@ _stencil() {
             return 0
             ;;
         stencil__subcmd__subst)
-            opts="-v -i -o -h -V --variables --extended --no-unset --no-empty --input --output --log-level --log-format --help --version"
+            opts="-v -i -o -h -V --variables --extended --no-unset --no-empty --input --output --log-level --log-format --log-timestamps --help --version"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -533,6 +561,10 @@ _stencil() {
                     COMPREPLY=($(compgen -W "text json" -- "${cur}"))
                     return 0
                     ;;
+                --log-timestamps)
+                    COMPREPLY=($(compgen -W "true false" -- "${cur}"))
+                    return 0
+                    ;;
                 *)
                     COMPREPLY=()
                     ;;
@@ -541,7 +573,7 @@ _stencil() {
             return 0
             ;;
         stencil__subcmd__watch)
-            opts="-c -t -h -V --config --template --data --source --print-config --dry-run --diff --no-reload --wait-for-data --listen --once --debounce --log-level --log-format --help --version"
+            opts="-c -t -h -V --config --template --data --source --print-config --dry-run --diff --no-reload --wait-for-data --listen --once --debounce --log-level --log-format --log-timestamps --help --version"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -589,6 +621,10 @@ _stencil() {
                     ;;
                 --log-format)
                     COMPREPLY=($(compgen -W "text json" -- "${cur}"))
+                    return 0
+                    ;;
+                --log-timestamps)
+                    COMPREPLY=($(compgen -W "true false" -- "${cur}"))
                     return 0
                     ;;
                 *)

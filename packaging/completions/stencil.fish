@@ -1,6 +1,6 @@
 # Print an optspec for argparse to handle cmd's options that are independent of any subcommand.
 function __fish_stencil_global_optspecs
-    string join \n log-level= log-format= h/help V/version
+    string join \n log-level= log-format= log-timestamps= h/help V/version
 end
 
 function __fish_stencil_needs_command
@@ -31,6 +31,8 @@ debug\t''
 trace\t''"
 complete -c stencil -n "__fish_stencil_needs_command" -l log-format -d 'Log line format: human-readable text, or one JSON object per line' -r -f -a "text\t''
 json\t''"
+complete -c stencil -n "__fish_stencil_needs_command" -l log-timestamps -d 'Start text log lines with an RFC 3339 timestamp (UTC). [default: true, false when stderr is the systemd journal (JOURNAL_STREAM is set), which stamps lines itself]' -r -f -a "true\t''
+false\t''"
 complete -c stencil -n "__fish_stencil_needs_command" -s h -l help -d 'Print help'
 complete -c stencil -n "__fish_stencil_needs_command" -s V -l version -d 'Print version'
 complete -c stencil -n "__fish_stencil_needs_command" -f -a "render" -d 'Render templates once, install the files that changed, run their commands'
@@ -54,6 +56,8 @@ debug\t''
 trace\t''"
 complete -c stencil -n "__fish_stencil_using_subcommand render" -l log-format -d 'Log line format: human-readable text, or one JSON object per line' -r -f -a "text\t''
 json\t''"
+complete -c stencil -n "__fish_stencil_using_subcommand render" -l log-timestamps -d 'Start text log lines with an RFC 3339 timestamp (UTC). [default: true, false when stderr is the systemd journal (JOURNAL_STREAM is set), which stamps lines itself]' -r -f -a "true\t''
+false\t''"
 complete -c stencil -n "__fish_stencil_using_subcommand render" -l print-config -d 'Print the configuration as stencil understood it, then exit'
 complete -c stencil -n "__fish_stencil_using_subcommand render" -l dry-run -d 'Show what would be written (to stdout); write nothing, run no command'
 complete -c stencil -n "__fish_stencil_using_subcommand render" -l diff -d 'Print a unified diff of each file that changes against its current content'
@@ -74,6 +78,8 @@ debug\t''
 trace\t''"
 complete -c stencil -n "__fish_stencil_using_subcommand watch" -l log-format -d 'Log line format: human-readable text, or one JSON object per line' -r -f -a "text\t''
 json\t''"
+complete -c stencil -n "__fish_stencil_using_subcommand watch" -l log-timestamps -d 'Start text log lines with an RFC 3339 timestamp (UTC). [default: true, false when stderr is the systemd journal (JOURNAL_STREAM is set), which stamps lines itself]' -r -f -a "true\t''
+false\t''"
 complete -c stencil -n "__fish_stencil_using_subcommand watch" -l print-config -d 'Print the configuration as stencil understood it, then exit'
 complete -c stencil -n "__fish_stencil_using_subcommand watch" -l dry-run -d 'Show what would be written (to stdout); write nothing, run no command'
 complete -c stencil -n "__fish_stencil_using_subcommand watch" -l diff -d 'Print a unified diff of each file that changes against its current content'
@@ -92,6 +98,8 @@ debug\t''
 trace\t''"
 complete -c stencil -n "__fish_stencil_using_subcommand check" -l log-format -d 'Log line format: human-readable text, or one JSON object per line' -r -f -a "text\t''
 json\t''"
+complete -c stencil -n "__fish_stencil_using_subcommand check" -l log-timestamps -d 'Start text log lines with an RFC 3339 timestamp (UTC). [default: true, false when stderr is the systemd journal (JOURNAL_STREAM is set), which stamps lines itself]' -r -f -a "true\t''
+false\t''"
 complete -c stencil -n "__fish_stencil_using_subcommand check" -l print-config -d 'Print the configuration as stencil understood it, then exit'
 complete -c stencil -n "__fish_stencil_using_subcommand check" -s h -l help -d 'Print help (see more with \'--help\')'
 complete -c stencil -n "__fish_stencil_using_subcommand check" -s V -l version -d 'Print version'
@@ -106,6 +114,8 @@ debug\t''
 trace\t''"
 complete -c stencil -n "__fish_stencil_using_subcommand deps" -l log-format -d 'Log line format: human-readable text, or one JSON object per line' -r -f -a "text\t''
 json\t''"
+complete -c stencil -n "__fish_stencil_using_subcommand deps" -l log-timestamps -d 'Start text log lines with an RFC 3339 timestamp (UTC). [default: true, false when stderr is the systemd journal (JOURNAL_STREAM is set), which stamps lines itself]' -r -f -a "true\t''
+false\t''"
 complete -c stencil -n "__fish_stencil_using_subcommand deps" -l print-config -d 'Print the configuration as stencil understood it, then exit'
 complete -c stencil -n "__fish_stencil_using_subcommand deps" -l json -d 'Print the dependencies as JSON instead of text'
 complete -c stencil -n "__fish_stencil_using_subcommand deps" -s h -l help -d 'Print help (see more with \'--help\')'
@@ -119,6 +129,8 @@ debug\t''
 trace\t''"
 complete -c stencil -n "__fish_stencil_using_subcommand subst" -l log-format -d 'Log line format: human-readable text, or one JSON object per line' -r -f -a "text\t''
 json\t''"
+complete -c stencil -n "__fish_stencil_using_subcommand subst" -l log-timestamps -d 'Start text log lines with an RFC 3339 timestamp (UTC). [default: true, false when stderr is the systemd journal (JOURNAL_STREAM is set), which stamps lines itself]' -r -f -a "true\t''
+false\t''"
 complete -c stencil -n "__fish_stencil_using_subcommand subst" -s v -l variables -d 'Print the variables named in SHELL-FORMAT, one per line, and exit'
 complete -c stencil -n "__fish_stencil_using_subcommand subst" -l extended -d 'Also expand ${VAR:-default}, ${VAR:=default}, ${VAR:?message}, ${VAR:+alt} and their forms without the colon, as a POSIX shell does'
 complete -c stencil -n "__fish_stencil_using_subcommand subst" -l no-unset -d 'Fail (exit 1, write nothing) if a referenced variable is unset, naming every such variable'
@@ -144,6 +156,8 @@ debug\t''
 trace\t''"
 complete -c stencil -n "__fish_stencil_using_subcommand exec" -l log-format -d 'Log line format: human-readable text, or one JSON object per line' -r -f -a "text\t''
 json\t''"
+complete -c stencil -n "__fish_stencil_using_subcommand exec" -l log-timestamps -d 'Start text log lines with an RFC 3339 timestamp (UTC). [default: true, false when stderr is the systemd journal (JOURNAL_STREAM is set), which stamps lines itself]' -r -f -a "true\t''
+false\t''"
 complete -c stencil -n "__fish_stencil_using_subcommand exec" -l print-config -d 'Print the configuration as stencil understood it, then exit'
 complete -c stencil -n "__fish_stencil_using_subcommand exec" -l watch -d 'Stay as the app\'s parent and supervise it instead of exec\'ing into it'
 complete -c stencil -n "__fish_stencil_using_subcommand exec" -l restart-on-change -d 'With --watch: restart the app after a change instead of signalling it'
@@ -156,6 +170,8 @@ debug\t''
 trace\t''"
 complete -c stencil -n "__fish_stencil_using_subcommand completions" -l log-format -d 'Log line format: human-readable text, or one JSON object per line' -r -f -a "text\t''
 json\t''"
+complete -c stencil -n "__fish_stencil_using_subcommand completions" -l log-timestamps -d 'Start text log lines with an RFC 3339 timestamp (UTC). [default: true, false when stderr is the systemd journal (JOURNAL_STREAM is set), which stamps lines itself]' -r -f -a "true\t''
+false\t''"
 complete -c stencil -n "__fish_stencil_using_subcommand completions" -s h -l help -d 'Print help'
 complete -c stencil -n "__fish_stencil_using_subcommand completions" -s V -l version -d 'Print version'
 complete -c stencil -n "__fish_stencil_using_subcommand man" -l log-level -d 'How much to log on stderr' -r -f -a "error\t''
@@ -165,6 +181,8 @@ debug\t''
 trace\t''"
 complete -c stencil -n "__fish_stencil_using_subcommand man" -l log-format -d 'Log line format: human-readable text, or one JSON object per line' -r -f -a "text\t''
 json\t''"
+complete -c stencil -n "__fish_stencil_using_subcommand man" -l log-timestamps -d 'Start text log lines with an RFC 3339 timestamp (UTC). [default: true, false when stderr is the systemd journal (JOURNAL_STREAM is set), which stamps lines itself]' -r -f -a "true\t''
+false\t''"
 complete -c stencil -n "__fish_stencil_using_subcommand man" -s h -l help -d 'Print help'
 complete -c stencil -n "__fish_stencil_using_subcommand man" -s V -l version -d 'Print version'
 complete -c stencil -n "__fish_stencil_using_subcommand help; and not __fish_seen_subcommand_from render watch check deps subst exec completions man help" -f -a "render" -d 'Render templates once, install the files that changed, run their commands'

@@ -378,10 +378,7 @@ impl Coordinator {
                     keep.push(i);
                 }
                 Err(e) => {
-                    tracing::error!(
-                        "{}; the current file stays",
-                        error::Report(&e).to_string().trim_end()
-                    );
+                    tracing::error!("{}; the current file stays", error::Logged(&e));
                     self.set_state(i, TemplateState::Failed, Some(serve::detail(&e)));
                 }
             }
@@ -421,7 +418,7 @@ impl Coordinator {
             }
             Err(e) => tracing::error!(
                 "cannot reload the configuration; keeping the running one: {}",
-                error::Report(&e).to_string().trim_end()
+                error::Logged(&e)
             ),
         }
     }
@@ -488,7 +485,7 @@ impl Coordinator {
             status.commands.failures += report.command_failures;
         }
         for e in &report.commands {
-            tracing::error!("{}", error::Report(e).to_string().trim_end());
+            tracing::error!("{}", error::Logged(e));
         }
         self.publish_due(which.iter().copied());
         self.update_watches(started);
@@ -519,8 +516,8 @@ impl Coordinator {
             (Err(e), _) => {
                 info.logged_pending = None;
                 tracing::error!(
-                    "{source} failed; the current file stays\n{}",
-                    error::Report(e).to_string().trim_end()
+                    "{source} failed, the current file stays: {}",
+                    error::Logged(e)
                 );
             }
             (Ok(_), _) => info.logged_pending = None,
