@@ -177,8 +177,9 @@ pub enum Command {
     ///
     /// With --watch, stencil stays as the app's parent and supervises it: the
     /// app runs in its own process group; SIGHUP, SIGINT, SIGQUIT, SIGTERM,
-    /// SIGUSR1, SIGUSR2 and SIGWINCH are forwarded to that group and nothing
-    /// else; SIGTERM and SIGINT also SIGKILL the group if it still runs
+    /// SIGUSR1, SIGUSR2 and SIGWINCH are forwarded to the app's process (to
+    /// its whole group with --signal-group) and nothing else; SIGTERM and
+    /// SIGINT also SIGKILL the group if it still runs
     /// after --kill-timeout; orphaned processes are reaped. Exit status: the
     /// app's, or 128+N when signal N killed it (137 after the SIGKILL); 1 when
     /// a render or wait failed; 2 on a usage error; 126 when CMD cannot be
@@ -271,15 +272,16 @@ Examples:
   # Supervise nginx, SIGQUIT (graceful) when asked to stop:
   stencil exec -c stencil.toml --watch --kill-signal SIGQUIT -- nginx -g 'daemon off;'
 
-Signals with --watch (without it, stencil is gone and the app gets them itself):
-  SIGTERM          sends --kill-signal (default SIGTERM) to the app's group;
+Signals with --watch (without it, stencil is gone and the app gets them itself),
+sent to the app's process alone, or to its process group with --signal-group:
+  SIGTERM          sends --kill-signal (default SIGTERM) to the app;
                    SIGKILL to the group after --kill-timeout
   SIGINT           forwarded; SIGKILL to the group after --kill-timeout
   SIGHUP SIGQUIT   forwarded, nothing else: never a kill timer
   SIGUSR1 SIGUSR2  forwarded, nothing else
   SIGWINCH         forwarded, nothing else
   others           not forwarded
-  after a change   --reload-signal (default SIGHUP) to the group, or a restart
+  after a change   --reload-signal (default SIGHUP) to the app, or a restart
                    with --restart-on-change. An app without a handler for its
                    reload signal dies of it: set the one it reloads on.";
 
@@ -490,6 +492,16 @@ pub struct ExecOptions {
     /// With --watch: how long the app may take to stop before its process group is SIGKILLed. [default: 10s]
     #[arg(long, env = "STENCIL_KILL_TIMEOUT", value_name = "DURATION", value_parser = parse_duration)]
     pub kill_timeout: Option<Duration>,
+
+    /// With --watch: send forwarded and reload signals to the app's whole process group.
+    ///
+    /// Without it they go to the app's process alone, as `docker kill -s HUP`
+    /// does, so a helper the app started (a shell app's `sleep`) is not
+    /// killed by a reload's SIGHUP; with it, as `tini -g` does. The SIGKILL
+    /// after --kill-timeout always reaches the group. Config: signal_group
+    /// in [exec].
+    #[arg(long, env = "STENCIL_SIGNAL_GROUP")]
+    pub signal_group: bool,
 }
 
 #[derive(Debug, Clone, Args)]

@@ -229,7 +229,7 @@ _stencil() {
             return 0
             ;;
         stencil__subcmd__exec)
-            opts="-c -t -h -V --config --template --data --source --print-config --wait-for-data --wait --wait-timeout --watch --listen --debounce --reload-signal --restart-on-change --kill-signal --kill-timeout --log-level --log-format --log-timestamps --help --version"
+            opts="-c -t -h -V --config --template --data --source --print-config --wait-for-data --wait --wait-timeout --watch --listen --debounce --reload-signal --restart-on-change --kill-signal --kill-timeout --signal-group --log-level --log-format --log-timestamps --help --version"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0

@@ -161,6 +161,7 @@ false\t''"
 complete -c stencil -n "__fish_stencil_using_subcommand exec" -l print-config -d 'Print the configuration as stencil understood it, then exit'
 complete -c stencil -n "__fish_stencil_using_subcommand exec" -l watch -d 'Stay as the app\'s parent and supervise it instead of exec\'ing into it'
 complete -c stencil -n "__fish_stencil_using_subcommand exec" -l restart-on-change -d 'With --watch: restart the app after a change instead of signalling it'
+complete -c stencil -n "__fish_stencil_using_subcommand exec" -l signal-group -d 'With --watch: send forwarded and reload signals to the app\'s whole process group'
 complete -c stencil -n "__fish_stencil_using_subcommand exec" -s h -l help -d 'Print help (see more with \'--help\')'
 complete -c stencil -n "__fish_stencil_using_subcommand exec" -s V -l version -d 'Print version'
 complete -c stencil -n "__fish_stencil_using_subcommand completions" -l log-level -d 'How much to log on stderr' -r -f -a "error\t''

@@ -104,6 +104,8 @@ pub struct ExecTable {
     pub kill_signal: Option<Signal>,
     #[serde(default, with = "crate::spec::duration_serde_opt")]
     pub kill_timeout: Option<Duration>,
+    #[serde(default)]
+    pub signal_group: Option<bool>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize)]
