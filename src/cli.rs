@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
-use crate::spec::{Debounce, WaitTarget, parse_duration, parse_signal};
+use crate::spec::{Debounce, WaitTarget, parse_duration, parse_mode, parse_signal};
 
 const ABOUT: &str = "Render configuration files from templates with data from environment \
 variables, data files, Consul and etcd; install them atomically; check before and reload after.";
@@ -326,6 +326,29 @@ pub struct TemplateArgs {
     /// Print the configuration as stencil understood it, then exit.
     #[arg(long, env = "STENCIL_PRINT_CONFIG")]
     pub print_config: bool,
+
+    /// For the -t templates: check the staged file with CMD before installing it.
+    ///
+    /// As `check` in stencil.toml(5): a shell command, {{ staged }} is the
+    /// staged file. Example: --check 'nginx -t -c {{ staged }}'.
+    #[arg(long = "check", env = "STENCIL_CHECK", value_name = "CMD")]
+    pub check: Option<String>,
+
+    /// For the -t templates: create a missing destination directory.
+    #[arg(long, env = "STENCIL_CREATE_DIRS")]
+    pub create_dirs: bool,
+
+    /// For the -t templates: the file mode, octal as chmod takes it (e.g. 0640).
+    #[arg(long, env = "STENCIL_MODE", value_name = "MODE", value_parser = parse_mode)]
+    pub mode: Option<u32>,
+
+    /// For the -t templates: the owner of the file, a name or a numeric id.
+    #[arg(long, env = "STENCIL_OWNER", value_name = "USER")]
+    pub owner: Option<String>,
+
+    /// For the -t templates: the group of the file, a name or a numeric id.
+    #[arg(long, env = "STENCIL_GROUP", value_name = "GROUP")]
+    pub group: Option<String>,
 }
 
 #[derive(Debug, Clone, Args)]

@@ -46,6 +46,9 @@ pub(crate) struct Request<'a> {
     pub(crate) create_dirs: bool,
     /// Prefixes the check command's logged output: the template.
     pub(crate) label: &'a str,
+    /// How the caller creates a missing directory, said when one is
+    /// missing ("set create_dirs = true …"); empty when it cannot.
+    pub(crate) create_dirs_hint: &'a str,
 }
 
 /// What the destination holds now, and what installing would change.
@@ -72,8 +75,13 @@ pub(crate) fn plan(req: &Request) -> Result<Plan> {
     let target = resolve_symlinks(req.destination)?;
     let dir = parent(&target);
     if !dir.is_dir() && !req.create_dirs {
+        let hint = if req.create_dirs_hint.is_empty() {
+            String::new()
+        } else {
+            format!(" ({})", req.create_dirs_hint)
+        };
         bail!(
-            "destination directory {} does not exist (set create_dirs = true to create it)",
+            "destination directory {} does not exist{hint}",
             dir.display()
         );
     }
@@ -378,6 +386,7 @@ mod tests {
             backup: false,
             create_dirs: false,
             label: "test",
+            create_dirs_hint: "set create_dirs = true to create it",
         }
     }
 

@@ -265,6 +265,7 @@ fn deliver(unit: &Unit, content: &[u8], opts: &Options, out: &mut dyn Write) -> 
         backup: spec.backup,
         create_dirs: spec.create_dirs,
         label: &label,
+        create_dirs_hint: "set create_dirs = true, or --create-dirs for -t, to create it",
     };
     let context = || format!("cannot install {}", dest.display());
     if opts.dry_run || opts.diff {

@@ -109,3 +109,101 @@ fn exec_says_a_failed_render_once() {
     assert!(text.starts_with("error: not starting `true`\n"), "{text}");
     assert!(!text.contains("ERROR"), "{text}");
 }
+
+#[test]
+fn template_flags_set_what_a_config_table_can() {
+    // --create-dirs and --mode.
+    let out = Test::new()
+        .file("a.j2", "x\n")
+        .args([
+            "render",
+            "--create-dirs",
+            "--mode",
+            "0640",
+            "-t",
+            "a.j2:sub/dir/out",
+        ])
+        .run()
+        .success()
+        .file_is("sub/dir/out", "x\n");
+    let mode = std::fs::metadata(out.dir.join("sub/dir/out")).unwrap();
+    assert_eq!(
+        std::os::unix::fs::PermissionsExt::mode(&mode.permissions()) & 0o7777,
+        0o640
+    );
+    // Without it, the error names the flag too.
+    Test::new()
+        .file("a.j2", "x\n")
+        .args(["render", "-t", "a.j2:missing/out"])
+        .run()
+        .code(1)
+        .stderr_has("set create_dirs = true, or --create-dirs for -t, to create it");
+    // --check: a failing check keeps the old file byte for byte.
+    Test::new()
+        .file("a.j2", "new\n")
+        .file("out", "old\n")
+        .args([
+            "render",
+            "--check",
+            "grep -q good {{ staged }}",
+            "-t",
+            "a.j2:out",
+        ])
+        .run()
+        .code(1)
+        .stderr_has("check command")
+        .file_is("out", "old\n");
+    // --owner / --group: a numeric id is taken as it is (our own).
+    let uid = nix::unistd::geteuid().to_string();
+    let gid = nix::unistd::getegid().to_string();
+    let out = Test::new()
+        .file("a.j2", "x\n")
+        .args([
+            "render",
+            "--owner",
+            &uid,
+            "--group",
+            &gid,
+            "-t",
+            "a.j2:out",
+            "--print-config",
+        ])
+        .run()
+        .success();
+    let config = out.stdout_str();
+    assert!(
+        config.contains(&format!("\"owner\": \"{uid}\"")),
+        "{config}"
+    );
+    assert!(
+        config.contains(&format!("\"group\": \"{gid}\"")),
+        "{config}"
+    );
+    // A bad mode is a usage error naming the flag.
+    Test::new()
+        .args(["render", "--mode", "999", "-t", "a.j2:out"])
+        .run()
+        .code(2)
+        .stderr_has("--mode");
+}
+
+#[test]
+fn subst_error_operator_names_the_line() {
+    Test::new()
+        .args(["subst", "--extended"])
+        .stdin("a\nb ${X:?need X}\n")
+        .run()
+        .code(1)
+        .stderr_has("line 2: X: need X");
+}
+
+#[test]
+fn subst_output_into_a_missing_directory_does_not_suggest_create_dirs() {
+    Test::new()
+        .args(["subst", "-o", "missing/out"])
+        .stdin("x\n")
+        .run()
+        .code(1)
+        .stderr_has("destination directory missing does not exist")
+        .stderr_lacks("create_dirs");
+}

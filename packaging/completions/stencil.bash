@@ -103,7 +103,7 @@ _stencil() {
             return 0
             ;;
         stencil__subcmd__check)
-            opts="-c -t -h -V --config --template --data --source --print-config --log-level --log-format --log-timestamps --help --version"
+            opts="-c -t -h -V --config --template --data --source --print-config --check --create-dirs --mode --owner --group --log-level --log-format --log-timestamps --help --version"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -130,6 +130,22 @@ _stencil() {
                     return 0
                     ;;
                 --source)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --check)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --mode)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --owner)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --group)
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;
@@ -179,7 +195,7 @@ _stencil() {
             return 0
             ;;
         stencil__subcmd__deps)
-            opts="-c -t -h -V --config --template --data --source --print-config --json --log-level --log-format --log-timestamps --help --version"
+            opts="-c -t -h -V --config --template --data --source --print-config --check --create-dirs --mode --owner --group --json --log-level --log-format --log-timestamps --help --version"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -206,6 +222,22 @@ _stencil() {
                     return 0
                     ;;
                 --source)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --check)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --mode)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --owner)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --group)
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;
@@ -229,7 +261,7 @@ _stencil() {
             return 0
             ;;
         stencil__subcmd__exec)
-            opts="-c -t -h -V --config --template --data --source --print-config --wait-for-data --wait --wait-timeout --watch --listen --debounce --reload-signal --restart-on-change --kill-signal --kill-timeout --signal-group --log-level --log-format --log-timestamps --help --version"
+            opts="-c -t -h -V --config --template --data --source --print-config --check --create-dirs --mode --owner --group --wait-for-data --wait --wait-timeout --watch --listen --debounce --reload-signal --restart-on-change --kill-signal --kill-timeout --signal-group --log-level --log-format --log-timestamps --help --version"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -256,6 +288,22 @@ _stencil() {
                     return 0
                     ;;
                 --source)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --check)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --mode)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --owner)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --group)
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;
@@ -477,7 +525,7 @@ _stencil() {
             return 0
             ;;
         stencil__subcmd__render)
-            opts="-c -t -h -V --config --template --data --source --print-config --dry-run --diff --no-reload --wait-for-data --log-level --log-format --log-timestamps --help --version"
+            opts="-c -t -h -V --config --template --data --source --print-config --check --create-dirs --mode --owner --group --dry-run --diff --no-reload --wait-for-data --log-level --log-format --log-timestamps --help --version"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -504,6 +552,22 @@ _stencil() {
                     return 0
                     ;;
                 --source)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --check)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --mode)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --owner)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --group)
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;
@@ -573,7 +637,7 @@ _stencil() {
             return 0
             ;;
         stencil__subcmd__watch)
-            opts="-c -t -h -V --config --template --data --source --print-config --dry-run --diff --no-reload --wait-for-data --listen --once --debounce --log-level --log-format --log-timestamps --help --version"
+            opts="-c -t -h -V --config --template --data --source --print-config --check --create-dirs --mode --owner --group --dry-run --diff --no-reload --wait-for-data --listen --once --debounce --log-level --log-format --log-timestamps --help --version"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -600,6 +664,22 @@ _stencil() {
                     return 0
                     ;;
                 --source)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --check)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --mode)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --owner)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --group)
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;

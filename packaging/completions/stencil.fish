@@ -48,6 +48,10 @@ complete -c stencil -n "__fish_stencil_using_subcommand render" -s c -l config -
 complete -c stencil -n "__fish_stencil_using_subcommand render" -s t -l template -d 'A template to render: SRC, SRC:DEST or SRC:DEST:RELOAD' -r
 complete -c stencil -n "__fish_stencil_using_subcommand render" -l data -d 'A data file as a source: [NAME=]FILE (JSON, TOML, YAML or .env)' -r
 complete -c stencil -n "__fish_stencil_using_subcommand render" -l source -d 'A source as NAME=URL; file:///path/data.json is a data file' -r
+complete -c stencil -n "__fish_stencil_using_subcommand render" -l check -d 'For the -t templates: check the staged file with CMD before installing it' -r
+complete -c stencil -n "__fish_stencil_using_subcommand render" -l mode -d 'For the -t templates: the file mode, octal as chmod takes it (e.g. 0640)' -r
+complete -c stencil -n "__fish_stencil_using_subcommand render" -l owner -d 'For the -t templates: the owner of the file, a name or a numeric id' -r
+complete -c stencil -n "__fish_stencil_using_subcommand render" -l group -d 'For the -t templates: the group of the file, a name or a numeric id' -r
 complete -c stencil -n "__fish_stencil_using_subcommand render" -l wait-for-data -d 'How long to wait for missing data before failing (e.g. 30s, 2m). Default: fail at once' -r
 complete -c stencil -n "__fish_stencil_using_subcommand render" -l log-level -d 'How much to log on stderr' -r -f -a "error\t''
 warn\t''
@@ -59,6 +63,7 @@ json\t''"
 complete -c stencil -n "__fish_stencil_using_subcommand render" -l log-timestamps -d 'Start text log lines with an RFC 3339 timestamp (UTC). [default: true, false when stderr is the systemd journal (JOURNAL_STREAM is set), which stamps lines itself]' -r -f -a "true\t''
 false\t''"
 complete -c stencil -n "__fish_stencil_using_subcommand render" -l print-config -d 'Print the configuration as stencil understood it, then exit'
+complete -c stencil -n "__fish_stencil_using_subcommand render" -l create-dirs -d 'For the -t templates: create a missing destination directory'
 complete -c stencil -n "__fish_stencil_using_subcommand render" -l dry-run -d 'Show what would be written (to stdout); write nothing, run no command'
 complete -c stencil -n "__fish_stencil_using_subcommand render" -l diff -d 'Print a unified diff of each file that changes against its current content'
 complete -c stencil -n "__fish_stencil_using_subcommand render" -l no-reload -d 'Install files but run no reload command'
@@ -68,6 +73,10 @@ complete -c stencil -n "__fish_stencil_using_subcommand watch" -s c -l config -d
 complete -c stencil -n "__fish_stencil_using_subcommand watch" -s t -l template -d 'A template to render: SRC, SRC:DEST or SRC:DEST:RELOAD' -r
 complete -c stencil -n "__fish_stencil_using_subcommand watch" -l data -d 'A data file as a source: [NAME=]FILE (JSON, TOML, YAML or .env)' -r
 complete -c stencil -n "__fish_stencil_using_subcommand watch" -l source -d 'A source as NAME=URL; file:///path/data.json is a data file' -r
+complete -c stencil -n "__fish_stencil_using_subcommand watch" -l check -d 'For the -t templates: check the staged file with CMD before installing it' -r
+complete -c stencil -n "__fish_stencil_using_subcommand watch" -l mode -d 'For the -t templates: the file mode, octal as chmod takes it (e.g. 0640)' -r
+complete -c stencil -n "__fish_stencil_using_subcommand watch" -l owner -d 'For the -t templates: the owner of the file, a name or a numeric id' -r
+complete -c stencil -n "__fish_stencil_using_subcommand watch" -l group -d 'For the -t templates: the group of the file, a name or a numeric id' -r
 complete -c stencil -n "__fish_stencil_using_subcommand watch" -l wait-for-data -d 'How long to wait for missing data before failing (e.g. 30s, 2m). Default: fail at once' -r
 complete -c stencil -n "__fish_stencil_using_subcommand watch" -l listen -d 'Serve /healthz, /readyz, /metrics and /status on this address (e.g. 127.0.0.1:9180)' -r
 complete -c stencil -n "__fish_stencil_using_subcommand watch" -l debounce -d 'Quiet period before acting on a change: MIN or MIN:MAX (default MAX: 4 × MIN)' -r
@@ -81,6 +90,7 @@ json\t''"
 complete -c stencil -n "__fish_stencil_using_subcommand watch" -l log-timestamps -d 'Start text log lines with an RFC 3339 timestamp (UTC). [default: true, false when stderr is the systemd journal (JOURNAL_STREAM is set), which stamps lines itself]' -r -f -a "true\t''
 false\t''"
 complete -c stencil -n "__fish_stencil_using_subcommand watch" -l print-config -d 'Print the configuration as stencil understood it, then exit'
+complete -c stencil -n "__fish_stencil_using_subcommand watch" -l create-dirs -d 'For the -t templates: create a missing destination directory'
 complete -c stencil -n "__fish_stencil_using_subcommand watch" -l dry-run -d 'Show what would be written (to stdout); write nothing, run no command'
 complete -c stencil -n "__fish_stencil_using_subcommand watch" -l diff -d 'Print a unified diff of each file that changes against its current content'
 complete -c stencil -n "__fish_stencil_using_subcommand watch" -l no-reload -d 'Install files but run no reload command'
@@ -91,6 +101,10 @@ complete -c stencil -n "__fish_stencil_using_subcommand check" -s c -l config -d
 complete -c stencil -n "__fish_stencil_using_subcommand check" -s t -l template -d 'A template to render: SRC, SRC:DEST or SRC:DEST:RELOAD' -r
 complete -c stencil -n "__fish_stencil_using_subcommand check" -l data -d 'A data file as a source: [NAME=]FILE (JSON, TOML, YAML or .env)' -r
 complete -c stencil -n "__fish_stencil_using_subcommand check" -l source -d 'A source as NAME=URL; file:///path/data.json is a data file' -r
+complete -c stencil -n "__fish_stencil_using_subcommand check" -l check -d 'For the -t templates: check the staged file with CMD before installing it' -r
+complete -c stencil -n "__fish_stencil_using_subcommand check" -l mode -d 'For the -t templates: the file mode, octal as chmod takes it (e.g. 0640)' -r
+complete -c stencil -n "__fish_stencil_using_subcommand check" -l owner -d 'For the -t templates: the owner of the file, a name or a numeric id' -r
+complete -c stencil -n "__fish_stencil_using_subcommand check" -l group -d 'For the -t templates: the group of the file, a name or a numeric id' -r
 complete -c stencil -n "__fish_stencil_using_subcommand check" -l log-level -d 'How much to log on stderr' -r -f -a "error\t''
 warn\t''
 info\t''
@@ -101,12 +115,17 @@ json\t''"
 complete -c stencil -n "__fish_stencil_using_subcommand check" -l log-timestamps -d 'Start text log lines with an RFC 3339 timestamp (UTC). [default: true, false when stderr is the systemd journal (JOURNAL_STREAM is set), which stamps lines itself]' -r -f -a "true\t''
 false\t''"
 complete -c stencil -n "__fish_stencil_using_subcommand check" -l print-config -d 'Print the configuration as stencil understood it, then exit'
+complete -c stencil -n "__fish_stencil_using_subcommand check" -l create-dirs -d 'For the -t templates: create a missing destination directory'
 complete -c stencil -n "__fish_stencil_using_subcommand check" -s h -l help -d 'Print help (see more with \'--help\')'
 complete -c stencil -n "__fish_stencil_using_subcommand check" -s V -l version -d 'Print version'
 complete -c stencil -n "__fish_stencil_using_subcommand deps" -s c -l config -d 'Config file (TOML) with [[templates]] and [sources.NAME]; see stencil.toml(5)' -r -F
 complete -c stencil -n "__fish_stencil_using_subcommand deps" -s t -l template -d 'A template to render: SRC, SRC:DEST or SRC:DEST:RELOAD' -r
 complete -c stencil -n "__fish_stencil_using_subcommand deps" -l data -d 'A data file as a source: [NAME=]FILE (JSON, TOML, YAML or .env)' -r
 complete -c stencil -n "__fish_stencil_using_subcommand deps" -l source -d 'A source as NAME=URL; file:///path/data.json is a data file' -r
+complete -c stencil -n "__fish_stencil_using_subcommand deps" -l check -d 'For the -t templates: check the staged file with CMD before installing it' -r
+complete -c stencil -n "__fish_stencil_using_subcommand deps" -l mode -d 'For the -t templates: the file mode, octal as chmod takes it (e.g. 0640)' -r
+complete -c stencil -n "__fish_stencil_using_subcommand deps" -l owner -d 'For the -t templates: the owner of the file, a name or a numeric id' -r
+complete -c stencil -n "__fish_stencil_using_subcommand deps" -l group -d 'For the -t templates: the group of the file, a name or a numeric id' -r
 complete -c stencil -n "__fish_stencil_using_subcommand deps" -l log-level -d 'How much to log on stderr' -r -f -a "error\t''
 warn\t''
 info\t''
@@ -117,6 +136,7 @@ json\t''"
 complete -c stencil -n "__fish_stencil_using_subcommand deps" -l log-timestamps -d 'Start text log lines with an RFC 3339 timestamp (UTC). [default: true, false when stderr is the systemd journal (JOURNAL_STREAM is set), which stamps lines itself]' -r -f -a "true\t''
 false\t''"
 complete -c stencil -n "__fish_stencil_using_subcommand deps" -l print-config -d 'Print the configuration as stencil understood it, then exit'
+complete -c stencil -n "__fish_stencil_using_subcommand deps" -l create-dirs -d 'For the -t templates: create a missing destination directory'
 complete -c stencil -n "__fish_stencil_using_subcommand deps" -l json -d 'Print the dependencies as JSON instead of text'
 complete -c stencil -n "__fish_stencil_using_subcommand deps" -s h -l help -d 'Print help (see more with \'--help\')'
 complete -c stencil -n "__fish_stencil_using_subcommand deps" -s V -l version -d 'Print version'
@@ -141,6 +161,10 @@ complete -c stencil -n "__fish_stencil_using_subcommand exec" -s c -l config -d 
 complete -c stencil -n "__fish_stencil_using_subcommand exec" -s t -l template -d 'A template to render: SRC, SRC:DEST or SRC:DEST:RELOAD' -r
 complete -c stencil -n "__fish_stencil_using_subcommand exec" -l data -d 'A data file as a source: [NAME=]FILE (JSON, TOML, YAML or .env)' -r
 complete -c stencil -n "__fish_stencil_using_subcommand exec" -l source -d 'A source as NAME=URL; file:///path/data.json is a data file' -r
+complete -c stencil -n "__fish_stencil_using_subcommand exec" -l check -d 'For the -t templates: check the staged file with CMD before installing it' -r
+complete -c stencil -n "__fish_stencil_using_subcommand exec" -l mode -d 'For the -t templates: the file mode, octal as chmod takes it (e.g. 0640)' -r
+complete -c stencil -n "__fish_stencil_using_subcommand exec" -l owner -d 'For the -t templates: the owner of the file, a name or a numeric id' -r
+complete -c stencil -n "__fish_stencil_using_subcommand exec" -l group -d 'For the -t templates: the group of the file, a name or a numeric id' -r
 complete -c stencil -n "__fish_stencil_using_subcommand exec" -l wait-for-data -d 'How long to wait for missing data before failing (e.g. 30s, 2m). Default: fail at once' -r
 complete -c stencil -n "__fish_stencil_using_subcommand exec" -l wait -d 'Before starting the app, wait until URL is up; repeatable' -r
 complete -c stencil -n "__fish_stencil_using_subcommand exec" -l wait-timeout -d 'How long to wait for all --wait dependencies together (e.g. 30s, 2m)' -r
@@ -159,6 +183,7 @@ json\t''"
 complete -c stencil -n "__fish_stencil_using_subcommand exec" -l log-timestamps -d 'Start text log lines with an RFC 3339 timestamp (UTC). [default: true, false when stderr is the systemd journal (JOURNAL_STREAM is set), which stamps lines itself]' -r -f -a "true\t''
 false\t''"
 complete -c stencil -n "__fish_stencil_using_subcommand exec" -l print-config -d 'Print the configuration as stencil understood it, then exit'
+complete -c stencil -n "__fish_stencil_using_subcommand exec" -l create-dirs -d 'For the -t templates: create a missing destination directory'
 complete -c stencil -n "__fish_stencil_using_subcommand exec" -l watch -d 'Stay as the app\'s parent and supervise it instead of exec\'ing into it'
 complete -c stencil -n "__fish_stencil_using_subcommand exec" -l restart-on-change -d 'With --watch: restart the app after a change instead of signalling it'
 complete -c stencil -n "__fish_stencil_using_subcommand exec" -l signal-group -d 'With --watch: send forwarded and reload signals to the app\'s whole process group'

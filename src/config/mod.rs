@@ -193,7 +193,17 @@ impl Config {
             config.add_source(&name, spec, &format!("--source {source}"))?;
         }
         for flag in &args.templates {
-            config.templates.push(parse_template_flag(flag)?);
+            let mut t = parse_template_flag(flag)?;
+            // --check, --create-dirs, --mode, --owner, --group: what a
+            // [[templates]] table can say, for the -t templates of this run.
+            if let Some(check) = &args.check {
+                t.check = Some(CommandSpec::Shell(check.clone()));
+            }
+            t.create_dirs |= args.create_dirs;
+            t.mode = args.mode.or(t.mode);
+            t.owner = args.owner.clone().or(t.owner);
+            t.group = args.group.clone().or(t.group);
+            config.templates.push(t);
         }
         config.validate()?;
         Ok(config)

@@ -192,6 +192,8 @@ fn write_file(path: &Path, content: &[u8]) -> Result<()> {
         backup: false,
         create_dirs: false,
         label: "subst",
+        // subst has no create_dirs: mkdir -p is the user's.
+        create_dirs_hint: "",
     };
     install::install(&req).with_context(|| format!("cannot write {}", path.display()))?;
     Ok(())
