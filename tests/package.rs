@@ -96,12 +96,11 @@ fn build_deb(tmp: &Path) -> PathBuf {
         .env("CARGO_TARGET_DIR", tmp.join("target"))
         .args(["deb", "--no-build", "--fast", "--strip", "--quiet", "-o"])
         .arg(tmp.join("out")));
-    let deb = std::fs::read_dir(tmp.join("out"))
+    std::fs::read_dir(tmp.join("out"))
         .unwrap()
         .map(|e| e.unwrap().path())
         .find(|p| p.extension().is_some_and(|e| e == "deb"))
-        .expect("cargo deb wrote no .deb");
-    deb
+        .expect("cargo deb wrote no .deb")
 }
 
 fn man_w(page: &str) -> String {
