@@ -105,6 +105,9 @@ impl Coordinator {
     }
 
     pub(super) async fn run(&mut self) -> Result<Exit> {
+        // Taken before the app starts: an edit made once the app runs (and
+        // before the watches below exist) still counts as a change.
+        let since = SystemTime::now();
         let mut app = match self.start_app()? {
             Ok(app) => app,
             Err(exit) => return Ok(exit),
@@ -120,7 +123,7 @@ impl Coordinator {
         }
         // Templates, data files and the config are known before anything
         // renders: watch them from the start.
-        self.update_watches(SystemTime::now());
+        self.update_watches(since);
         let exit = self.main_loop(&mut app).await;
         self.watches.stop_all();
         if let Some(server) = self.server.take() {
