@@ -10,13 +10,29 @@ use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
-use crate::spec::{Debounce, WaitTarget, parse_duration, parse_listen, parse_signal};
+use crate::spec::{Debounce, parse_duration, parse_listen, parse_mode};
 
 mod convert;
 pub use convert::{ConfdArgs, ConsulTemplateArgs, ConvertArgs, ConvertCommand};
 
+mod exec;
+use exec::EXEC_EXAMPLES;
+pub use exec::ExecArgs;
+
 const ABOUT: &str = "Render configuration files from templates with data from environment \
 variables, data files, Consul and etcd; install them atomically; check before and reload after.";
+
+/// `stencil --version`: the version, the git commit and the build date
+/// (build.rs), as rustc prints them. `-V` and the man pages show the version alone, so the
+/// committed pages do not change with every commit.
+const LONG_VERSION: &str = concat!(
+    env!("CARGO_PKG_VERSION"),
+    " (",
+    env!("STENCIL_GIT_COMMIT"),
+    " ",
+    env!("STENCIL_BUILD_DATE"),
+    ")"
+);
 
 const EXAMPLES: &str = "\
 Examples:
@@ -39,12 +55,21 @@ Examples:
   stencil exec -t /tpl/app.conf.j2:/etc/app.conf --wait tcp://db:5432 -- app --serve
 
   # Replace envsubst:
-  stencil subst '$HOST $PORT' < in.conf > out.conf";
+  stencil subst '$HOST $PORT' < in.conf > out.conf
+
+Exit status, the same for every command and the same error:
+  0  done: every file is in place
+  1  something failed while running: a render (missing data), a check or
+     reload command, a source, a write, a --wait
+  2  something a person must fix before anything can run: a flag, the
+     config file, a template or data file that is missing or does not parse
+  exec passes its app's status through (stencil-exec(1)).";
 
 #[derive(Debug, Parser)]
 #[command(
     name = "stencil",
     version,
+    long_version = LONG_VERSION,
     about = ABOUT,
     after_help = EXAMPLES,
     propagate_version = true,
@@ -68,6 +93,13 @@ pub struct GlobalArgs {
     /// Log line format: human-readable text, or one JSON object per line.
     #[arg(long, global = true, env = "STENCIL_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
     pub log_format: LogFormat,
+
+    /// Start text log lines with an RFC 3339 timestamp (UTC). [default: true, false when
+    /// stderr is the systemd journal (JOURNAL_STREAM is set), which stamps lines itself]
+    #[arg(long, global = true, env = "STENCIL_LOG_TIMESTAMPS", value_name = "BOOL",
+          num_args = 0..=1, default_missing_value = "true", require_equals = true,
+          value_parser = clap::builder::BoolishValueParser::new())]
+    pub log_timestamps: Option<bool>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -102,7 +134,8 @@ pub enum Command {
     /// Render templates once, install the files that changed, run their commands.
     ///
     /// The exit status says whether every file is in place: 0 all done, 1 a
-    /// render, install or command failed, 2 a usage or configuration error.
+    /// render, install or command failed, 2 a usage or configuration error
+    /// (a missing or unparsable template or data file included).
     /// A failed render, check or write leaves the old file byte for byte.
     #[command(after_help = RENDER_EXAMPLES)]
     Render(RenderArgs),
@@ -151,8 +184,9 @@ pub enum Command {
     ///
     /// With --watch, stencil stays as the app's parent and supervises it: the
     /// app runs in its own process group; SIGHUP, SIGINT, SIGQUIT, SIGTERM,
-    /// SIGUSR1, SIGUSR2 and SIGWINCH are forwarded to that group and nothing
-    /// else; SIGTERM and SIGINT also SIGKILL the group if it still runs
+    /// SIGUSR1, SIGUSR2 and SIGWINCH are forwarded to the app's process (to
+    /// its whole group with --signal-group) and nothing else; SIGTERM and
+    /// SIGINT also SIGKILL the group if it still runs
     /// after --kill-timeout; orphaned processes are reaped. Exit status: the
     /// app's, or 128+N when signal N killed it (137 after the SIGKILL); 1 when
     /// a render or wait failed; 2 on a usage error; 126 when CMD cannot be
@@ -235,34 +269,6 @@ Examples:
 
 const SUBST_EXAMPLES: &str = subst_examples!();
 
-const EXEC_EXAMPLES: &str = "\
-Examples:
-  # A Dockerfile entrypoint: render, then become the app (same PID):
-  ENTRYPOINT [\"stencil\", \"exec\", \"-t\", \"/tpl/app.conf.j2:/etc/app.conf\", \"--\"]
-  CMD [\"app\", \"--serve\"]
-
-  # Wait for the database and the API before starting:
-  stencil exec -t app.conf.j2:/etc/app.conf --wait tcp://db:5432 \\
-      --wait http://api:8080/healthz --wait-timeout 2m -- app --serve
-
-  # Wait for a secret file to be mounted:
-  stencil exec -t app.conf.j2:/etc/app.conf --wait file:///run/secrets/token -- app
-
-  # Supervise nginx, SIGQUIT (graceful) when asked to stop:
-  stencil exec -c stencil.toml --watch --kill-signal SIGQUIT -- nginx -g 'daemon off;'
-
-Signals with --watch (without it, stencil is gone and the app gets them itself):
-  SIGTERM          sends --kill-signal (default SIGTERM) to the app's group;
-                   SIGKILL to the group after --kill-timeout
-  SIGINT           forwarded; SIGKILL to the group after --kill-timeout
-  SIGHUP SIGQUIT   forwarded, nothing else: never a kill timer
-  SIGUSR1 SIGUSR2  forwarded, nothing else
-  SIGWINCH         forwarded, nothing else
-  others           not forwarded
-  after a change   --reload-signal (default SIGHUP) to the group, or a restart
-                   with --restart-on-change. An app without a handler for its
-                   reload signal dies of it: set the one it reloads on.";
-
 /// Where templates, data and sources come from; shared by the commands that
 /// render.
 #[derive(Debug, Clone, Default, Args)]
@@ -304,6 +310,29 @@ pub struct TemplateArgs {
     /// Print the configuration as stencil understood it, then exit.
     #[arg(long, env = "STENCIL_PRINT_CONFIG")]
     pub print_config: bool,
+
+    /// For the -t templates: check the staged file with CMD before installing it.
+    ///
+    /// As `check` in stencil.toml(5): a shell command, {{ staged }} is the
+    /// staged file. Example: --check 'nginx -t -c {{ staged }}'.
+    #[arg(long = "check", env = "STENCIL_CHECK", value_name = "CMD")]
+    pub check: Option<String>,
+
+    /// For the -t templates: create a missing destination directory.
+    #[arg(long, env = "STENCIL_CREATE_DIRS")]
+    pub create_dirs: bool,
+
+    /// For the -t templates: the file mode, octal as chmod takes it (e.g. 0640).
+    #[arg(long, env = "STENCIL_MODE", value_name = "MODE", value_parser = parse_mode)]
+    pub mode: Option<u32>,
+
+    /// For the -t templates: the owner of the file, a name or a numeric id.
+    #[arg(long, env = "STENCIL_OWNER", value_name = "USER")]
+    pub owner: Option<String>,
+
+    /// For the -t templates: the group of the file, a name or a numeric id.
+    #[arg(long, env = "STENCIL_GROUP", value_name = "GROUP")]
+    pub group: Option<String>,
 }
 
 #[derive(Debug, Clone, Args)]
@@ -392,97 +421,6 @@ pub struct DepsArgs {
     /// Print the dependencies as JSON instead of text.
     #[arg(long, env = "STENCIL_DEPS_JSON")]
     pub json: bool,
-}
-
-#[derive(Debug, Clone, Args)]
-pub struct ExecArgs {
-    #[command(flatten)]
-    pub templates: TemplateArgs,
-
-    #[command(flatten)]
-    pub render: ExecRenderArgs,
-
-    #[command(flatten)]
-    pub exec: ExecOptions,
-
-    /// The command to run and its arguments, after `--`; passed exactly.
-    ///
-    /// Wins over `command` in the config file's [exec] table.
-    #[arg(last = true, value_name = "CMD")]
-    pub command: Vec<std::ffi::OsString>,
-}
-
-/// The output options of render that make sense before an app starts.
-/// Reload commands do not run before the app starts: there is nothing to
-/// reload yet.
-#[derive(Debug, Clone, Default, Args)]
-#[command(next_help_heading = "Output")]
-pub struct ExecRenderArgs {
-    /// How long to wait for missing data before failing (e.g. 30s, 2m). Default: fail at once.
-    #[arg(long, env = "STENCIL_WAIT_FOR_DATA", value_name = "DURATION", value_parser = parse_duration)]
-    pub wait_for_data: Option<Duration>,
-}
-
-#[derive(Debug, Clone, Args)]
-#[command(next_help_heading = "Running the app")]
-pub struct ExecOptions {
-    /// Before starting the app, wait until URL is up; repeatable.
-    ///
-    /// tcp://HOST:PORT accepts a connection; http://… or https://… answers
-    /// with a 2xx status; file:///PATH exists. Example: --wait tcp://db:5432
-    /// --wait http://api:8080/healthz. STENCIL_WAIT takes several, separated
-    /// by spaces.
-    #[arg(long, env = "STENCIL_WAIT", value_name = "URL", value_delimiter = ' ',
-          value_parser = WaitTarget::parse)]
-    pub wait: Vec<WaitTarget>,
-
-    /// How long to wait for all --wait dependencies together (e.g. 30s, 2m).
-    #[arg(long, env = "STENCIL_WAIT_TIMEOUT", value_name = "DURATION", value_parser = parse_duration,
-          default_value = "60s")]
-    pub wait_timeout: Duration,
-
-    /// Stay as the app's parent and supervise it instead of exec'ing into it.
-    ///
-    /// Re-renders when the data changes, as `stencil watch` does, and sends
-    /// the app --reload-signal after a change (or restarts it). Forwards
-    /// signals to the app's process group, stops it with --kill-signal and
-    /// --kill-timeout, reaps orphaned processes and exits with the app's
-    /// status.
-    #[arg(long, env = "STENCIL_WATCH")]
-    pub watch: bool,
-
-    /// With --watch: serve /healthz, /readyz, /metrics and /status on this
-    /// address; a bare port is on 127.0.0.1.
-    #[arg(long, env = "STENCIL_LISTEN", value_name = "ADDR|PORT", value_parser = parse_listen)]
-    pub listen: Option<std::net::SocketAddr>,
-
-    /// With --watch: quiet period before acting on a change, MIN or MIN:MAX.
-    #[arg(long, env = "STENCIL_DEBOUNCE", value_name = "MIN[:MAX]", value_parser = Debounce::parse)]
-    pub debounce: Option<Debounce>,
-
-    /// With --watch: the signal sent to the app after a change (e.g. SIGHUP, SIGUSR2). [default: SIGHUP]
-    ///
-    /// An app that has no handler for it dies of it (SIGHUP's default action
-    /// is to terminate): set the signal the app reloads on, or use
-    /// --restart-on-change. Config: reload_signal in [exec].
-    #[arg(long, env = "STENCIL_RELOAD_SIGNAL", value_name = "SIG",
-          value_parser = parse_signal)]
-    pub reload_signal: Option<nix::sys::signal::Signal>,
-
-    /// With --watch: restart the app after a change instead of signalling it.
-    #[arg(long, env = "STENCIL_RESTART_ON_CHANGE")]
-    pub restart_on_change: bool,
-
-    /// With --watch: the signal that asks the app to stop, sent on SIGTERM and before a restart. [default: SIGTERM]
-    ///
-    /// Example: --kill-signal SIGQUIT for nginx's graceful stop.
-    #[arg(long, env = "STENCIL_KILL_SIGNAL", value_name = "SIG",
-          value_parser = parse_signal)]
-    pub kill_signal: Option<nix::sys::signal::Signal>,
-
-    /// With --watch: how long the app may take to stop before its process group is SIGKILLed. [default: 10s]
-    #[arg(long, env = "STENCIL_KILL_TIMEOUT", value_name = "DURATION", value_parser = parse_duration)]
-    pub kill_timeout: Option<Duration>,
 }
 
 #[derive(Debug, Clone, Args)]

@@ -36,8 +36,10 @@ pub fn is_command_failure(e: &anyhow::Error) -> bool {
 ///
 /// `what` names the command in errors ("check command", "reload command").
 /// A non-zero exit, a signal or a timeout is an error carrying the command's
-/// output.
-pub fn run(spec: &CommandSpec, what: &str, timeout: Duration) -> Result<()> {
+/// output. A successful command's output is logged at info, one line per
+/// output line, each prefixed by `label` (the template), as confd and
+/// consul-template users expect to see it.
+pub fn run(spec: &CommandSpec, what: &str, label: &str, timeout: Duration) -> Result<()> {
     let mut cmd = match spec {
         CommandSpec::Shell(s) => {
             let mut c = Command::new("/bin/sh");
@@ -81,8 +83,8 @@ pub fn run(spec: &CommandSpec, what: &str, timeout: Duration) -> Result<()> {
         ))
         .into());
     }
-    if !output.trim().is_empty() {
-        tracing::debug!("{what} `{spec}` succeeded{}", format_output(&output));
+    for line in output.trim_end().lines() {
+        tracing::info!("{label}: {line}");
     }
     Ok(())
 }
@@ -130,6 +132,7 @@ mod tests {
         let err = run(
             &CommandSpec::Shell("echo broken config >&2; exit 3".into()),
             "check command",
+            "a.j2",
             Duration::from_secs(10),
         )
         .unwrap_err()
@@ -148,6 +151,7 @@ mod tests {
         let err = run(
             &CommandSpec::Shell(script),
             "reload command",
+            "a.j2",
             Duration::from_millis(200),
         )
         .unwrap_err()

@@ -33,7 +33,10 @@ pub(crate) fn load(flags: &Flags) -> Result<Result<Pipeline, Exit>> {
     }
     match Pipeline::load(config) {
         Ok(p) => Ok(Ok(p)),
-        Err(errors) => Ok(Err(print_all(&errors))),
+        // A template or data file that cannot be read or parsed is for a
+        // person to fix before anything can run: 2 for every command, as
+        // stencil(1) says.
+        Err(errors) => Ok(Err(print_all(&errors).max(Exit::Usage))),
     }
 }
 
@@ -79,6 +82,7 @@ pub(crate) fn watch(args: WatchArgs) -> Result<Exit> {
         templates: args.templates,
         listen: args.watch.listen,
         debounce: args.watch.debounce,
+        ..Flags::default()
     };
     let pipeline = match load(&flags)? {
         Ok(p) => p,
@@ -96,7 +100,7 @@ pub(crate) fn watch(args: WatchArgs) -> Result<Exit> {
 pub(crate) fn check(args: &TemplateArgs) -> Result<Exit> {
     let pipeline = match load(&Flags::from(args))? {
         Ok(p) => p,
-        Err(exit) => return Ok(exit.max(Exit::Usage)),
+        Err(exit) => return Ok(exit),
     };
     for unit in &pipeline.units {
         let unknown = unit.template.unknown_names();

@@ -119,6 +119,19 @@ impl fmt::Display for Report<'_> {
     }
 }
 
+/// An error inside a log line: [`Report`]'s text without its leading
+/// `error: ` (the line's level already says ERROR) and without the final
+/// newline, so a failure reads the same in a one-shot run and in a log.
+pub struct Logged<'a>(pub &'a anyhow::Error);
+
+impl fmt::Display for Logged<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let text = Report(self.0).to_string();
+        let text = text.strip_prefix("error: ").unwrap_or(&text);
+        f.write_str(text.trim_end())
+    }
+}
+
 /// Shows the template lines around a template error with a marker under the
 /// failing expression.
 ///

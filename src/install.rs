@@ -48,6 +48,11 @@ pub(crate) struct Request<'a> {
     pub(crate) command_timeout: Duration,
     pub(crate) backup: bool,
     pub(crate) create_dirs: bool,
+    /// Prefixes the check command's logged output: the template.
+    pub(crate) label: &'a str,
+    /// How the caller creates a missing directory, said when one is
+    /// missing ("set create_dirs = true …"); empty when it cannot.
+    pub(crate) create_dirs_hint: &'a str,
 }
 
 /// What the destination holds now, and what installing would change.
@@ -87,8 +92,13 @@ pub(crate) fn plan(req: &Request) -> Result<Plan> {
     let target = resolve_symlinks(req.destination)?;
     let dir = parent(&target);
     if !dir.is_dir() && !req.create_dirs {
+        let hint = if req.create_dirs_hint.is_empty() {
+            String::new()
+        } else {
+            format!(" ({})", req.create_dirs_hint)
+        };
         bail!(
-            "destination directory {} does not exist (set create_dirs = true to create it)",
+            "destination directory {} does not exist{hint}",
             dir.display()
         );
     }
@@ -177,6 +187,8 @@ pub(crate) fn restore(previous: &Previous) -> Result<()> {
         command_timeout: Duration::ZERO,
         backup: false,
         create_dirs: false,
+        label: "",
+        create_dirs_hint: "",
     };
     let plan = Plan {
         target: target.clone(),
@@ -206,7 +218,7 @@ fn write(req: &Request, plan: &Plan) -> Result<()> {
         let spec = check.substitute(&[("staged", &staged_path), ("destination", &dest)]);
         // On failure `staged` is dropped, which removes it: the old file
         // was never touched.
-        command::run(&spec, "check command", req.command_timeout)?;
+        command::run(&spec, "check command", req.label, req.command_timeout)?;
     }
 
     if req.backup && plan.current.is_some() {
@@ -454,6 +466,8 @@ mod tests {
             command_timeout: Duration::from_secs(10),
             backup: false,
             create_dirs: false,
+            label: "test",
+            create_dirs_hint: "set create_dirs = true to create it",
         }
     }
 

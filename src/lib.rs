@@ -103,7 +103,11 @@ where
         }
     };
     let json = cli.global.log_format == cli::LogFormat::Json;
-    logging::init(cli.global.log_level.into(), json);
+    let timestamps = logging::timestamps(
+        cli.global.log_timestamps,
+        std::env::var_os("JOURNAL_STREAM").as_deref(),
+    );
+    logging::init(cli.global.log_level.into(), json, timestamps);
     match cli.command {
         Command::Render(args) => commands::render(args),
         Command::Watch(args) => commands::watch(args),

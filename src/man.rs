@@ -26,7 +26,9 @@ const WRITTEN: &[(&str, &str, &str)] = &[
 
 /// Every page as (file name, roff text).
 pub fn pages() -> Result<Vec<(String, Vec<u8>)>> {
-    let cmd = Cli::command();
+    // The version alone: the commit and build date of `--version` would make
+    // the committed pages stale at every commit.
+    let cmd = Cli::command().long_version(None);
     let mut pages = Vec::new();
     let mut buf = Vec::new();
     clap_mangen::Man::new(cmd.clone()).render(&mut buf)?;

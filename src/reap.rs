@@ -371,6 +371,15 @@ impl Claimed {
         status.unwrap_or(unknown())
     }
 
+    /// Sends `sig` to it alone; ESRCH once it was reaped (see "Signals").
+    pub fn signal(&self, sig: Signal) -> nix::Result<()> {
+        let _state = self.reaper.lock();
+        if self.status().is_some() {
+            return Err(Errno::ESRCH);
+        }
+        nix::sys::signal::kill(self.pid, sig)
+    }
+
     /// Sends `sig` to its process group (it must lead one); ESRCH once it
     /// was reaped (see "Signals").
     pub fn signal_group(&self, sig: Signal) -> nix::Result<()> {

@@ -368,6 +368,16 @@ pub fn redact_urls(text: &str) -> String {
     out
 }
 
+/// `--mode`: an octal string as chmod takes it, as `mode` in the config file.
+pub fn parse_mode(s: &str) -> Result<u32, String> {
+    match u32::from_str_radix(s.trim_start_matches("0o"), 8) {
+        Ok(m) if m <= 0o7777 => Ok(m),
+        _ => Err(format!(
+            "expected an octal mode of at most 4 digits such as 0644, not {s:?}"
+        )),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -79,7 +79,7 @@ fn malformed_data_files_name_file_and_line() {
             .file(name, text)
             .args(["render", "--data", name, "-t", "a.j2:out.conf"])
             .run()
-            .code(1)
+            .code(2)
             .stderr_has(name)
             .stderr_has(needle);
         untouched(out);
@@ -246,7 +246,7 @@ fn missing_template_file() {
     with_old_file()
         .args(["render", "-t", "nope.j2:out.conf"])
         .run()
-        .code(1)
+        .code(2)
         .stderr_has("cannot read template nope.j2");
 }
 
@@ -256,7 +256,7 @@ fn missing_data_file() {
         .file("a.j2", "x\n")
         .args(["render", "--data", "nope.json", "-t", "a.j2:out.conf"])
         .run()
-        .code(1)
+        .code(2)
         .stderr_has("cannot read nope.json");
     untouched(out);
 }

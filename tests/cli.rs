@@ -27,10 +27,29 @@ fn help_shows_examples() {
 }
 
 #[test]
-fn version_prints_the_crate_version() {
+fn version_prints_the_crate_version_commit_and_build_date() {
     let out = Test::new().args(["--version"]).run().success();
+    let text = out.stdout_str();
+    // rustc's form: stencil 0.1.0 (0123456789ab 2026-01-31)
+    let rest = text
+        .strip_prefix(&format!("stencil {} (", env!("CARGO_PKG_VERSION")))
+        .and_then(|r| r.strip_suffix(")\n"))
+        .unwrap_or_else(|| panic!("unexpected --version output: {text:?}"));
+    let (commit, date) = rest.split_once(' ').expect("commit and date");
+    assert!(
+        commit == "unknown"
+            || (commit.len() == 12 && commit.chars().all(|c| c.is_ascii_hexdigit())),
+        "{text:?}"
+    );
+    let date: Vec<&str> = date.split('-').collect();
+    assert!(
+        date.len() == 3 && date.iter().all(|p| p.chars().all(|c| c.is_ascii_digit())),
+        "{text:?}"
+    );
+    // -V stays the bare version, for scripts that compare it.
+    let short = Test::new().args(["-V"]).run().success();
     assert_eq!(
-        out.stdout_str(),
+        short.stdout_str(),
         format!("stencil {}\n", env!("CARGO_PKG_VERSION"))
     );
 }

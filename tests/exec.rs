@@ -901,3 +901,78 @@ fn watch_takes_a_reloaded_exec_table() {
     run.signal(Signal::SIGTERM);
     run.exits_with(5);
 }
+
+#[test]
+fn wait_alone_needs_no_template() {
+    // dockerize and wait-for-it users: `stencil exec --wait … -- app`.
+    let t = Test::new().file("ready", "");
+    let url = format!("file://{}", t.path("ready").display());
+    t.args(["exec", "--wait", &url, "--", "sh", "-c", "echo started"])
+        .run()
+        .success()
+        .stdout_is("started\n");
+    // Neither a template nor a wait: still nothing to do.
+    Test::new()
+        .args(["exec", "--", "true"])
+        .run()
+        .code(2)
+        .stderr_has("no templates");
+}
+
+/// A shell app with a helper in the background: the helper has no handler
+/// for SIGHUP, so it dies of one sent to the group.
+const APP_WITH_HELPER: &str = r#"trap 'echo HUP >> got' HUP
+trap 'exit 0' TERM
+sleep 300 &
+echo $! > helper
+echo > ready
+while :; do sleep 0.05; done
+"#;
+
+fn alive(pid: i32) -> bool {
+    // A zombie is dead for this purpose: it is waiting to be reaped.
+    std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|s| {
+        !s.rsplit(')')
+            .next()
+            .unwrap_or("")
+            .trim_start()
+            .starts_with('Z')
+    })
+}
+
+#[test]
+fn watch_reload_signal_goes_to_the_app_alone_unless_signal_group() {
+    for group in [false, true] {
+        let t = Test::new()
+            .file("a.j2", "v={{ key('v') }}\n")
+            .file("d.json", r#"{"v": "1"}"#)
+            .file("app.sh", APP_WITH_HELPER);
+        let mut args = vec!["exec", "--watch", "--data", "d.json", "-t", "a.j2:a.conf"];
+        if group {
+            args.push("--signal-group");
+        }
+        args.extend(["--", "sh", "app.sh"]);
+        let mut run = Running::start(&t, &args);
+        run.ready();
+        let helper: i32 = poll("the helper's pid", || {
+            run.read("helper").and_then(|s| s.trim().parse().ok())
+        });
+        std::fs::write(t.path("d.json"), r#"{"v": "2"}"#).unwrap();
+        poll("the reload signal", || {
+            (run.read("got").unwrap_or_default() == "HUP\n").then_some(())
+        });
+        if group {
+            poll("the helper to die of SIGHUP", || {
+                (!alive(helper)).then_some(())
+            });
+        } else {
+            assert!(
+                alive(helper),
+                "the app's helper died of the app's reload signal"
+            );
+        }
+        run.signal(Signal::SIGTERM);
+        run.exits_with(0);
+        let _ = nix::sys::signal::kill(Pid::from_raw(helper), Signal::SIGKILL);
+    }
+}

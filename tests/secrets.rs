@@ -95,7 +95,8 @@ fn data_file_parse_errors_name_the_place_never_the_value() {
                 .file(file, &content)
                 .args(with_logs(&logs, &["render", "--data", file, "-t", "a.j2"]))
                 .run()
-                .code(1)
+                // A data file that does not parse must be fixed by a person.
+                .code(2)
                 .stderr_has(file)
                 .stderr_has(place);
             hidden(file, &out.stderr);
@@ -155,7 +156,7 @@ fn a_password_in_a_source_url_is_never_shown() {
             .file("stencil.toml", &etcd_only)
             .args(with_logs(&logs, &["render", "-c", "stencil.toml"]))
             .run()
-            .code(1)
+            .code(2)
             .stderr_has("has a user or password in it");
         hidden("render (etcd)", &out.stderr);
         let out = Test::new()

@@ -703,7 +703,7 @@ fn extended_errors_match_posix_shell() {
                 assert!(stderr.contains(&format!("{name}: ")), "dash: {stderr}");
                 out.code(1)
                     .stdout_is("")
-                    .stderr_has(&format!("error: {name}: "));
+                    .stderr_has(&format!("error: line 1: {name}: "));
             }
         }
     }

@@ -77,6 +77,9 @@ pub struct Flags {
     pub listen: Option<SocketAddr>,
     /// `--debounce`: wins over the top-level `wait`.
     pub debounce: Option<Debounce>,
+    /// No template is fine: `exec --wait … -- app` only waits (dockerize and
+    /// wait-for-it users do exactly that).
+    pub templates_optional: bool,
 }
 
 impl From<&TemplateArgs> for Flags {
@@ -92,6 +95,11 @@ impl Flags {
     /// Reads the config file (if any) and merges the flags over it.
     pub fn load(&self) -> Result<Config> {
         let mut config = Config::load(&self.templates)?;
+        if config.templates.is_empty() && !self.templates_optional {
+            return Err(usage(
+                "no templates: give -t SRC[:DEST] or a config file (-c) with [[templates]]",
+            ));
+        }
         config.listen = self.listen.or(config.listen);
         config.wait = self.debounce.or(config.wait);
         Ok(config)
@@ -114,6 +122,8 @@ pub struct ExecTable {
     pub kill_signal: Option<Signal>,
     #[serde(default, with = "crate::spec::duration_serde_opt")]
     pub kill_timeout: Option<Duration>,
+    #[serde(default)]
+    pub signal_group: Option<bool>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -225,10 +235,19 @@ impl Config {
             config.add_source(&name, spec, &format!("--source {source}"))?;
         }
         for flag in &args.templates {
-            let mut spec = parse_template_flag(flag)?;
-            spec.on_reload_failure = config.on_reload_failure;
-            spec.whitespace = config.whitespace;
-            config.templates.push(spec);
+            let mut t = parse_template_flag(flag)?;
+            t.on_reload_failure = config.on_reload_failure;
+            t.whitespace = config.whitespace;
+            // --check, --create-dirs, --mode, --owner, --group: what a
+            // [[templates]] table can say, for the -t templates of this run.
+            if let Some(check) = &args.check {
+                t.check = Some(CommandSpec::Shell(check.clone()));
+            }
+            t.create_dirs |= args.create_dirs;
+            t.mode = args.mode.or(t.mode);
+            t.owner = args.owner.clone().or(t.owner);
+            t.group = args.group.clone().or(t.group);
+            config.templates.push(t);
         }
         config.validate()?;
         Ok(config)
@@ -262,11 +281,6 @@ impl Config {
 
     /// Checks what only makes sense across the whole config.
     fn validate(&self) -> Result<()> {
-        if self.templates.is_empty() {
-            return Err(usage(
-                "no templates: give -t SRC[:DEST] or a config file (-c) with [[templates]]",
-            ));
-        }
         let mut seen: HashMap<PathBuf, &str> = HashMap::new();
         for t in &self.templates {
             if let Destination::File(dest) = &t.destination {

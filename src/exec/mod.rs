@@ -40,6 +40,7 @@ pub fn run(args: &ExecArgs) -> Result<Exit> {
         templates: args.templates.clone(),
         listen: args.exec.listen,
         debounce: args.exec.debounce,
+        templates_optional: !args.exec.wait.is_empty(),
     };
     let mut pipeline = match commands::load(&flags)? {
         Ok(p) => p,
@@ -49,15 +50,15 @@ pub fn run(args: &ExecArgs) -> Result<Exit> {
     pipeline.remove_stale();
     let all: Vec<usize> = (0..pipeline.units.len()).collect();
     let report = pipeline.run(&all, &args.options(), &mut std::io::stdout().lock());
-    let errors = report.into_errors();
+    let errors: Vec<anyhow::Error> = report
+        .into_errors()
+        .into_iter()
+        // Said once, as the wait failure below says it: `error: not
+        // starting …` and the cause, not an extra summary line.
+        .map(|e| e.context(format!("not starting `{}`", spec.display())))
+        .collect();
     if !errors.is_empty() {
-        let exit = commands::print_all(&errors).max(Exit::Failure);
-        tracing::error!(
-            "not starting `{}`: {} template(s) or command(s) failed",
-            spec.display(),
-            errors.len()
-        );
-        return Ok(exit);
+        return Ok(commands::print_all(&errors).max(Exit::Failure));
     }
     wait::wait_all(&args.exec.wait, args.exec.wait_timeout)
         .with_context(|| format!("not starting `{}`", spec.display()))?;

@@ -30,6 +30,9 @@ pub struct ExecSpec {
     pub kill_signal: Signal,
     /// How long the child may take to stop before its group is SIGKILLed.
     pub kill_timeout: Duration,
+    /// Forwarded signals go to the child's whole process group (`tini -g`),
+    /// not to the child alone (`docker kill`).
+    pub signal_group: bool,
 }
 
 impl ExecSpec {
@@ -79,6 +82,7 @@ impl ExecSpec {
                 .kill_timeout
                 .or(table.kill_timeout)
                 .unwrap_or(DEFAULT_KILL_TIMEOUT),
+            signal_group: args.exec.signal_group || table.signal_group.unwrap_or(false),
         })
     }
 

@@ -115,8 +115,12 @@ impl Signals {
 /// made the foreground group, so an interactive child can read the terminal
 /// (it would be stopped by SIGTTIN in a background group).
 ///
-/// All signals go to the child's process group: a shell script that runs
-/// the app without `exec` still has the signal reach the app.
+/// Forwarded and reload signals go to the child alone, as `docker kill`
+/// sends them: a helper a shell app started must not die of the app's
+/// reload SIGHUP. With `signal_group` they go to the child's process group,
+/// as `tini -g` sends them, so a shell script that runs the app without
+/// `exec` still has them reach the app. The SIGKILL after `kill_timeout`
+/// always goes to the group.
 ///
 /// **States** (`State`): `Running`; `Restarting` or `Stopping` once asked
 /// to stop, with the kill timer armed; `Exited` with stencil's exit status.
@@ -222,13 +226,23 @@ impl Supervisor {
         self.state.child().map(Claimed::pid)
     }
 
-    /// Sends `sig` to the child's process group, and nothing else.
+    /// Sends `sig` to the child alone, or to its process group with
+    /// `signal_group`, and nothing else.
     pub fn forward(&self, sig: Signal) {
+        self.send(sig, self.spec.signal_group);
+    }
+
+    fn send(&self, sig: Signal, group: bool) {
         let Some(child) = self.state.child() else {
             return;
         };
-        tracing::debug!(signal = %sig, pgid = child.pid().as_raw(), "signalling the child's group");
-        match child.signal_group(sig) {
+        tracing::debug!(signal = %sig, pid = child.pid().as_raw(), group, "signalling the child");
+        let sent = if group {
+            child.signal_group(sig)
+        } else {
+            child.signal(sig)
+        };
+        match sent {
             Ok(()) | Err(Errno::ESRCH) => {}
             Err(e) => tracing::warn!("cannot send {sig} to the child: {e}"),
         }
@@ -335,7 +349,8 @@ impl Supervisor {
             "the child did not stop within {}: sending SIGKILL to its process group",
             humantime::format_duration(self.spec.kill_timeout)
         );
-        self.forward(Signal::SIGKILL);
+        // Whatever the child started dies with it: always the group.
+        self.send(Signal::SIGKILL, true);
         if let State::Restarting { kill_at, .. } | State::Stopping { kill_at, .. } = &mut self.state
         {
             *kill_at = None;
@@ -442,6 +457,7 @@ while :; do (trap '' HUP TERM; exec sleep 0.05); done"#;
             restart_on_change,
             kill_signal: Signal::SIGTERM,
             kill_timeout: Duration::from_secs(30),
+            signal_group: false,
         }
     }
 

@@ -26,6 +26,7 @@ pub(super) fn deliver(
         }
         Destination::File(p) => p,
     };
+    let label = spec.source.display().to_string();
     let req = install::Request {
         destination: dest,
         content,
@@ -36,6 +37,8 @@ pub(super) fn deliver(
         command_timeout: spec.command_timeout,
         backup: spec.backup,
         create_dirs: spec.create_dirs,
+        label: &label,
+        create_dirs_hint: "set create_dirs = true, or --create-dirs for -t, to create it",
     };
     let context = || format!("cannot install {}", dest.display());
     if opts.dry_run || opts.diff {

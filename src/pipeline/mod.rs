@@ -220,12 +220,20 @@ impl Pipeline {
         {
             let dest = dest.to_string_lossy();
             let spec = reload.substitute(&[("destination", &dest)]);
+            let name = unit.spec.source.display().to_string();
             let at = match reloads.iter().position(|r| r.spec == spec) {
-                Some(at) => at,
+                Some(at) => {
+                    // Its logged output is prefixed by every template
+                    // that asked for it.
+                    reloads[at].label.push_str(", ");
+                    reloads[at].label.push_str(&name);
+                    at
+                }
                 None => {
                     reloads.push(Reload {
                         spec,
                         timeout: unit.spec.command_timeout,
+                        label: name,
                         restorable: Vec::new(),
                     });
                     reloads.len() - 1
@@ -251,11 +259,12 @@ impl Pipeline {
         let Reload {
             spec,
             timeout,
+            label,
             restorable,
         } = reload;
         tracing::info!(command = %spec, "running reload command");
         report.commands_run += 1;
-        let Err(first) = command::run(&spec, "reload command", timeout) else {
+        let Err(first) = command::run(&spec, "reload command", &label, timeout) else {
             self.retry_shared(&spec, report);
             return;
         };
@@ -278,7 +287,7 @@ impl Pipeline {
         let second = (!restored.is_empty()).then(|| {
             tracing::info!(command = %spec, "running reload command again, on the restored files");
             report.commands_run += 1;
-            let result = command::run(&spec, "reload command", timeout);
+            let result = command::run(&spec, "reload command", &label, timeout);
             if result.is_err() {
                 report.command_failures += 1;
             }
@@ -411,6 +420,8 @@ impl Pipeline {
 struct Reload {
     spec: CommandSpec,
     timeout: Duration,
+    /// The templates that asked for it, for its logged output.
+    label: String,
     /// Written templates with `on_reload_failure = "restore"`: the index,
     /// the file the install replaced, the new content's SHA-256.
     restorable: Vec<(usize, Previous, String)>,

@@ -191,6 +191,9 @@ fn write_file(path: &Path, content: &[u8]) -> Result<()> {
         command_timeout: Duration::from_secs(30),
         backup: false,
         create_dirs: false,
+        label: "subst",
+        // subst has no create_dirs: mkdir -p is the user's.
+        create_dirs_hint: "",
     };
     install::install(&req).with_context(|| format!("cannot write {}", path.display()))?;
     Ok(())

@@ -157,7 +157,12 @@ impl<'e> Substituter<'e> {
                     end
                 }
                 Parsed::Ref(r) => {
-                    self.eval(buf, &r, out)?;
+                    // `${X:?message}` fails here: name the line, as a
+                    // syntax error does.
+                    self.eval(buf, &r, out).map_err(|e| {
+                        let line = self.lines + 1 + count_newlines(&buf[..d]);
+                        anyhow::anyhow!("line {line}: {e}")
+                    })?;
                     r.raw.end
                 }
             };
@@ -342,9 +347,9 @@ mod tests {
         assert_eq!(err, "line 2: ${U:-… has no closing }");
         assert_eq!(ext("${A:?}").unwrap(), "a");
         let err = ext("${U:?must be set}").unwrap_err().to_string();
-        assert_eq!(err, "U: must be set");
+        assert_eq!(err, "line 1: U: must be set");
         let err = ext("${E:?}").unwrap_err().to_string();
-        assert_eq!(err, "E: parameter null or not set");
+        assert_eq!(err, "line 1: E: parameter null or not set");
         // The unused WORD is not evaluated.
         assert_eq!(ext("${A:-${U:?boom}}").unwrap(), "a");
     }

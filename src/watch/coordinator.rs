@@ -114,6 +114,9 @@ impl Coordinator {
     }
 
     pub(super) async fn run(&mut self) -> Result<Exit> {
+        // Taken before the app starts: an edit made once the app runs (and
+        // before the watches below exist) still counts as a change.
+        let since = SystemTime::now();
         let mut app = match self.start_app()? {
             Ok(app) => app,
             Err(exit) => return Ok(exit),
@@ -129,7 +132,7 @@ impl Coordinator {
         }
         // Templates, data files and the config are known before anything
         // renders: watch them from the start.
-        self.update_watches(SystemTime::now());
+        self.update_watches(since);
         let exit = self.main_loop(&mut app).await;
         self.watches.stop_all();
         if let Some(server) = self.server.take() {
@@ -402,10 +405,7 @@ impl Coordinator {
                     keep.push(i);
                 }
                 Err(e) => {
-                    tracing::error!(
-                        "{}; the current file stays",
-                        error::Report(&e).to_string().trim_end()
-                    );
+                    tracing::error!("{}; the current file stays", error::Logged(&e));
                     let detail = serve::detail(&e, unit.spec.is_secret());
                     self.set_state(i, TemplateState::Failed, Some(detail));
                 }
@@ -460,7 +460,7 @@ impl Coordinator {
             status.commands.failures += report.command_failures;
         }
         for e in &report.commands {
-            tracing::error!("{}", error::Report(e).to_string().trim_end());
+            tracing::error!("{}", error::Logged(e));
         }
         if !report.retry.is_empty() {
             self.mark(
@@ -503,8 +503,8 @@ impl Coordinator {
             (Err(e), _) => {
                 info.logged_pending = None;
                 tracing::error!(
-                    "{source} failed; the current file stays\n{}",
-                    error::Report(e).to_string().trim_end()
+                    "{source} failed, the current file stays: {}",
+                    error::Logged(e)
                 );
             }
             (Ok(_), _) => info.logged_pending = None,

@@ -62,7 +62,7 @@ impl Coordinator {
             }
             Err(e) => tracing::error!(
                 "cannot reload the configuration; keeping the running one: {}",
-                error::Report(&e).to_string().trim_end()
+                error::Logged(&e)
             ),
         }
     }
