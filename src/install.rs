@@ -102,6 +102,7 @@ pub(crate) fn plan(req: &Request) -> Result<Plan> {
             dir.display()
         );
     }
+    refuse_special(req.destination, &target)?;
     let (current, meta) = match fs::read(&target) {
         Ok(bytes) => (Some(bytes), Some(fs::metadata(&target)?)),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => (None, None),
@@ -399,6 +400,40 @@ fn resolve_symlinks(dest: &Path) -> Result<PathBuf> {
         }
     }
     bail!("too many levels of symbolic links at {}", dest.display())
+}
+
+/// Refuses a destination that is (or whose symlink points to) a device
+/// node, a FIFO or a socket: replacing `/dev/null` (where a masked systemd
+/// unit links) with a regular file breaks the machine, and reading a FIFO
+/// to compare contents blocks forever. Checked before anything is read.
+fn refuse_special(destination: &Path, target: &Path) -> Result<()> {
+    use std::os::unix::fs::FileTypeExt;
+    let Ok(meta) = fs::symlink_metadata(target) else {
+        return Ok(());
+    };
+    let t = meta.file_type();
+    let kind = if t.is_char_device() {
+        "a character device"
+    } else if t.is_block_device() {
+        "a block device"
+    } else if t.is_fifo() {
+        "a FIFO"
+    } else if t.is_socket() {
+        "a socket"
+    } else if t.is_dir() {
+        "a directory"
+    } else {
+        return Ok(());
+    };
+    let via = if target == destination {
+        String::new()
+    } else {
+        format!(" (through the symlink {})", destination.display())
+    };
+    bail!(
+        "refusing to write {}{via}: it is {kind}, not a regular file; nothing was changed",
+        target.display()
+    )
 }
 
 /// Removes staged files a crashed run left beside `destination`.

@@ -361,3 +361,97 @@ fn durations_over_a_year_in_the_config_name_file_line_and_key() {
         untouched(out);
     }
 }
+
+/// The file type of `p` itself (not following a symlink), for asserting
+/// that a special file is still what it was.
+fn kind_of(p: &std::path::Path) -> &'static str {
+    use std::os::unix::fs::FileTypeExt;
+    let t = std::fs::symlink_metadata(p).unwrap().file_type();
+    match () {
+        () if t.is_fifo() => "fifo",
+        () if t.is_socket() => "socket",
+        () if t.is_char_device() => "char device",
+        () if t.is_dir() => "directory",
+        () if t.is_symlink() => "symlink",
+        () => "file",
+    }
+}
+
+#[test]
+fn special_file_destinations_are_refused_and_left_alone() {
+    // A FIFO would block the comparison read forever; a device node or a
+    // socket would be replaced by a regular file (a systemd unit masked by
+    // a link to /dev/null would take /dev/null with it).
+    type Make = fn(&std::path::Path);
+    let fifo: Make = |p| {
+        nix::unistd::mkfifo(p, nix::sys::stat::Mode::from_bits_truncate(0o644)).unwrap();
+    };
+    let link_to_fifo: Make = |p| {
+        let target = p.with_file_name("real-fifo");
+        nix::unistd::mkfifo(&target, nix::sys::stat::Mode::from_bits_truncate(0o644)).unwrap();
+        std::os::unix::fs::symlink(target, p).unwrap();
+    };
+    let socket: Make = |p| {
+        // Bound, then closed: the socket file stays.
+        drop(std::os::unix::net::UnixListener::bind(p).unwrap());
+    };
+    let dir: Make = |p| std::fs::create_dir(p).unwrap();
+    for (make, kind, what) in [
+        (fifo, "fifo", "a FIFO"),
+        (link_to_fifo, "symlink", "a FIFO"),
+        (socket, "socket", "a socket"),
+        (dir, "directory", "a directory"),
+    ] {
+        let t = Test::new().file("a.j2", "x\n");
+        let dest = t.path("dest");
+        make(&dest);
+        let t = t.args(["render", "-t", &format!("a.j2:{}", dest.display())]);
+        let out = t
+            .run()
+            .code(1)
+            .stderr_has("refusing to write")
+            .stderr_has(what);
+        assert_eq!(
+            kind_of(&dest),
+            kind,
+            "{what}: the destination changed\n{}",
+            out.stderr
+        );
+    }
+    // A link to a device node, where a masked unit's link points. With
+    // --dry-run, so that even a regression writes nothing to /dev/null.
+    let t = Test::new().file("a.j2", "x\n");
+    let masked = t.path("masked.service");
+    std::os::unix::fs::symlink("/dev/null", &masked).unwrap();
+    t.args([
+        "render",
+        "--dry-run",
+        "-t",
+        &format!("a.j2:{}", masked.display()),
+    ])
+    .run()
+    .code(1)
+    .stderr_has("refusing to write /dev/null")
+    .stderr_has("a character device");
+    assert_eq!(kind_of(std::path::Path::new("/dev/null")), "char device");
+}
+
+#[test]
+fn an_environment_variable_that_is_not_utf8_is_an_error_not_unset() {
+    use std::os::unix::ffi::OsStringExt;
+    let bad = std::ffi::OsString::from_vec(vec![b'p', 0xff, b'w']);
+    for template in [
+        "{{ env.DB_PASSWORD | default('fallback') }}\n",
+        "{{ env_or_file('DB_PASSWORD') }}\n",
+    ] {
+        let out = with_old_file()
+            .file("a.j2", template)
+            .env("DB_PASSWORD", bad.clone())
+            .args(["render", "-t", "a.j2:out.conf"])
+            .run()
+            .code(1)
+            .stderr_has("environment variable \"DB_PASSWORD\"")
+            .stderr_has("not UTF-8");
+        untouched(out);
+    }
+}

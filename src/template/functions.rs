@@ -77,8 +77,18 @@ pub(super) fn register(env: &mut Environment<'static>) {
 /// map at start: a render reads a handful of variables, and copying the
 /// whole environment cost 7% of a one-shot render's start-up. (stencil
 /// never changes its own environment, so every read sees the same value.)
-fn env_var(name: &str) -> Option<String> {
-    std::env::var(name).ok()
+///
+/// A value that is not UTF-8 is an error naming the variable, never
+/// "unset": `env.X | default("d")` must not quietly render the default.
+fn env_var(name: &str) -> Result<Option<String>, Error> {
+    match std::env::var(name) {
+        Ok(v) => Ok(Some(v)),
+        Err(std::env::VarError::NotPresent) => Ok(None),
+        Err(std::env::VarError::NotUnicode(_)) => Err(Error::new(
+            ErrorKind::InvalidOperation,
+            format!("environment variable {name:?} is set but its value is not UTF-8 text"),
+        )),
+    }
 }
 
 /// `env.NAME`: records the read; an unset variable is undefined, so strict
@@ -89,7 +99,18 @@ struct EnvObject;
 impl Object for EnvObject {
     fn get_value(self: &Arc<Self>, key: &Value) -> Option<Value> {
         let name = key.as_str()?;
-        let value = env_var(name);
+        let value = match env_var(name) {
+            Ok(value) => value,
+            // An invalid value fails wherever it is used, `default` too.
+            Err(e) => {
+                if let Ok(state) = current() {
+                    state.record(Dep::Env {
+                        name: name.to_string(),
+                    });
+                }
+                return Some(Value::from(e));
+            }
+        };
         if let Ok(state) = current() {
             let dep = Dep::Env {
                 name: name.to_string(),
@@ -114,7 +135,7 @@ impl Object for EnvObject {
 fn env_or_file(name: &str) -> Result<Value, Error> {
     let state = current()?;
     let file_var = format!("{name}_FILE");
-    if let Some(path) = env_var(&file_var) {
+    if let Some(path) = env_var(&file_var)? {
         state.record(Dep::Env {
             name: file_var.clone(),
         });
@@ -137,7 +158,7 @@ fn env_or_file(name: &str) -> Result<Value, Error> {
     state.record_missing(Dep::Env {
         name: file_var.clone(),
     });
-    match env_var(name) {
+    match env_var(name)? {
         Some(v) => {
             state.record(Dep::Env {
                 name: name.to_string(),
