@@ -30,7 +30,7 @@ conns      1 and 100 templates (distinct keys): established TCP connections
            after a change.
 
 Starts its own etcd (target/etcd-3.5.1, as scripts/test installs it, or
-`etcd` on PATH) and the Consul KV test server of tests/support/consul.rs
+`etcd` on PATH) and the Consul KV test server of tests/support/consul/
 (through `cargo test --release --test main -- --ignored --exact
 bench_servers::consul_server --nocapture`), both on 127.0.0.1. Nothing else
 is contacted. Prints Markdown for BENCHMARKS.md.
@@ -141,7 +141,7 @@ class Consul:
     """The Consul KV test server, run by tests/bench_servers.rs."""
 
     kind = "consul"
-    version = "Consul KV test server (tests/support/consul.rs)"
+    version = "Consul KV test server (tests/support/consul/)"
 
     # The test executable built by main() (`cargo test --no-run`), run
     # directly so a source edit by someone else in the same checkout does not
