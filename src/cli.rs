@@ -201,7 +201,9 @@ pub enum Command {
     Convert(ConvertArgs),
 
     /// Print a shell completion script.
-    #[command(after_help = "Example:\n  stencil completions bash > /etc/bash_completion.d/stencil")]
+    #[command(
+        after_help = "Example:\n  stencil completions bash > /usr/share/bash-completion/completions/stencil"
+    )]
     Completions {
         /// The shell to generate completions for.
         #[arg(value_enum)]
