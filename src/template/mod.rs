@@ -14,6 +14,7 @@
 //! - `functions`, `filters`: what stencil adds to minijinja.
 
 mod aliases;
+mod encode;
 mod filters;
 mod functions;
 mod gofmt;
@@ -242,6 +243,7 @@ fn new_environment(whitespace: Whitespace) -> Environment<'static> {
     functions::register(&mut env);
     gofmt::register(&mut env);
     aliases::register(&mut env);
+    encode::register(&mut env);
     filters::register(&mut env);
     env
 }
