@@ -114,3 +114,40 @@ fn confd_get_gives_a_key_value_pair() {
         .code(1)
         .stderr_has("\"db/nope\" not found");
 }
+
+fn unix_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+}
+
+#[test]
+fn timestamp_and_datetime_give_the_current_time_in_go_layouts() {
+    let before = unix_now();
+    let out = render(concat!(
+        "{{ timestamp('unix') }}\n",
+        "{{ timestamp() }}\n",
+        "{{ timestamp('2006') }} {{ datetime().Format('2006') }}\n",
+        "{{ datetime() }}\n",
+    ))
+    .success()
+    .stdout_str();
+    let after = unix_now();
+    let lines: Vec<&str> = out.lines().collect();
+    let unix: u64 = lines[0].parse().unwrap();
+    assert!(before <= unix && unix <= after, "{out}");
+    // RFC 3339 in UTC: 2026-11-30T00:25:07Z
+    assert_eq!(lines[1].len(), 20, "{out}");
+    assert!(
+        lines[1].ends_with('Z') && lines[1].as_bytes()[10] == b'T',
+        "{out}"
+    );
+    let year = &lines[1][..4];
+    assert_eq!(lines[2], format!("{year} {year}"));
+    // Go's time.Time: 2026-11-30 00:25:07.123456789 +0000 UTC
+    assert!(
+        lines[3].starts_with(year) && lines[3].ends_with(" +0000 UTC"),
+        "{out}"
+    );
+}

@@ -62,6 +62,9 @@ pub const FUNCTIONS: &[&str] = &[
     "base64Encode",
     "base64Decode",
     "sha256Hex",
+    // consul-template's timestamp, confd's datetime (gotime.rs).
+    "timestamp",
+    "datetime",
 ];
 
 pub(super) fn register(env: &mut Environment<'static>) {

@@ -18,6 +18,7 @@ mod encode;
 mod filters;
 mod functions;
 mod gofmt;
+mod gotime;
 mod reads;
 
 use std::collections::BTreeSet;
@@ -244,6 +245,7 @@ fn new_environment(whitespace: Whitespace) -> Environment<'static> {
     gofmt::register(&mut env);
     aliases::register(&mut env);
     encode::register(&mut env);
+    gotime::register(&mut env);
     filters::register(&mut env);
     env
 }
