@@ -57,10 +57,12 @@ fn to_yaml(v: &Value) -> Result<String, Error> {
         .map_err(|e| invalid(format!("toYAML: {e}")))
 }
 
-/// Go's StdEncoding (padded, no whitespace allowed). The error says what is
+/// Go's StdEncoding (padded; line breaks skipped, other whitespace refused). The error says what is
 /// wrong and where, never which character: the value may be a secret.
 fn base64_decode(s: &str) -> Result<String, Error> {
     use base64::DecodeError::{InvalidByte, InvalidLastSymbol, InvalidLength, InvalidPadding};
+    // Go's decoder skips line breaks (wrapped base64, as in PEM files).
+    let s: String = s.chars().filter(|c| *c != '\r' && *c != '\n').collect();
     let bytes = base64::engine::general_purpose::STANDARD
         .decode(s)
         .map_err(|e| {
@@ -116,6 +118,7 @@ mod tests {
     #[test]
     fn base64_decode_errors_never_quote_the_value() {
         assert_eq!(base64_decode("c2VjcmV0").unwrap(), "secret");
+        assert_eq!(base64_decode("c2Vj\r\ncmV0\n").unwrap(), "secret");
         for input in [
             "c2Vj*mV0",
             "c2VjcmV0Z",
