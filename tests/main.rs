@@ -2,6 +2,7 @@
 
 mod support;
 
+mod aliases;
 mod bad_input;
 mod bench_servers;
 mod cli;

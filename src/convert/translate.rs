@@ -394,6 +394,15 @@ impl<'a> Translator<'a> {
                 self.notes.missing.insert(n.clone());
                 (format!("{n}({})", args.join(", ")), false)
             }
+            // confd's split and contains are Go's strings.Split(s, sep) and
+            // strings.Contains(s, substr); stencil's (consul-template's) take
+            // the separator or the needle first and mean something else.
+            "split" if !self.consul_template && args.len() == 2 => {
+                (format!("({}).split({})", args[0], args[1]), false)
+            }
+            "contains" if !self.consul_template && args.len() == 2 => {
+                (format!("({} in {})", args[1], args[0]), false)
+            }
             "html" | "js" | "call" => {
                 return Err(err(
                     at,

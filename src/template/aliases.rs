@@ -27,6 +27,19 @@ pub(super) fn register(env: &mut Environment<'static>) {
         s.replace(old.as_str(), new.as_str())
     });
     env.add_function("parseBool", |s: String| parse_bool(&s));
+    env.add_function("split", |sep: String, s: String| split(&sep, &s));
+    env.add_function("in", |list: Value, v: Value| member(&list, &v));
+    env.add_function("contains", |v: Value, list: Value| member(&list, &v));
+    env.add_function("regexMatch", |re: String, s: String| {
+        Ok::<_, Error>(regex("regexMatch", &re)?.is_match(&s))
+    });
+    env.add_function("regexReplaceAll", |re: String, with: String, s: String| {
+        Ok::<_, Error>(
+            regex("regexReplaceAll", &re)?
+                .replace_all(&s, with.as_str())
+                .into_owned(),
+        )
+    });
     env.add_function("parseInt", |s: String| {
         if s.is_empty() {
             return Ok(0);
@@ -34,6 +47,55 @@ pub(super) fn register(env: &mut Environment<'static>) {
         s.parse::<i64>()
             .map_err(|_| invalid(format!("parseInt: parsing {s:?}: invalid syntax")))
     });
+}
+
+/// consul-template's split: the string is trimmed first, and an empty (or
+/// all-space) string is an empty list, not `[""]`. Go's strings.Split with
+/// an empty separator splits into characters.
+fn split(sep: &str, s: &str) -> Vec<Value> {
+    let s = s.trim();
+    if s.is_empty() {
+        return Vec::new();
+    }
+    if sep.is_empty() {
+        return s.chars().map(|c| Value::from(c.to_string())).collect();
+    }
+    s.split(sep).map(Value::from).collect()
+}
+
+/// consul-template's `in LIST VALUE` (`contains VALUE LIST` with the
+/// arguments swapped, for `LIST | contains VALUE`): an item equal to the
+/// value, compared within one kind only (integers with integers, floats
+/// with floats, strings with strings: "1" is not 1); when LIST is a string,
+/// a substring test. Anything else is false, never an error.
+fn member(list: &Value, v: &Value) -> bool {
+    use minijinja::value::ValueKind;
+    if let (Some(hay), Some(needle)) = (list.as_str(), v.as_str()) {
+        return hay.contains(needle);
+    }
+    if !matches!(list.kind(), ValueKind::Seq | ValueKind::Iterable) {
+        return false;
+    }
+    let Ok(items) = list.try_iter() else {
+        return false;
+    };
+    items.into_iter().any(|item| same_kind_equal(&item, v))
+}
+
+fn same_kind_equal(a: &Value, b: &Value) -> bool {
+    if let (Some(x), Some(y)) = (a.as_str(), b.as_str()) {
+        return x == y;
+    }
+    if a.is_number() && b.is_number() && a.is_integer() == b.is_integer() {
+        return a == b;
+    }
+    false
+}
+
+/// Go's regexp and the regex crate share RE2's syntax, and `$1`/`${name}`
+/// in the replacement expand the same way.
+fn regex(func: &str, re: &str) -> Result<regex::Regex, Error> {
+    regex::Regex::new(re).map_err(|e| invalid(format!("{func}: invalid pattern: {e}")))
 }
 
 fn invalid(msg: String) -> Error {
@@ -110,5 +172,30 @@ mod tests {
         assert_eq!(dir("a/../../b/x"), "../b");
         assert!(parse_bool("yes").is_err());
         assert!(!parse_bool("").unwrap());
+    }
+
+    #[test]
+    fn split_of_nothing_is_an_empty_list() {
+        assert!(split(",", "").is_empty());
+        assert!(split(",", "  \n").is_empty());
+        assert_eq!(
+            split(",", " a,b \n"),
+            vec![Value::from("a"), Value::from("b")]
+        );
+        assert_eq!(split(",", "a,").len(), 2);
+        assert_eq!(split("", "ab"), vec![Value::from("a"), Value::from("b")]);
+    }
+
+    #[test]
+    fn membership_compares_within_one_kind() {
+        let list = Value::from(minijinja::value::Serde(serde_json::json!(["a", 1, 2.5])));
+        assert!(member(&list, &Value::from("a")));
+        assert!(member(&list, &Value::from(1)));
+        assert!(member(&list, &Value::from(2.5)));
+        assert!(!member(&list, &Value::from("1")));
+        assert!(!member(&list, &Value::from(1.0)));
+        assert!(!member(&list, &Value::from("b")));
+        assert!(member(&Value::from("abc"), &Value::from("b")));
+        assert!(!member(&Value::from(5), &Value::from(5)));
     }
 }

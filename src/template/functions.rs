@@ -48,6 +48,23 @@ pub const FUNCTIONS: &[&str] = &[
     "replaceAll",
     "parseBool",
     "parseInt",
+    "split",
+    "in",
+    "contains",
+    "regexMatch",
+    "regexReplaceAll",
+    "envOrDefault",
+    "get",
+    // consul-template's encoders (encode.rs).
+    "toJSON",
+    "toJSONPretty",
+    "toYAML",
+    "base64Encode",
+    "base64Decode",
+    "sha256Hex",
+    // consul-template's timestamp, confd's datetime (gotime.rs).
+    "timestamp",
+    "datetime",
 ];
 
 pub(super) fn register(env: &mut Environment<'static>) {
@@ -64,6 +81,7 @@ pub(super) fn register(env: &mut Environment<'static>) {
 
     // confd
     env.add_function("getv", getv);
+    env.add_function("get", get);
     env.add_function("gets", gets);
     env.add_function("getvs", getvs);
     env.add_function("exists", key_exists);
@@ -71,6 +89,24 @@ pub(super) fn register(env: &mut Environment<'static>) {
     // consul-template
     env.add_function("keyOrDefault", key_or);
     env.add_function("keyExists", key_exists);
+    env.add_function("envOrDefault", env_or_default);
+}
+
+/// consul-template's `envOrDefault(name, default)`: the variable's value
+/// when it is set, even to "" (os.LookupEnv), else the default.
+fn env_or_default(name: &str, default: Value) -> Result<Value, Error> {
+    let value = env_var(name)?;
+    if let Ok(state) = current() {
+        let dep = Dep::Env {
+            name: name.to_string(),
+        };
+        if value.is_some() {
+            state.record(dep);
+        } else {
+            state.record_missing(dep);
+        }
+    }
+    Ok(value.map_or(default, Value::from))
 }
 
 /// One environment variable. Looked up per read rather than copied into a
@@ -347,6 +383,19 @@ fn gets(pattern: &str, kwargs: Kwargs) -> Result<Value, Error> {
             Value::from(Serde(m))
         })
         .collect())
+}
+
+/// confd's `get(key)`: the pair `{Key, Value}` (`.Key` has confd's leading
+/// `/`); a missing key is an error, as in confd.
+fn get(path: &str, kwargs: Kwargs) -> Result<Value, Error> {
+    let value = key(path, kwargs)?;
+    let mut m = BTreeMap::new();
+    m.insert(
+        "Key",
+        Value::from(format!("/{}", source::normalize_key(path))),
+    );
+    m.insert("Value", value);
+    Ok(Value::from(m))
 }
 
 /// confd's `getvs(pattern)`: the values of the keys matching a glob.

@@ -14,9 +14,11 @@
 //! - `functions`, `filters`: what stencil adds to minijinja.
 
 mod aliases;
+mod encode;
 mod filters;
 mod functions;
 mod gofmt;
+mod gotime;
 mod reads;
 
 use std::collections::BTreeSet;
@@ -242,6 +244,8 @@ fn new_environment(whitespace: Whitespace) -> Environment<'static> {
     functions::register(&mut env);
     gofmt::register(&mut env);
     aliases::register(&mut env);
+    encode::register(&mut env);
+    gotime::register(&mut env);
     filters::register(&mut env);
     env
 }
