@@ -13,6 +13,7 @@
 //! misbehaving server cannot drive a hot loop.
 
 use std::future::Future;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -46,9 +47,11 @@ impl ConsulSource {
         }
         let health = Health {
             failing: Mutex::new(0),
+            parked: AtomicUsize::new(0),
             source: &self.name,
             tx,
         };
+        health.parked(queries.len().cast_signed());
         self.run_all(queries, tx, &health).await
     }
 
@@ -93,6 +96,8 @@ impl ConsulSource {
             {
                 run.answered(health);
                 self.split(&run.key, why);
+                // One query becomes its members.
+                health.parked(members.len().cast_signed() - 1);
                 return Box::pin(self.run_all(members, tx, health)).await;
             }
             let result = match result {
@@ -177,11 +182,22 @@ async fn until_closed<T>(
 struct Health<'a> {
     /// A std mutex: held for an increment, never across an await.
     failing: Mutex<usize>,
+    /// The queries running, reported as `SourceEvent::Queries`.
+    parked: AtomicUsize,
     source: &'a str,
     tx: &'a UnboundedSender<SourceEvent>,
 }
 
 impl Health<'_> {
+    /// `by` more (or fewer) queries are parked.
+    fn parked(&self, by: isize) {
+        let before = self.parked.fetch_add(by.cast_unsigned(), Ordering::Relaxed);
+        let _ = self.tx.send(SourceEvent::Queries {
+            source: self.source.to_string(),
+            parked: before.wrapping_add(by.cast_unsigned()),
+        });
+    }
+
     fn failed(&self, error: String) {
         let mut n = self.failing.lock().unwrap_or_else(|e| e.into_inner());
         *n += 1;
