@@ -452,7 +452,7 @@ mod tests {
         let plan = s.plan(&spec);
         assert_eq!(plan.len(), 1);
         assert_eq!((plan[0].key.as_str(), plan[0].recurse), ("", true));
-        assert_eq!(plan[0].members.len(), 6);
+        assert_eq!(plan[0].members.len(), 7);
 
         // Within the bound, nothing is merged beyond the folder rule.
         let s = ConsulSource::new("kv", &ConsulConfig::new("127.0.0.1:8500")).unwrap();
