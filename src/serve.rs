@@ -338,7 +338,11 @@ impl Status {
             "source_failovers",
             "Times the watch left a failed cluster member for another",
         );
-        let parked = gauge(registry, "source_watch_queries", "Blocking queries the watch keeps parked");
+        let parked = gauge(
+            registry,
+            "source_watch_queries",
+            "Blocking queries the watch keeps parked",
+        );
         for (name, s) in &self.sources {
             let l = vec![
                 ("source".to_string(), name.clone()),
@@ -351,7 +355,9 @@ impl Status {
                 failovers.get_or_create(&l).inc_by(s.failovers);
             }
             if let Some(n) = s.watch_queries {
-                parked.get_or_create(&l).set(f64::from(u32::try_from(n).unwrap_or(u32::MAX)));
+                parked
+                    .get_or_create(&l)
+                    .set(f64::from(u32::try_from(n).unwrap_or(u32::MAX)));
             }
         }
     }

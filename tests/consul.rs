@@ -427,6 +427,33 @@ fn acl_filtered_takes_only_error_or_warn() {
         .stderr_has("acl_filtered = \"maybe\": use \"error\" or \"warn\"");
 }
 
+#[test]
+fn max_watch_queries_takes_a_positive_whole_number() {
+    Test::new()
+        .file(
+            "stencil.toml",
+            "[sources.kv]\nkind = \"consul\"\naddress = \"127.0.0.1:1\"\nmax_watch_queries = 0\n",
+        )
+        .file("a.j2", "x\n")
+        .args(["render", "--config", "stencil.toml", "-t", "a.j2"])
+        .run()
+        .code(2)
+        .stderr_has("stencil.toml")
+        .stderr_has("max_watch_queries = 0: a watch needs at least 1 query");
+    Test::new()
+        .file("a.j2", "x\n")
+        .args([
+            "render",
+            "--source",
+            "consul=http://127.0.0.1:1?max_watch_queries=many",
+            "-t",
+            "a.j2",
+        ])
+        .run()
+        .code(2)
+        .stderr_has("max_watch_queries=\"many\": use a whole number of queries");
+}
+
 /// Every KV 404 from Consul carries X-Consul-Index; a 404 without it means
 /// the address is not a Consul agent, and must not render defaults.
 #[test]

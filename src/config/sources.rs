@@ -262,7 +262,8 @@ impl SourceTable {
 /// `--source etcd=http://127.0.0.1:2379?prefix=/apps/web/` and
 /// `--source consul=http://127.0.0.1:8500?prefix=apps/web/` work as written
 /// in the design. Query parameters: `prefix`, `timeout`; for Consul also
-/// `dc`, `stale`, `max_stale` and `acl_filtered`. A token never goes in the URL.
+/// `dc`, `stale`, `max_stale`, `acl_filtered` and `max_watch_queries`. A token
+/// never goes in the URL.
 pub fn parse_source_flag(flag: &str) -> Result<(String, SourceSpec)> {
     let Some((name, url)) = flag.split_once('=') else {
         return Err(usage(format!(

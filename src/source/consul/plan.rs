@@ -2,8 +2,8 @@
 //! prefix (keys under it share it), one per folder holding several watched
 //! keys, one per other key, each with what the render read of it.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::collections::HashSet;
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, MutexGuard};
 
@@ -92,7 +92,11 @@ impl ConsulSource {
         queries.extend(keys.iter().map(key_query));
         drop(cache);
         let before = queries.len();
-        let unlistable = self.unlistable.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        let unlistable = self
+            .unlistable
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
         let mut queries = fit(queries, self.max_watch_queries, &unlistable);
         if queries.len() < before && !self.bounded.swap(true, Ordering::Relaxed) {
             tracing::warn!(source = %self.name, "consul watch needs {before} blocking queries, more than max_watch_queries = {}; merging keys into the folders holding them ({} queries); changes to keys nobody reads in those folders are fetched and ignored", self.max_watch_queries, queries.len());
