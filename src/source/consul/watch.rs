@@ -13,7 +13,6 @@
 //! misbehaving server cannot drive a hot loop.
 
 use std::future::Future;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -47,11 +46,11 @@ impl ConsulSource {
         }
         let health = Health {
             failing: Mutex::new(0),
-            parked: AtomicUsize::new(0),
+            parked: Mutex::new(0),
             source: &self.name,
             tx,
         };
-        health.parked(queries.len().cast_signed());
+        health.parked(queries.len(), 0);
         self.run_all(queries, tx, &health).await
     }
 
@@ -97,7 +96,7 @@ impl ConsulSource {
                 run.answered(health);
                 self.split(&run.key, why);
                 // One query becomes its members.
-                health.parked(members.len().cast_signed() - 1);
+                health.parked(members.len(), 1);
                 return Box::pin(self.run_all(members, tx, health)).await;
             }
             let result = match result {
@@ -183,18 +182,19 @@ struct Health<'a> {
     /// A std mutex: held for an increment, never across an await.
     failing: Mutex<usize>,
     /// The queries running, reported as `SourceEvent::Queries`.
-    parked: AtomicUsize,
+    parked: Mutex<usize>,
     source: &'a str,
     tx: &'a UnboundedSender<SourceEvent>,
 }
 
 impl Health<'_> {
-    /// `by` more (or fewer) queries are parked.
-    fn parked(&self, by: isize) {
-        let before = self.parked.fetch_add(by.cast_unsigned(), Ordering::Relaxed);
+    /// `started` more queries are parked and `ended` fewer.
+    fn parked(&self, started: usize, ended: usize) {
+        let mut n = self.parked.lock().unwrap_or_else(|e| e.into_inner());
+        *n = (*n + started).saturating_sub(ended);
         let _ = self.tx.send(SourceEvent::Queries {
             source: self.source.to_string(),
-            parked: before.wrapping_add(by.cast_unsigned()),
+            parked: *n,
         });
     }
 
