@@ -223,27 +223,24 @@ impl Status {
     /// Records which cluster member a watch is on, the members it gave up
     /// on, a failover, and how many queries a watch parks.
     pub(crate) fn cluster_event(&mut self, event: SourceEvent) {
+        let (SourceEvent::Members { source, .. }
+        | SourceEvent::Failover { source, .. }
+        | SourceEvent::Queries { source, .. }) = &event
+        else {
+            return;
+        };
+        let Some(s) = self.sources.get_mut(source) else {
+            return;
+        };
         match event {
             SourceEvent::Members {
-                source,
-                watching,
-                given_up,
+                watching, given_up, ..
             } => {
-                if let Some(s) = self.sources.get_mut(&source) {
-                    s.member = watching;
-                    s.given_up = given_up;
-                }
+                s.member = watching;
+                s.given_up = given_up;
             }
-            SourceEvent::Failover { source, .. } => {
-                if let Some(s) = self.sources.get_mut(&source) {
-                    s.failovers += 1;
-                }
-            }
-            SourceEvent::Queries { source, parked } => {
-                if let Some(s) = self.sources.get_mut(&source) {
-                    s.watch_queries = Some(parked);
-                }
-            }
+            SourceEvent::Failover { .. } => s.failovers += 1,
+            SourceEvent::Queries { parked, .. } => s.watch_queries = Some(parked),
             _ => {}
         }
     }
@@ -338,11 +335,7 @@ impl Status {
             "source_failovers",
             "Times the watch left a failed cluster member for another",
         );
-        let parked = gauge(
-            registry,
-            "source_watch_queries",
-            "Blocking queries the watch keeps parked",
-        );
+        let parked = gauge(registry, "source_watch_queries", "Parked blocking queries");
         for (name, s) in &self.sources {
             let l = vec![
                 ("source".to_string(), name.clone()),
@@ -355,9 +348,8 @@ impl Status {
                 failovers.get_or_create(&l).inc_by(s.failovers);
             }
             if let Some(n) = s.watch_queries {
-                parked
-                    .get_or_create(&l)
-                    .set(f64::from(u32::try_from(n).unwrap_or(u32::MAX)));
+                let n = u32::try_from(n).unwrap_or(u32::MAX);
+                parked.get_or_create(&l).set(f64::from(n));
             }
         }
     }
