@@ -41,6 +41,11 @@ impl ConsulSource {
         tx: &UnboundedSender<SourceEvent>,
     ) -> Result<()> {
         if queries.is_empty() {
+            // None parked now, whatever an earlier watch reported.
+            let _ = tx.send(SourceEvent::Queries {
+                source: self.name.clone(),
+                parked: 0,
+            });
             tx.closed().await;
             return Ok(());
         }
