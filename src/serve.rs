@@ -121,6 +121,9 @@ pub(crate) struct SourceStatus {
     pub(crate) given_up: Vec<GivenUp>,
     /// Times the watch left a failed member for another.
     pub(crate) failovers: u64,
+    /// The blocking queries the watch keeps parked (Consul).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) watch_queries: Option<usize>,
 }
 
 #[derive(Debug, Clone, Default, Serialize)]
@@ -180,6 +183,7 @@ impl Status {
                     member: None,
                     given_up: Vec::new(),
                     failovers: 0,
+                    watch_queries: None,
                 });
                 (name.clone(), status)
             })
@@ -217,24 +221,26 @@ impl Status {
     }
 
     /// Records which cluster member a watch is on, the members it gave up
-    /// on, and a failover.
+    /// on, a failover, and how many queries a watch parks.
     pub(crate) fn cluster_event(&mut self, event: SourceEvent) {
+        let (SourceEvent::Members { source, .. }
+        | SourceEvent::Failover { source, .. }
+        | SourceEvent::Queries { source, .. }) = &event
+        else {
+            return;
+        };
+        let Some(s) = self.sources.get_mut(source) else {
+            return;
+        };
         match event {
             SourceEvent::Members {
-                source,
-                watching,
-                given_up,
+                watching, given_up, ..
             } => {
-                if let Some(s) = self.sources.get_mut(&source) {
-                    s.member = watching;
-                    s.given_up = given_up;
-                }
+                s.member = watching;
+                s.given_up = given_up;
             }
-            SourceEvent::Failover { source, .. } => {
-                if let Some(s) = self.sources.get_mut(&source) {
-                    s.failovers += 1;
-                }
-            }
+            SourceEvent::Failover { .. } => s.failovers += 1,
+            SourceEvent::Queries { parked, .. } => s.watch_queries = Some(parked),
             _ => {}
         }
     }
@@ -329,6 +335,7 @@ impl Status {
             "source_failovers",
             "Times the watch left a failed cluster member for another",
         );
+        let parked = gauge(registry, "source_watch_queries", "Parked blocking queries");
         for (name, s) in &self.sources {
             let l = vec![
                 ("source".to_string(), name.clone()),
@@ -339,6 +346,10 @@ impl Status {
             reconnects.get_or_create(&l).inc_by(s.reconnects);
             if s.kind == "etcd" {
                 failovers.get_or_create(&l).inc_by(s.failovers);
+            }
+            if let Some(n) = s.watch_queries {
+                let n = u32::try_from(n).unwrap_or(u32::MAX);
+                parked.get_or_create(&l).set(f64::from(n));
             }
         }
     }

@@ -88,11 +88,18 @@ impl Watch {
     /// The next event, within a generous deadline.
     #[track_caller]
     fn next(&mut self) -> SourceEvent {
-        stencil::block_on(async {
-            tokio::time::timeout(Duration::from_secs(30), self.rx.recv()).await
-        })
-        .expect("no event arrived in time")
-        .expect("the watch ended")
+        loop {
+            let event = stencil::block_on(async {
+                tokio::time::timeout(Duration::from_secs(30), self.rx.recv()).await
+            })
+            .expect("no event arrived in time")
+            .expect("the watch ended");
+            // How many queries are parked is for /status (tested through
+            // the binary), not a change.
+            if !matches!(event, SourceEvent::Queries { .. }) {
+                return event;
+            }
+        }
     }
 
     /// The next event, which must be a change; returns its keys.
@@ -425,6 +432,33 @@ fn acl_filtered_takes_only_error_or_warn() {
         .code(2)
         .stderr_has("stencil.toml")
         .stderr_has("acl_filtered = \"maybe\": use \"error\" or \"warn\"");
+}
+
+#[test]
+fn max_watch_queries_takes_a_positive_whole_number() {
+    Test::new()
+        .file(
+            "stencil.toml",
+            "[sources.kv]\nkind = \"consul\"\naddress = \"127.0.0.1:1\"\nmax_watch_queries = 0\n",
+        )
+        .file("a.j2", "x\n")
+        .args(["render", "--config", "stencil.toml", "-t", "a.j2"])
+        .run()
+        .code(2)
+        .stderr_has("stencil.toml")
+        .stderr_has("max_watch_queries = 0: a watch needs at least 1 query");
+    Test::new()
+        .file("a.j2", "x\n")
+        .args([
+            "render",
+            "--source",
+            "consul=http://127.0.0.1:1?max_watch_queries=many",
+            "-t",
+            "a.j2",
+        ])
+        .run()
+        .code(2)
+        .stderr_has("max_watch_queries=\"many\": use a whole number of queries");
 }
 
 /// Every KV 404 from Consul carries X-Consul-Index; a 404 without it means
@@ -1321,5 +1355,81 @@ fn keys_in_one_folder_share_one_blocking_query() {
             .iter()
             .any(|k| k.starts_with("app/k0") && k != "app/k042"),
         "{seen:?}"
+    );
+}
+
+/// Every parked blocking query holds a connection, and Consul refuses a
+/// client past `limits.http_max_conns_per_client` (shared by every local
+/// client): with `max_watch_queries`, keys in different folders are merged
+/// into the folder holding them until the watch fits, a change to any of
+/// them is still applied, and /status and /metrics say how many queries
+/// are parked.
+#[test]
+fn a_watch_over_max_watch_queries_merges_folders_and_stays_within_it() {
+    const SERVING: &str = "serving /healthz, /readyz, /metrics, /status on ";
+    let server = ConsulServer::start();
+    for (k, v) in [("app/a/x", "1"), ("app/b/y", "2"), ("app/c/z", "3")] {
+        server.put(k, v);
+    }
+    server.put("other/w", "4");
+    // Unbounded, these four keys in four folders are four parked queries.
+    // One connection to spare, for the render's pooled one.
+    server.max_conns_per_client(3);
+    let config = format!(
+        "[listen]\naddress = \"127.0.0.1:0\"\n\n\
+         [sources.kv]\nkind = \"consul\"\naddress = \"{}\"\nmax_watch_queries = 2\n\n\
+         [[templates]]\nsource = \"a.j2\"\ndestination = \"out.conf\"\n",
+        server.addr()
+    );
+    let mut run = Test::new()
+        .file(
+            "a.j2",
+            "{{ key('app/a/x') }} {{ key('app/b/y') }} {{ key('app/c/z') }} {{ key('other/w') }}\n",
+        )
+        .file("stencil.toml", config)
+        .args(["watch", "-c", "stencil.toml"])
+        .spawn();
+    let addr: std::net::SocketAddr = run.wait_for("the listener to be logged", |r| {
+        let stderr = r.stderr();
+        let line = stderr.lines().find(|l| l.contains(SERVING))?;
+        line.split_once(SERVING)?.1.trim().parse().ok()
+    });
+    run.wait_file("out.conf", "1 2 3 4\n");
+    server.wait_parked(2);
+    let get = |path: &str| {
+        crate::support::consul::http::get(&format!("http://{addr}{path}"))
+            .try_send()
+            .ok()
+            .map(|r| r.text())
+    };
+    run.wait_for("/status to count the parked queries", |_| {
+        let status: serde_json::Value = serde_json::from_str(&get("/status")?).ok()?;
+        (status["sources"]["kv"]["watch_queries"] == 2).then_some(())
+    });
+    let metrics = get("/metrics").unwrap();
+    assert!(
+        metrics.contains("stencil_source_watch_queries{source=\"kv\",kind=\"consul\"} 2"),
+        "{metrics}"
+    );
+    server.put("app/b/y", "20");
+    run.wait_file("out.conf", "1 20 3 4\n");
+    server.put("other/w", "40");
+    run.wait_file("out.conf", "1 20 3 40\n");
+    server.wait_parked(2);
+    assert_eq!(server.rejected_connections(), 0, "{}", run.stderr());
+    assert!(server.parked() <= 2);
+    let stderr = run.stderr();
+    assert!(stderr.contains("max_watch_queries = 2"), "{stderr}");
+    // Merged into app/ (the deepest folder holding several), other/w alone.
+    let parked: std::collections::BTreeSet<String> = server
+        .kv_requests()
+        .iter()
+        .filter(|r| r.blocking_index().is_some())
+        .map(|r| r.key().unwrap().to_string())
+        .collect();
+    assert_eq!(
+        parked,
+        ["app/".to_string(), "other/w".to_string()].into(),
+        "{stderr}"
     );
 }

@@ -44,6 +44,7 @@ pub(super) struct SourceTable {
     datacenter: Option<String>,
     stale: Option<bool>,
     acl_filtered: Option<String>,
+    max_watch_queries: Option<usize>,
     #[serde(default, with = "duration_serde_opt")]
     max_stale: Option<Duration>,
     ca_file: Option<PathBuf>,
@@ -71,6 +72,7 @@ impl SourceTable {
             datacenter: None,
             stale: None,
             acl_filtered: None,
+            max_watch_queries: None,
             max_stale: None,
             ca_file: None,
             cert_file: None,
@@ -191,6 +193,12 @@ impl SourceTable {
                 anyhow::anyhow!("{at}: acl_filtered = {f:?}: use \"error\" or \"warn\"")
             })?;
         }
+        if let Some(n) = self.max_watch_queries {
+            if n == 0 {
+                anyhow::bail!("{at}: max_watch_queries = 0: a watch needs at least 1 query");
+            }
+            consul.max_watch_queries = n;
+        }
         if let Some(tls) = tls {
             consul.tls = tls;
         }
@@ -228,6 +236,11 @@ impl SourceTable {
             (self.datacenter.is_some(), "datacenter", consul),
             (self.stale.is_some(), "stale", consul),
             (self.acl_filtered.is_some(), "acl_filtered", consul),
+            (
+                self.max_watch_queries.is_some(),
+                "max_watch_queries",
+                consul,
+            ),
             (self.max_stale.is_some(), "max_stale", consul),
             (self.ca_file.is_some(), "ca_file", network),
             (self.cert_file.is_some(), "cert_file", network),
@@ -249,7 +262,8 @@ impl SourceTable {
 /// `--source etcd=http://127.0.0.1:2379?prefix=/apps/web/` and
 /// `--source consul=http://127.0.0.1:8500?prefix=apps/web/` work as written
 /// in the design. Query parameters: `prefix`, `timeout`; for Consul also
-/// `dc`, `stale`, `max_stale` and `acl_filtered`. A token never goes in the URL.
+/// `dc`, `stale`, `max_stale`, `acl_filtered` and `max_watch_queries`. A token
+/// never goes in the URL.
 pub fn parse_source_flag(flag: &str) -> Result<(String, SourceSpec)> {
     let Some((name, url)) = flag.split_once('=') else {
         return Err(usage(format!(
@@ -402,6 +416,11 @@ fn apply_params(table: &mut SourceTable, query: &str) -> Result<(), UrlError> {
                 });
             }
             "acl_filtered" if consul => table.acl_filtered = Some(value),
+            "max_watch_queries" if consul => {
+                table.max_watch_queries = Some(value.parse().map_err(|_| {
+                    format!("max_watch_queries={value:?}: use a whole number of queries")
+                })?);
+            }
             "max_stale" if consul => table.max_stale = Some(parse_duration(&value)?),
             "token" if consul => return Err(UrlError::Token),
             other => return Err(format!("unknown URL parameter {other:?}").into()),

@@ -101,6 +101,9 @@ pub enum SourceEvent {
         watching: Option<String>,
         given_up: Vec<etcd::GivenUp>,
     },
+    /// How many blocking queries the watch keeps parked (Consul): sent
+    /// when it starts and when it splits a query Consul refused.
+    Queries { source: String, parked: usize },
     /// The watch left a cluster member that failed (`error`) for the next
     /// one, resuming where it stood.
     Failover {

@@ -340,7 +340,9 @@ impl Coordinator {
                 tracing::warn!(source = %source, "source is failing: {error}; keeping the current files");
                 self.source_down(&source, &error);
             }
-            event @ (SourceEvent::Members { .. } | SourceEvent::Failover { .. }) => {
+            event @ (SourceEvent::Members { .. }
+            | SourceEvent::Failover { .. }
+            | SourceEvent::Queries { .. }) => {
                 serve::lock(&self.status).cluster_event(event);
             }
         }

@@ -18,6 +18,7 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use std::fmt;
 use std::path::PathBuf;
 use std::sync::Mutex;
+use std::sync::atomic::AtomicBool;
 use std::time::Duration;
 
 use anyhow::Result;
@@ -41,6 +42,11 @@ const DEFAULT_TIMEOUT: Duration = Duration::from_secs(10);
 /// the same index. consul-template's default; shorter than Consul's own
 /// 5 minutes so a connection silently cut by a firewall is noticed soon.
 const DEFAULT_QUERY_WAIT: Duration = Duration::from_secs(60);
+
+/// The default bound on a watch's parked blocking queries: a third of
+/// Consul's 200 connections per client address
+/// (`limits.http_max_conns_per_client`), which every local client shares.
+const DEFAULT_MAX_WATCH_QUERIES: usize = 64;
 
 /// How to reach Consul.
 #[derive(Clone, PartialEq, serde::Serialize)]
@@ -71,6 +77,9 @@ pub struct ConsulConfig {
     pub query_wait: Duration,
     /// What a recursive read whose answer the ACLs filtered is.
     pub acl_filtered: AclFiltered,
+    /// The most blocking queries a watch parks at once (each holds a
+    /// connection); more watched keys are merged into their folders.
+    pub max_watch_queries: usize,
 }
 
 /// What to do with a read Consul filtered by ACLs
@@ -111,6 +120,7 @@ impl fmt::Debug for ConsulConfig {
             .field("timeout", &self.timeout)
             .field("query_wait", &self.query_wait)
             .field("acl_filtered", &self.acl_filtered)
+            .field("max_watch_queries", &self.max_watch_queries)
             .finish()
     }
 }
@@ -131,6 +141,7 @@ impl ConsulConfig {
             timeout: DEFAULT_TIMEOUT,
             query_wait: DEFAULT_QUERY_WAIT,
             acl_filtered: AclFiltered::Error,
+            max_watch_queries: DEFAULT_MAX_WATCH_QUERIES,
         }
     }
 
@@ -209,6 +220,10 @@ pub struct ConsulSource {
     prefix: String,
     query_wait: Duration,
     acl_filtered: AclFiltered,
+    max_watch_queries: usize,
+    /// Whether a watch had to merge queries to stay within
+    /// `max_watch_queries` (logged once).
+    bounded: AtomicBool,
     /// Folders whose filtered reads were warned about (`acl_filtered =
     /// "warn"`): one warning per folder, not one per render or query.
     warned: Mutex<HashSet<String>>,
@@ -231,6 +246,8 @@ impl ConsulSource {
             prefix: super::normalize_key(&config.prefix).to_string(),
             query_wait: config.query_wait,
             acl_filtered: config.acl_filtered,
+            max_watch_queries: config.max_watch_queries,
+            bounded: AtomicBool::new(false),
             warned: Mutex::new(HashSet::new()),
             unlistable: Mutex::new(HashSet::new()),
             cache: Mutex::new(Cache::default()),

@@ -2,7 +2,9 @@
 //! prefix (keys under it share it), one per folder holding several watched
 //! keys, one per other key, each with what the render read of it.
 
+use std::collections::HashSet;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, MutexGuard};
 
 use super::{Cache, ConsulSource, Read, in_folder};
@@ -89,6 +91,16 @@ impl ConsulSource {
             .collect();
         queries.extend(keys.iter().map(key_query));
         drop(cache);
+        let before = queries.len();
+        let unlistable = self
+            .unlistable
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
+        let mut queries = fit(queries, self.max_watch_queries, &unlistable);
+        if queries.len() < before && !self.bounded.swap(true, Ordering::Relaxed) {
+            tracing::warn!(source = %self.name, "consul watch needs {before} blocking queries, more than max_watch_queries = {}; merging keys into the folders holding them ({} queries); changes to keys nobody reads in those folders are fetched and ignored", self.max_watch_queries, queries.len());
+        }
         self.resume(&mut queries);
         queries
     }
@@ -149,6 +161,86 @@ impl ConsulSource {
 fn outermost(folders: &mut BTreeSet<String>) {
     let all: Vec<String> = folders.iter().cloned().collect();
     folders.retain(|f| !all.iter().any(|g| g != f && in_folder(g, f)));
+}
+
+/// Merges queries into a folder holding several of them, the deepest such
+/// folder first (so the merged query fetches as little as it can), until
+/// at most `bound` remain: each parked blocking query holds a connection,
+/// and Consul refuses a client past `limits.http_max_conns_per_client`.
+/// A merged folder keeps what it stands for (`members`), to split again
+/// should Consul refuse it; folders in `unlistable` it refused already are
+/// not merged into again.
+fn fit(mut queries: Vec<Query>, bound: usize, unlistable: &HashSet<String>) -> Vec<Query> {
+    let bound = bound.max(1);
+    while queries.len() > bound {
+        let Some(folder) = merge_target(&queries, unlistable) else {
+            break;
+        };
+        let (inside, mut rest): (Vec<Query>, Vec<Query>) = queries
+            .into_iter()
+            .partition(|q| q.key != folder && in_folder(&folder, &q.key));
+        let members: Vec<Query> = inside
+            .into_iter()
+            .flat_map(|q| {
+                if q.members.is_empty() {
+                    vec![q]
+                } else {
+                    q.members
+                }
+            })
+            .collect();
+        rest.push(Query {
+            known: known_of(&members),
+            key: folder,
+            recurse: true,
+            members,
+        });
+        rest.sort_by(|a, b| (!a.recurse, &a.key).cmp(&(!b.recurse, &b.key)));
+        queries = rest;
+    }
+    queries
+}
+
+/// The deepest folder holding two or more of `queries` (the most of them
+/// among folders equally deep); None when none does.
+fn merge_target(queries: &[Query], unlistable: &HashSet<String>) -> Option<String> {
+    let mut counts: BTreeMap<&str, usize> = BTreeMap::new();
+    for q in queries {
+        // Every folder above the query: "a/b/c" and "a/b/" are in "a/b/"
+        // (the key) or "a/" (the folder), "a/", and "".
+        let own = if q.recurse {
+            q.key.strip_suffix('/').unwrap_or(&q.key)
+        } else {
+            &q.key
+        };
+        let mut ancestors = vec![""];
+        ancestors.extend(own.match_indices('/').map(|(i, _)| &q.key[..=i]));
+        for a in ancestors {
+            *counts.entry(a).or_default() += 1;
+        }
+    }
+    counts
+        .into_iter()
+        .filter(|(f, n)| *n > 1 && !unlistable.contains(*f))
+        .max_by_key(|(f, n)| (f.matches('/').count(), *n))
+        .map(|(f, _)| f.to_string())
+}
+
+/// What the render saw of a merged folder: its members' reads, at the
+/// oldest of their indexes (so no later change is missed); None when one
+/// of them was not read.
+fn known_of(members: &[Query]) -> Option<Read<Arc<Content>>> {
+    let mut index = u64::MAX;
+    let mut content = Content::new();
+    for m in members {
+        let r = m.known.as_ref()?;
+        index = index.min(r.index);
+        content.extend(r.value.iter().map(|(k, v)| (k.clone(), v.clone())));
+    }
+    Some(Read {
+        index,
+        value: Arc::new(content),
+    })
 }
 
 /// Takes the keys that share a folder with another key out of `keys`, and
@@ -311,5 +403,63 @@ mod tests {
         assert_eq!(plan[1].key, "b/");
         assert!(plan[1].members.is_empty());
         assert_eq!(plan.len(), 2);
+    }
+
+    #[test]
+    fn a_plan_over_the_bound_merges_the_deepest_shared_folders_first() {
+        let mut config = ConsulConfig::new("127.0.0.1:8500");
+        config.max_watch_queries = 3;
+        let s = ConsulSource::new("kv", &config).unwrap();
+        let spec = WatchSpec {
+            keys: [
+                "app/db/host".into(),
+                "app/db/port".into(),
+                "app/web/port".into(),
+                "app/cache/size".into(),
+                "other/x".into(),
+                "top".into(),
+            ]
+            .into(),
+            prefixes: ["app/feature".into()].into(),
+        };
+        let plan = s.plan(&spec);
+        let shape: Vec<(String, bool)> = plan.iter().map(|q| (q.key.clone(), q.recurse)).collect();
+        // Unbounded: app/db/, app/feature/, app/cache/size, app/web/port,
+        // other/x, top (6). "app/" holds four of them: merged there, the
+        // deepest folder holding more than one.
+        assert_eq!(
+            shape,
+            [
+                ("app/".to_string(), true),
+                ("other/x".to_string(), false),
+                ("top".to_string(), false),
+            ]
+        );
+        // Should Consul refuse "app/", it splits into what the templates
+        // read: the keys of app/db/ one by one, as a refused app/db/ would.
+        let members: Vec<&str> = plan[0].members.iter().map(|m| m.key.as_str()).collect();
+        assert_eq!(
+            members,
+            [
+                "app/db/host",
+                "app/db/port",
+                "app/feature/",
+                "app/cache/size",
+                "app/web/port"
+            ]
+        );
+
+        // A bound of 1 watches the whole store in one query.
+        let mut config = ConsulConfig::new("127.0.0.1:8500");
+        config.max_watch_queries = 1;
+        let s = ConsulSource::new("kv", &config).unwrap();
+        let plan = s.plan(&spec);
+        assert_eq!(plan.len(), 1);
+        assert_eq!((plan[0].key.as_str(), plan[0].recurse), ("", true));
+        assert_eq!(plan[0].members.len(), 7);
+
+        // Within the bound, nothing is merged beyond the folder rule.
+        let s = ConsulSource::new("kv", &ConsulConfig::new("127.0.0.1:8500")).unwrap();
+        assert_eq!(s.plan(&spec).len(), 6);
     }
 }

@@ -41,14 +41,21 @@ impl ConsulSource {
         tx: &UnboundedSender<SourceEvent>,
     ) -> Result<()> {
         if queries.is_empty() {
+            // None parked now, whatever an earlier watch reported.
+            let _ = tx.send(SourceEvent::Queries {
+                source: self.name.clone(),
+                parked: 0,
+            });
             tx.closed().await;
             return Ok(());
         }
         let health = Health {
             failing: Mutex::new(0),
+            parked: Mutex::new(0),
             source: &self.name,
             tx,
         };
+        health.parked(queries.len(), 0);
         self.run_all(queries, tx, &health).await
     }
 
@@ -93,6 +100,8 @@ impl ConsulSource {
             {
                 run.answered(health);
                 self.split(&run.key, why);
+                // One query becomes its members.
+                health.parked(members.len(), 1);
                 return Box::pin(self.run_all(members, tx, health)).await;
             }
             let result = match result {
@@ -177,11 +186,23 @@ async fn until_closed<T>(
 struct Health<'a> {
     /// A std mutex: held for an increment, never across an await.
     failing: Mutex<usize>,
+    /// The queries running, reported as `SourceEvent::Queries`.
+    parked: Mutex<usize>,
     source: &'a str,
     tx: &'a UnboundedSender<SourceEvent>,
 }
 
 impl Health<'_> {
+    /// `started` more queries are parked and `ended` fewer.
+    fn parked(&self, started: usize, ended: usize) {
+        let mut n = self.parked.lock().unwrap_or_else(|e| e.into_inner());
+        *n = (*n + started).saturating_sub(ended);
+        let _ = self.tx.send(SourceEvent::Queries {
+            source: self.source.to_string(),
+            parked: *n,
+        });
+    }
+
     fn failed(&self, error: String) {
         let mut n = self.failing.lock().unwrap_or_else(|e| e.into_inner());
         *n += 1;
