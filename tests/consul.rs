@@ -1373,8 +1373,10 @@ fn a_watch_over_max_watch_queries_merges_folders_and_stays_within_it() {
     }
     server.put("other/w", "4");
     // Unbounded, these four keys in four folders are four parked queries.
-    // One connection to spare, for the render's pooled one.
-    server.max_conns_per_client(3);
+    // The cap leaves room for the render's pooled connection and for one
+    // being replaced after an answer (on a loaded machine the old one may
+    // not have closed yet): what must hold is how many queries ever parked.
+    server.max_conns_per_client(5);
     let config = format!(
         "[listen]\naddress = \"127.0.0.1:0\"\n\n\
          [sources.kv]\nkind = \"consul\"\naddress = \"{}\"\nmax_watch_queries = 2\n\n\
@@ -1417,7 +1419,11 @@ fn a_watch_over_max_watch_queries_merges_folders_and_stays_within_it() {
     run.wait_file("out.conf", "1 20 3 40\n");
     server.wait_parked(2);
     assert_eq!(server.rejected_connections(), 0, "{}", run.stderr());
-    assert!(server.parked() <= 2);
+    assert!(
+        server.most_parked() <= 2,
+        "{} queries were parked at once",
+        server.most_parked()
+    );
     let stderr = run.stderr();
     assert!(stderr.contains("max_watch_queries = 2"), "{stderr}");
     // Merged into app/ (the deepest folder holding several), other/w alone.

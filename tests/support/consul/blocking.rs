@@ -44,7 +44,8 @@ pub(super) async fn blocking<T>(
         if idx.max(1) > min_index {
             return Some((idx, value));
         }
-        srv.parked.fetch_add(1, Ordering::SeqCst);
+        let now = srv.parked.fetch_add(1, Ordering::SeqCst) + 1;
+        srv.most_parked.fetch_max(now, Ordering::SeqCst);
         let _unpark = Unpark(&srv.parked);
         tokio::select! {
             _ = changes.changed() => continue,

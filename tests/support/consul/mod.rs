@@ -167,6 +167,8 @@ struct Shared {
     /// its own entry (or none), never another's.
     cleared: AtomicUsize,
     parked: AtomicUsize,
+    /// The most blocking queries ever parked at once.
+    most_parked: AtomicUsize,
     conns: Arc<ConnLimit>,
     /// A lagging follower answering `?stale` reads: its (old) copy of the
     /// store and how long ago it heard from the leader.
@@ -232,6 +234,7 @@ impl ConsulServer {
             log: Mutex::new(Vec::new()),
             cleared: AtomicUsize::new(0),
             parked: AtomicUsize::new(0),
+            most_parked: AtomicUsize::new(0),
             conns: Arc::new(ConnLimit::default()),
             follower: Mutex::new(None),
         });
@@ -430,6 +433,11 @@ impl ConsulServer {
     /// Blocking queries currently waiting for a change.
     pub fn parked(&self) -> usize {
         self.shared.parked.load(Ordering::SeqCst)
+    }
+
+    /// The most blocking queries that were ever parked at once.
+    pub fn most_parked(&self) -> usize {
+        self.shared.most_parked.load(Ordering::SeqCst)
     }
 
     /// Waits until at least `n` blocking queries are waiting for a change:
