@@ -95,18 +95,7 @@ pub(super) fn register(env: &mut Environment<'static>) {
 /// consul-template's `envOrDefault(name, default)`: the variable's value
 /// when it is set, even to "" (os.LookupEnv), else the default.
 fn env_or_default(name: &str, default: Value) -> Result<Value, Error> {
-    let value = env_var(name)?;
-    if let Ok(state) = current() {
-        let dep = Dep::Env {
-            name: name.to_string(),
-        };
-        if value.is_some() {
-            state.record(dep);
-        } else {
-            state.record_missing(dep);
-        }
-    }
-    Ok(value.map_or(default, Value::from))
+    Ok(read_env(name)?.map_or(default, Value::from))
 }
 
 /// One environment variable. Looked up per read rather than copied into a
@@ -127,6 +116,23 @@ fn env_var(name: &str) -> Result<Option<String>, Error> {
     }
 }
 
+/// [`env_var`], with the read recorded for the render in progress: a set
+/// (or unreadable) variable as read, an unset one as missing, so watch
+/// mode knows it.
+fn read_env(name: &str) -> Result<Option<String>, Error> {
+    let value = env_var(name);
+    if let Ok(state) = current() {
+        let dep = Dep::Env {
+            name: name.to_string(),
+        };
+        match &value {
+            Ok(None) => state.record_missing(dep),
+            _ => state.record(dep),
+        }
+    }
+    value
+}
+
 /// `env.NAME`: records the read; an unset variable is undefined, so strict
 /// mode makes it an error unless `| default(...)` is used.
 #[derive(Debug)]
@@ -134,30 +140,11 @@ struct EnvObject;
 
 impl Object for EnvObject {
     fn get_value(self: &Arc<Self>, key: &Value) -> Option<Value> {
-        let name = key.as_str()?;
-        let value = match env_var(name) {
-            Ok(value) => value,
+        match read_env(key.as_str()?) {
+            Ok(value) => value.map(Value::from),
             // An invalid value fails wherever it is used, `default` too.
-            Err(e) => {
-                if let Ok(state) = current() {
-                    state.record(Dep::Env {
-                        name: name.to_string(),
-                    });
-                }
-                return Some(Value::from(e));
-            }
-        };
-        if let Ok(state) = current() {
-            let dep = Dep::Env {
-                name: name.to_string(),
-            };
-            if value.is_some() {
-                state.record(dep);
-            } else {
-                state.record_missing(dep);
-            }
+            Err(e) => Some(Value::from(e)),
         }
-        value.map(Value::from)
     }
 
     fn enumerate(self: &Arc<Self>) -> Enumerator {
@@ -171,10 +158,7 @@ impl Object for EnvObject {
 fn env_or_file(name: &str) -> Result<Value, Error> {
     let state = current()?;
     let file_var = format!("{name}_FILE");
-    if let Some(path) = env_var(&file_var)? {
-        state.record(Dep::Env {
-            name: file_var.clone(),
-        });
+    if let Some(path) = read_env(&file_var)? {
         let path = PathBuf::from(path);
         state.record(Dep::File { path: path.clone() });
         let mut text = std::fs::read_to_string(&path).map_err(|e| {
@@ -191,25 +175,12 @@ fn env_or_file(name: &str) -> Result<Value, Error> {
         }
         return Ok(Value::from(text));
     }
-    state.record_missing(Dep::Env {
-        name: file_var.clone(),
-    });
-    match env_var(name)? {
-        Some(v) => {
-            state.record(Dep::Env {
-                name: name.to_string(),
-            });
-            Ok(Value::from(v.as_str()))
-        }
-        None => {
-            state.record_missing(Dep::Env {
-                name: name.to_string(),
-            });
-            Err(Error::new(
-                ErrorKind::InvalidOperation,
-                format!("neither ${file_var} nor ${name} is set"),
-            ))
-        }
+    match read_env(name)? {
+        Some(v) => Ok(Value::from(v.as_str())),
+        None => Err(Error::new(
+            ErrorKind::InvalidOperation,
+            format!("neither ${file_var} nor ${name} is set"),
+        )),
     }
 }
 
