@@ -1366,7 +1366,6 @@ fn keys_in_one_folder_share_one_blocking_query() {
 /// are parked.
 #[test]
 fn a_watch_over_max_watch_queries_merges_folders_and_stays_within_it() {
-    const SERVING: &str = "serving /healthz, /readyz, /metrics, /status on ";
     let server = ConsulServer::start();
     for (k, v) in [("app/a/x", "1"), ("app/b/y", "2"), ("app/c/z", "3")] {
         server.put(k, v);
@@ -1391,11 +1390,7 @@ fn a_watch_over_max_watch_queries_merges_folders_and_stays_within_it() {
         .file("stencil.toml", config)
         .args(["watch", "-c", "stencil.toml"])
         .spawn();
-    let addr: std::net::SocketAddr = run.wait_for("the listener to be logged", |r| {
-        let stderr = r.stderr();
-        let line = stderr.lines().find(|l| l.contains(SERVING))?;
-        line.split_once(SERVING)?.1.trim().parse().ok()
-    });
+    let addr = run.serving_on(1);
     run.wait_file("out.conf", "1 2 3 4\n");
     server.wait_parked(2);
     let get = |path: &str| {

@@ -12,8 +12,6 @@ use crate::support::etcd::{self, Cluster};
 use crate::support::{Running, Test};
 
 /// What stencil logs once it listens, before the address.
-const SERVING: &str = "serving /healthz, /readyz, /metrics, /status on ";
-
 /// The target of the issue: a change applied within 10 s of the put.
 const TARGET: Duration = Duration::from_secs(10);
 
@@ -43,11 +41,7 @@ impl Sidecar {
             .file("stencil.toml", config)
             .args(["watch", "-c", "stencil.toml"])
             .spawn();
-        let addr = run.wait_for("the listener to be logged", |r| {
-            let stderr = r.stderr();
-            let line = stderr.lines().find(|l| l.contains(SERVING))?;
-            Some(line.split_once(SERVING)?.1.trim().parse().unwrap())
-        });
+        let addr = run.serving_on(1);
         run.wait_file("out.conf", "v=0\n");
         let mut sidecar = Sidecar {
             run,

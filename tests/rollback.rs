@@ -5,8 +5,7 @@
 use std::net::SocketAddr;
 use std::os::unix::fs::PermissionsExt;
 
-use crate::support::consul::http;
-use crate::support::{Running, Test};
+use crate::support::{Running, Test, status_get as get};
 
 /// Logs each run to `reloads`, prints the files it reloads onto (as
 /// `nginx -t` prints a bad line: values, for the log only) and fails when
@@ -183,25 +182,6 @@ fn an_unknown_value_names_the_file_and_line() {
         .stderr_has("`keep`");
 }
 
-/// What stencil logs once it listens, before the address.
-const SERVING: &str = "serving /healthz, /readyz, /metrics, /status on ";
-
-fn serving_on(run: &mut Running) -> SocketAddr {
-    run.wait_for("the listener to be logged", |r| {
-        let stderr = r.stderr();
-        let line = stderr.lines().find(|l| l.contains(SERVING))?;
-        let (_, addr) = line.split_once(SERVING)?;
-        Some(addr.trim().parse().expect("a socket address"))
-    })
-}
-
-fn get(addr: SocketAddr, path: &str) -> Option<(u16, String)> {
-    http::get(&format!("http://{addr}{path}"))
-        .try_send()
-        .ok()
-        .map(|r| (r.status, r.text()))
-}
-
 fn out_status(addr: SocketAddr) -> Option<serde_json::Value> {
     let body = get(addr, "/status")?.1;
     let status: serde_json::Value = serde_json::from_str(&body).ok()?;
@@ -239,7 +219,7 @@ fn watch_restores_reports_the_rejected_content_and_does_not_retry_it() {
         )
         .args(["watch", "-c", "stencil.toml", "--listen", "127.0.0.1:0"]);
     let mut run = t.spawn();
-    let addr = serving_on(&mut run);
+    let addr = run.serving_on(1);
     let good = "value good pw=s3cret-in-reload-output\n";
     run.wait_file("out.conf", good);
     run.wait_for("ready", |_| (get(addr, "/readyz")?.0 == 200).then_some(()));
@@ -347,7 +327,7 @@ fn watch_retries_a_template_restored_with_another_once_their_reload_succeeds() {
         )
         .args(["watch", "-c", "stencil.toml", "--listen", "127.0.0.1:0"]);
     let mut run = t.spawn();
-    let addr = serving_on(&mut run);
+    let addr = run.serving_on(1);
     run.wait_for("ready", |_| (get(addr, "/readyz")?.0 == 200).then_some(()));
 
     // a breaks the service; b, restored with it, was innocent.

@@ -5,8 +5,7 @@
 
 use std::net::SocketAddr;
 
-use crate::support::consul::http;
-use crate::support::{Running, Test};
+use crate::support::{Running, Test, status_get as get};
 
 /// The one secret every test puts through its path.
 const SECRET: &str = "Tr0ub4dor-s3cret";
@@ -24,27 +23,6 @@ fn hidden(what: &str, text: &str) {
 
 fn with_logs<'a>(logs: &[&'a str], args: &[&'a str]) -> Vec<&'a str> {
     logs.iter().chain(args).copied().collect()
-}
-
-const SERVING: &str = "serving /healthz, /readyz, /metrics, /status on ";
-
-/// The address stencil logged it listens on.
-fn serving_on(run: &mut Running) -> SocketAddr {
-    run.wait_for("the listen address to be logged", |r| {
-        let stderr = r.stderr();
-        let line = stderr.lines().find(|l| l.contains(SERVING))?;
-        // The text log ends with the address; the JSON one quotes it.
-        let (_, rest) = line.split_once(SERVING)?;
-        let addr = rest.split(['"', ' ']).next()?;
-        Some(addr.trim().parse().expect("a socket address"))
-    })
-}
-
-fn get(addr: SocketAddr, path: &str) -> Option<(u16, String)> {
-    http::get(&format!("http://{addr}{path}"))
-        .try_send()
-        .ok()
-        .map(|r| (r.status, r.text()))
 }
 
 /// Waits until `/readyz` reports `needle`, then checks that no endpoint
@@ -119,7 +97,7 @@ fn a_data_file_broken_while_watching_keeps_its_value_out_of_the_endpoints() {
             "0",
         ]);
     let mut run = t.spawn();
-    let addr = serving_on(&mut run);
+    let addr = run.serving_on(1);
     run.wait_file("a.conf", "pw=old\n");
     let tmp = t.path("d.env.tmp");
     std::fs::write(&tmp, format!("pw={SECRET} \"x\n")).unwrap();
@@ -211,7 +189,7 @@ fn a_password_in_a_source_url_stays_out_of_the_endpoints() {
             "127.0.0.1:0",
         ]);
     let mut run = t.spawn();
-    let addr = serving_on(&mut run);
+    let addr = run.serving_on(1);
     endpoints_hide_it(&mut run, addr, "web:***@127.0.0.1:1");
     hidden("stderr", &run.stderr());
 }
@@ -337,7 +315,7 @@ fn a_secret_templates_failed_check_shows_neither_output_nor_command_in_the_endpo
         )
         .args(["watch", "-c", "stencil.toml", "--listen", "127.0.0.1:0"]);
     let mut run = t.spawn();
-    let addr = serving_on(&mut run);
+    let addr = run.serving_on(1);
     let status = endpoints_hide_it(&mut run, addr, "check command failed (exit status 1)");
     assert!(!status.contains("cat "), "{status}");
     // The operator's log keeps the output: it is what they need to fix it.
@@ -408,7 +386,7 @@ fn a_bare_listen_port_is_on_loopback_and_an_open_address_warns() {
         .file("a.j2", "x\n")
         .args(["watch", "-t", "a.j2:a.conf", "--listen", "0"]);
     let mut run = t.spawn();
-    assert!(serving_on(&mut run).ip().is_loopback());
+    assert!(run.serving_on(1).ip().is_loopback());
     assert!(!run.stderr().contains("reachable from other machines"));
     let t = Test::new().file("a.j2", "x\n").args([
         "watch",
@@ -418,7 +396,7 @@ fn a_bare_listen_port_is_on_loopback_and_an_open_address_warns() {
         "0.0.0.0:0",
     ]);
     let mut run = t.spawn();
-    serving_on(&mut run);
+    run.serving_on(1);
     run.wait_for("the warning", |r| {
         r.stderr()
             .contains("reachable from other machines")

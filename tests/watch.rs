@@ -6,33 +6,8 @@ use std::time::Duration;
 
 use nix::sys::signal::Signal;
 
-use crate::support::consul::http;
 use crate::support::etcd::Etcd;
-use crate::support::{Running, Test};
-
-/// What stencil logs once it listens, before the address.
-const SERVING: &str = "serving /healthz, /readyz, /metrics, /status on ";
-
-/// The address of the `n`th listener stencil started (1 for the first),
-/// read from its log. Tests listen on port 0 and learn the port this way:
-/// a port picked free by the test could be taken before stencil binds it.
-fn serving_on(run: &mut Running, n: usize) -> SocketAddr {
-    run.wait_for(&format!("listener {n} to be logged"), |r| {
-        let stderr = r.stderr();
-        let line = stderr.lines().filter(|l| l.contains(SERVING)).nth(n - 1)?;
-        let (_, addr) = line.split_once(SERVING)?;
-        Some(addr.trim().parse().expect("a socket address"))
-    })
-}
-
-/// GET on the status server: (status code, body), or None while it is not
-/// up yet.
-fn get(addr: SocketAddr, path: &str) -> Option<(u16, String)> {
-    http::get(&format!("http://{addr}{path}"))
-        .try_send()
-        .ok()
-        .map(|r| (r.status, r.text()))
-}
+use crate::support::{Running, SERVING, Test, status_get as get};
 
 fn status_json(addr: SocketAddr) -> serde_json::Value {
     serde_json::from_str(&get(addr, "/status").expect("status server").1).unwrap()
@@ -144,7 +119,7 @@ fn data_file_and_template_edits_re_render_and_a_bad_edit_keeps_the_last_good_fil
             "a.j2:out.conf",
         ]);
     let mut run = t.spawn();
-    let addr = serving_on(&mut run, 1);
+    let addr = run.serving_on(1);
     run.wait_file("out.conf", "port 80\n");
     wait_ready(&mut run, addr);
 
@@ -194,7 +169,7 @@ fn watch_two(etcd: &Etcd, b_template: &str) -> (Running, SocketAddr) {
         .file("stencil.toml", etcd_config(etcd, TWO_TEMPLATES))
         .args(["watch", "-c", "stencil.toml", "--listen", "127.0.0.1:0"])
         .spawn();
-    let addr = serving_on(&mut run, 1);
+    let addr = run.serving_on(1);
     (run, addr)
 }
 
@@ -325,7 +300,7 @@ fn sighup_moves_the_endpoints_to_a_changed_listen_address() {
         )
         .args(["watch", "-c", "stencil.toml"]);
     let mut run = t.spawn();
-    let old = serving_on(&mut run, 1);
+    let old = run.serving_on(1);
     wait_ready(&mut run, old);
 
     // Another loopback address, so the port can stay 0 and the kernel's.
@@ -335,7 +310,7 @@ fn sighup_moves_the_endpoints_to_a_changed_listen_address() {
         one_template("[listen]\naddress = \"127.0.0.2:0\""),
     );
     run.signal(Signal::SIGHUP);
-    let new = serving_on(&mut run, 2);
+    let new = run.serving_on(2);
     assert_eq!(new.ip().to_string(), "127.0.0.2");
     assert_eq!(get(new, "/healthz"), Some((200, "ok\n".to_string())));
     run.wait_for("the old address to be closed", |_| {
@@ -357,7 +332,7 @@ fn a_reload_whose_listen_address_is_taken_keeps_the_running_config() {
         )
         .args(["watch", "-c", "stencil.toml"]);
     let mut run = t.spawn();
-    let addr = serving_on(&mut run, 1);
+    let addr = run.serving_on(1);
     wait_ready(&mut run, addr);
     let head = format!("[listen]\naddress = \"{}\"", taken.local_addr().unwrap());
     replace(
@@ -382,7 +357,7 @@ fn a_listen_flag_wins_over_a_listen_address_a_reload_brings() {
         .file("stencil.toml", one_template(""))
         .args(["watch", "-c", "stencil.toml", "--listen", "127.0.0.1:0"]);
     let mut run = t.spawn();
-    let addr = serving_on(&mut run, 1);
+    let addr = run.serving_on(1);
     replace(
         &t,
         "stencil.toml",
@@ -405,7 +380,7 @@ fn a_reload_applies_the_new_top_level_wait_to_the_next_change() {
         .file("stencil.toml", one_template(""))
         .args(["watch", "-c", "stencil.toml", "--listen", "127.0.0.1:0"]);
     let mut run = t.spawn();
-    let addr = serving_on(&mut run, 1);
+    let addr = run.serving_on(1);
     run.wait_file("a.conf", "one\n");
     // Without a wait, an edit is rendered...
     replace(&t, "a.j2", "two\n");
@@ -446,7 +421,7 @@ fn health_metrics_and_status_endpoints() {
         "a.j2:a.conf",
     ]);
     let mut run = t.spawn();
-    let addr = serving_on(&mut run, 1);
+    let addr = run.serving_on(1);
     wait_ready(&mut run, addr);
     assert_eq!(get(addr, "/healthz").unwrap(), (200, "ok\n".to_string()));
     let metrics = get(addr, "/metrics").unwrap().1;
@@ -512,7 +487,7 @@ fn a_failed_checks_output_stays_out_of_the_endpoints() {
         )
         .args(["watch", "-c", "stencil.toml", "--listen", "127.0.0.1:0"]);
     let mut run = t.spawn();
-    let addr = serving_on(&mut run, 1);
+    let addr = run.serving_on(1);
     let readyz = run.wait_for("the failed check to be reported", |_| {
         let (code, body) = get(addr, "/readyz")?;
         (code == 503 && body.contains("check command")).then_some(body)
@@ -662,7 +637,7 @@ fn an_edited_include_is_picked_up_and_a_broken_template_is_reported_not_rendered
         ]);
     std::fs::create_dir_all(t.path("out")).unwrap();
     let mut run = t.spawn();
-    let addr = serving_on(&mut run, 1);
+    let addr = run.serving_on(1);
     run.wait_file("out/a.conf", "part one\n");
 
     std::fs::write(t.path("tpl/part.j2"), "part two\n").unwrap();

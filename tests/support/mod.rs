@@ -29,6 +29,18 @@ pub const BIN: &str = env!("CARGO_BIN_EXE_stencil");
 
 /// A test of the `stencil` binary, built step by step; nothing runs until
 /// [`run`](Test::run) or [`spawn`](Test::spawn).
+/// What stencil logs once its status server listens, before the address.
+pub const SERVING: &str = "serving /healthz, /readyz, /metrics, /status on ";
+
+/// GET on stencil's status server: (status code, body), or None while it
+/// is not up.
+pub fn status_get(addr: std::net::SocketAddr, path: &str) -> Option<(u16, String)> {
+    consul::http::get(&format!("http://{addr}{path}"))
+        .try_send()
+        .ok()
+        .map(|r| (r.status, r.text()))
+}
+
 #[must_use = "a Test does nothing until .run() or .spawn()"]
 pub struct Test {
     // Shared with every Output, so the directory outlives the Test
@@ -242,6 +254,21 @@ impl Running {
             );
             std::thread::sleep(std::time::Duration::from_millis(10));
         }
+    }
+
+    /// The address of the `n`th (from 1) status server stencil logged it
+    /// serves on. Tests listen on port 0 and read the port here: a port
+    /// the test picked free could be taken before stencil binds it. A text
+    /// log line ends with the address; a JSON one quotes it.
+    #[track_caller]
+    pub fn serving_on(&mut self, n: usize) -> std::net::SocketAddr {
+        self.wait_for(&format!("status server {n} to be logged"), |r| {
+            let stderr = r.stderr();
+            let line = stderr.lines().filter(|l| l.contains(SERVING)).nth(n - 1)?;
+            let (_, rest) = line.split_once(SERVING)?;
+            let addr = rest.split(['"', ' ']).next()?;
+            Some(addr.trim().parse().expect("a socket address"))
+        })
     }
 
     /// Polls `check` until it returns Some, or fails the test after 30 s
