@@ -78,7 +78,7 @@ pub fn run(spec: &CommandSpec, what: &str, label: &str, timeout: Duration) -> Re
     if !status.success() {
         return Err(CommandFailed(format!(
             "{what} `{spec}` failed ({}){}",
-            describe(status),
+            describe_status(status),
             format_output(&output)
         ))
         .into());
@@ -89,7 +89,8 @@ pub fn run(spec: &CommandSpec, what: &str, label: &str, timeout: Duration) -> Re
     Ok(())
 }
 
-fn describe(status: ExitStatus) -> String {
+/// How a process ended, for messages: `exit status 3`, `killed by SIGKILL`.
+pub(crate) fn describe_status(status: ExitStatus) -> String {
     match (status.code(), status.signal()) {
         (Some(code), _) => format!("exit status {code}"),
         (None, Some(sig)) => match nix::sys::signal::Signal::try_from(sig) {

@@ -11,6 +11,7 @@ use nix::unistd::Pid;
 use tokio::time::Instant;
 
 use super::spec::ExecSpec;
+use crate::command::describe_status;
 use crate::error::Exit;
 use crate::reap::{Claimed, Reaper};
 
@@ -53,17 +54,6 @@ pub fn exit_of(status: ExitStatus) -> Exit {
         (Some(code), _) => Exit::Code(u8::try_from(code).unwrap_or(u8::MAX)),
         (None, Some(sig)) => Exit::Code(u8::try_from(128 + sig).unwrap_or(u8::MAX)),
         _ => Exit::Failure,
-    }
-}
-
-fn describe(status: ExitStatus) -> String {
-    match (status.code(), status.signal()) {
-        (Some(code), _) => format!("exit status {code}"),
-        (None, Some(sig)) => match Signal::try_from(sig) {
-            Ok(s) => format!("killed by {s}"),
-            Err(_) => format!("killed by signal {sig}"),
-        },
-        _ => status.to_string(),
     }
 }
 
@@ -361,11 +351,14 @@ impl Supervisor {
     /// stencil's exit status.
     fn exited(&mut self, status: ExitStatus) -> Result<()> {
         let State::Restarting { child, .. } = self.take() else {
-            tracing::info!("the child exited ({})", describe(status));
+            tracing::info!("the child exited ({})", describe_status(status));
             self.state = State::Exited(exit_of(status));
             return Ok(());
         };
-        tracing::info!("the child exited ({}); starting it again", describe(status));
+        tracing::info!(
+            "the child exited ({}); starting it again",
+            describe_status(status)
+        );
         match start(&self.spec, self.reaper, Some(child.pid())) {
             Ok(child) => {
                 self.state = State::Running(child);
