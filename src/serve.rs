@@ -457,6 +457,7 @@ fn describe_dep(d: &Dep) -> String {
         Dep::Key { source, key } => format!("key {key:?} in source {source:?}"),
         Dep::Prefix { source, prefix } => format!("prefix {prefix:?} in source {source:?}"),
         Dep::File { path } => format!("file {}", path.display()),
+        Dep::Catalog { source, query } => format!("{query} in source {source:?}"),
     }
 }
 

@@ -63,6 +63,7 @@ fn spec(keys: &[&str], prefixes: &[&str]) -> WatchSpec {
     WatchSpec {
         keys: keys.iter().map(|k| k.to_string()).collect(),
         prefixes: prefixes.iter().map(|p| p.to_string()).collect(),
+        catalog: Default::default(),
     }
 }
 

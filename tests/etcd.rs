@@ -441,6 +441,7 @@ fn watch_sees_changes_and_resumes_after_a_restart_without_losing_any() {
                 let spec = WatchSpec {
                     keys: ["apps/web/db/host".to_string()].into(),
                     prefixes: ["apps/web/upstreams".to_string()].into(),
+                    catalog: Default::default(),
                 };
                 source.watch_from(&spec, start + 1, &tx).await
             })
@@ -488,6 +489,7 @@ fn a_compacted_start_revision_asks_for_a_full_read() {
             let spec = WatchSpec {
                 keys: Default::default(),
                 prefixes: ["w".to_string()].into(),
+                catalog: Default::default(),
             };
             stencil::async_runtime()
                 .spawn(async move { source.watch_from(&spec, first + 1, &tx).await })
@@ -514,6 +516,7 @@ fn a_watch_the_user_may_not_make_is_an_error() {
         let spec = WatchSpec {
             keys: ["secret".to_string()].into(),
             prefixes: Default::default(),
+            catalog: Default::default(),
         };
         let result = stencil::block_on(async {
             tokio::time::timeout(Duration::from_secs(30), source.watch_from(&spec, 1, &tx)).await

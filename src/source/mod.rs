@@ -10,8 +10,9 @@ use std::collections::BTreeMap;
 use std::fmt;
 use std::sync::Arc;
 
-use anyhow::Result;
+use anyhow::{Result, bail};
 
+pub mod catalog;
 pub mod consul;
 pub mod etcd;
 pub mod file;
@@ -29,6 +30,20 @@ pub trait Source: Send + Sync + fmt::Debug {
     /// `a/b` and `a/b/c`, not `ab`), sorted by key. An empty prefix is the
     /// whole source. Keys are returned in full, not relative to `prefix`.
     fn list(&self, prefix: &str) -> Result<Vec<(String, String)>>;
+
+    /// A service-discovery read (`service()`, `services()`, `nodes()`,
+    /// `node()`): only Consul has a catalog.
+    fn catalog(&self, query: &catalog::CatalogQuery) -> Result<catalog::CatalogData> {
+        bail!(
+            "{} has no service catalog: {query} reads a Consul source (pass source=\"name\" to pick one)",
+            self.describe()
+        )
+    }
+
+    /// Whether [`Source::catalog`] answers (a Consul source).
+    fn has_catalog(&self) -> bool {
+        false
+    }
 
     /// Starts a new snapshot: forget what earlier reads cached.
     fn refresh(&self) {}
@@ -65,6 +80,8 @@ pub type WatchFuture = std::pin::Pin<Box<dyn std::future::Future<Output = Result
 pub struct WatchSpec {
     pub keys: std::collections::BTreeSet<String>,
     pub prefixes: std::collections::BTreeSet<String>,
+    /// Service-discovery queries (Consul's catalog and health).
+    pub catalog: std::collections::BTreeSet<catalog::CatalogQuery>,
 }
 
 impl WatchSpec {
@@ -85,6 +102,12 @@ pub enum SourceEvent {
     /// These keys (relative, normalized) changed: created, modified or
     /// deleted.
     Changed { source: String, keys: Vec<String> },
+    /// The answers to these catalog queries changed: an instance came,
+    /// went, or changed health, address, port, tags or meta.
+    CatalogChanged {
+        source: String,
+        queries: Vec<catalog::CatalogQuery>,
+    },
     /// Changes may have been missed (etcd compacted the history):
     /// everything this source feeds must be read again. (Consul needs
     /// none: each blocking query's answer holds the whole content, which is

@@ -31,6 +31,11 @@ pub const FUNCTIONS: &[&str] = &[
     "lsdir",
     "keyOrDefault",
     "keyExists",
+    // Service discovery (catalog.rs).
+    "service",
+    "services",
+    "nodes",
+    "node",
     // Go's builtins, for converted templates (gofmt.rs).
     "print",
     "printf",

@@ -14,6 +14,7 @@
 //! - `functions`, `filters`: what stencil adds to minijinja.
 
 mod aliases;
+mod catalog;
 mod encode;
 mod filters;
 mod functions;
@@ -244,6 +245,7 @@ fn new_environment(whitespace: Whitespace) -> Environment<'static> {
     functions::register(&mut env);
     gofmt::register(&mut env);
     aliases::register(&mut env);
+    catalog::register(&mut env);
     encode::register(&mut env);
     gotime::register(&mut env);
     filters::register(&mut env);

@@ -16,16 +16,33 @@ use minijinja::value::Kwargs;
 use minijinja::{Error, ErrorKind};
 use serde::Serialize;
 
+use crate::source::catalog::{CatalogData, CatalogQuery};
 use crate::source::{self, Source, Sources};
 
 /// One thing a template read while rendering.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
 #[serde(tag = "kind", rename_all = "lowercase")]
 pub enum Dep {
-    Env { name: String },
-    Key { source: String, key: String },
-    Prefix { source: String, prefix: String },
-    File { path: PathBuf },
+    Env {
+        name: String,
+    },
+    Key {
+        source: String,
+        key: String,
+    },
+    Prefix {
+        source: String,
+        prefix: String,
+    },
+    File {
+        path: PathBuf,
+    },
+    /// A service-discovery read: `service()`, `services()`, `nodes()`,
+    /// `node()`.
+    Catalog {
+        source: String,
+        query: CatalogQuery,
+    },
 }
 
 impl fmt::Display for Dep {
@@ -35,6 +52,7 @@ impl fmt::Display for Dep {
             Dep::Key { source, key } => write!(f, "key     {source}:{key}"),
             Dep::Prefix { source, prefix } => write!(f, "prefix  {source}:{prefix}/"),
             Dep::File { path } => write!(f, "file    {}", path.display()),
+            Dep::Catalog { source, query } => write!(f, "catalog {source}:{query}"),
         }
     }
 }
@@ -209,6 +227,64 @@ impl RenderState {
         Ok((prefix, items))
     }
 
+    /// A catalog read, recorded (before reading, so a failed read is
+    /// watched too). The source is `source="name"`, else the template's
+    /// default when it has a catalog, else the one source that has.
+    pub(super) fn catalog(
+        &self,
+        query: CatalogQuery,
+        kwargs: &Kwargs,
+    ) -> Result<CatalogData, Error> {
+        let (name, src) = self.catalog_source(kwargs)?;
+        self.record(Dep::Catalog {
+            source: name.clone(),
+            query: query.clone(),
+        });
+        src.catalog(&query)
+            .map_err(|e| self.source_error(&name, &src, &e))
+    }
+
+    fn catalog_source(&self, kwargs: &Kwargs) -> Result<(String, Arc<dyn Source>), Error> {
+        let requested: Option<String> = kwargs.get("source")?;
+        kwargs.assert_all_used()?;
+        if requested.is_some() {
+            return self.source(&kwargs_with_source(requested));
+        }
+        let default = self
+            .scope
+            .default_source
+            .as_ref()
+            .and_then(|n| Some((n.clone(), self.scope.sources.get(n)?.clone())))
+            .filter(|(_, s)| s.has_catalog());
+        if let Some(found) = default {
+            return Ok(found);
+        }
+        let with: Vec<(&str, &Arc<dyn Source>)> = self
+            .scope
+            .sources
+            .iter()
+            .filter(|(_, s)| s.has_catalog())
+            .collect();
+        match with.as_slice() {
+            [(name, src)] => Ok(((*name).to_string(), (*src).clone())),
+            [] => Err(Error::new(
+                ErrorKind::InvalidOperation,
+                "service discovery reads a Consul source, and none is configured: add one with --source consul=ADDR or [sources.NAME] kind = \"consul\"",
+            )),
+            several => Err(Error::new(
+                ErrorKind::InvalidOperation,
+                format!(
+                    "several Consul sources are configured ({}): pass source=\"name\"",
+                    several
+                        .iter()
+                        .map(|(n, _)| *n)
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                ),
+            )),
+        }
+    }
+
     fn source_error(&self, name: &str, src: &Arc<dyn Source>, err: &anyhow::Error) -> Error {
         lock(&self.deps).failed.insert(name.to_string());
         Error::new(
@@ -216,4 +292,9 @@ impl RenderState {
             format!("source {name:?} ({}) failed: {err:#}", src.describe()),
         )
     }
+}
+
+/// Keyword arguments holding only `source`, for [`RenderState::source`].
+fn kwargs_with_source(name: Option<String>) -> Kwargs {
+    Kwargs::from_iter(name.map(|n| ("source", minijinja::Value::from(n))))
 }

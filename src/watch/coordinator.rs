@@ -320,6 +320,11 @@ impl Coordinator {
                 tracing::debug!(source = %source, "{} key(s) changed; {} template(s) affected", keys.len(), affected.len());
                 self.mark(affected, "data changed");
             }
+            SourceEvent::CatalogChanged { source, queries } => {
+                let affected = sources::reading_catalog(self.deps(), &source, &queries);
+                tracing::debug!(source = %source, "{} catalog quer(ies) changed; {} template(s) affected", queries.len(), affected.len());
+                self.mark(affected, "services changed");
+            }
             SourceEvent::Resync { source } => {
                 let affected = sources::reading(self.deps(), &source);
                 self.mark(affected, "source resynchronised");

@@ -9,6 +9,7 @@ use tokio::sync::mpsc::{UnboundedSender, unbounded_channel};
 use tokio::task::JoinHandle;
 
 use super::Event;
+use crate::source::catalog::CatalogQuery;
 use crate::source::{Source, Sources, WatchSpec, is_under};
 use crate::template::{Dep, Deps};
 
@@ -25,6 +26,10 @@ pub(super) fn wanted<'a>(deps: impl Iterator<Item = &'a Deps>) -> BTreeMap<Strin
                 let spec = specs.entry(source.clone()).or_default();
                 spec.prefixes.insert(prefix.clone());
             }
+            Dep::Catalog { source, query } => {
+                let spec = specs.entry(source.clone()).or_default();
+                spec.catalog.insert(query.clone());
+            }
             Dep::File { .. } | Dep::Env { .. } => {}
         }
     }
@@ -35,7 +40,9 @@ pub(super) fn wanted<'a>(deps: impl Iterator<Item = &'a Deps>) -> BTreeMap<Strin
 /// failed because it did not answer.
 pub(super) fn reading<'a>(deps: impl Iterator<Item = &'a Deps>, source: &str) -> Vec<usize> {
     let reads = |d: &Dep| match d {
-        Dep::Key { source: s, .. } | Dep::Prefix { source: s, .. } => s == source,
+        Dep::Key { source: s, .. }
+        | Dep::Prefix { source: s, .. }
+        | Dep::Catalog { source: s, .. } => s == source,
         Dep::File { .. } | Dep::Env { .. } => false,
     };
     deps.enumerate()
@@ -56,8 +63,22 @@ pub(super) fn reading_keys<'a>(
         Dep::Prefix { source: s, prefix } => {
             s == source && keys.iter().any(|k| is_under(k, prefix))
         }
-        Dep::File { .. } | Dep::Env { .. } => false,
+        Dep::File { .. } | Dep::Env { .. } | Dep::Catalog { .. } => false,
     };
+    deps.enumerate()
+        .filter(|(_, d)| d.read.iter().any(reads))
+        .map(|(i, _)| i)
+        .collect()
+}
+
+/// The templates (indices into `deps`) that asked `source` one of
+/// `queries` of its service catalog.
+pub(super) fn reading_catalog<'a>(
+    deps: impl Iterator<Item = &'a Deps>,
+    source: &str,
+    queries: &[CatalogQuery],
+) -> Vec<usize> {
+    let reads = |d: &Dep| matches!(d, Dep::Catalog { source: s, query } if s == source && queries.contains(query));
     deps.enumerate()
         .filter(|(_, d)| d.read.iter().any(reads))
         .map(|(i, _)| i)
@@ -101,7 +122,7 @@ impl SourceWatches {
             if let Some((_, old)) = self.running.remove(&name) {
                 old.abort();
             }
-            tracing::debug!(source = %name, "watching {} key(s) and {} prefix(es)", spec.keys.len(), spec.prefixes.len());
+            tracing::debug!(source = %name, "watching {} key(s), {} prefix(es) and {} catalog quer(ies)", spec.keys.len(), spec.prefixes.len(), spec.catalog.len());
             self.running.insert(name, (spec, handle));
         }
     }

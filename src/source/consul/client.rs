@@ -1,5 +1,5 @@
-//! One Consul agent's KV endpoint: requests, their URLs, and what the
-//! answers mean.
+//! One Consul agent's KV endpoint (the catalog's is in `catalog`):
+//! requests, their URLs, and what the answers mean.
 //!
 //! The ACL token goes in the `X-Consul-Token` header, marked sensitive, and
 //! never in a URL: URLs end up in error messages, the token must not.
@@ -17,14 +17,15 @@ use reqwest::header::HeaderValue;
 use serde::Deserialize;
 use url::Url;
 
-use crate::spec::redact_urls;
-
 use super::ConsulConfig;
-use crate::runtime;
+use crate::{runtime, spec::redact_urls};
+
+mod catalog;
+pub(super) use catalog::CatalogReply;
 
 const B64: base64::engine::GeneralPurpose = base64::engine::general_purpose::STANDARD;
 
-/// One entry of a KV read. Only what stencil uses; Consul sends more.
+/// One entry of a KV read (only what stencil uses).
 #[derive(Debug, Deserialize)]
 #[serde(rename_all = "PascalCase")]
 pub(super) struct Entry {
@@ -117,8 +118,7 @@ pub(crate) struct ConsulClient {
     stale: bool,
     max_stale: Option<Duration>,
     timeout: Duration,
-    /// Requests sent, for tests and benchmarks.
-    requests: AtomicU64,
+    requests: AtomicU64, // sent, for tests and benchmarks
 }
 
 impl ConsulClient {

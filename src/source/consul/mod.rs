@@ -24,11 +24,13 @@ use std::time::Duration;
 use anyhow::Result;
 use tokio::sync::mpsc::UnboundedSender;
 
+use super::catalog::{CatalogData, CatalogQuery};
 use super::{Source, SourceEvent, WatchFuture, WatchSpec};
 use crate::runtime::{self, Tls};
 
 mod client;
 mod plan;
+mod services;
 mod watch;
 
 pub(crate) use client::ConsulClient;
@@ -192,6 +194,7 @@ struct Cache {
     /// keys (full Consul keys, folder markers left out) and values.
     folders: HashMap<String, Read<BTreeMap<String, String>>>,
     keys: HashMap<String, Read<Option<String>>>,
+    catalog: HashMap<CatalogQuery, Read<CatalogData>>,
 }
 
 impl Cache {
@@ -236,6 +239,8 @@ pub struct ConsulSource {
     /// templates read something new) goes on from here for queries whose
     /// data the last render did not read, rather than starting blind.
     watched: Mutex<plan::Watched>,
+    /// The same for catalog queries.
+    watched_catalog: Mutex<HashMap<CatalogQuery, Read<CatalogData>>>,
 }
 
 impl ConsulSource {
@@ -252,6 +257,7 @@ impl ConsulSource {
             unlistable: Mutex::new(HashSet::new()),
             cache: Mutex::new(Cache::default()),
             watched: Mutex::new(HashMap::new()),
+            watched_catalog: Mutex::new(HashMap::new()),
         })
     }
 
@@ -333,6 +339,14 @@ impl Source for ConsulSource {
 
     fn refresh(&self) {
         *self.lock() = Cache::default();
+    }
+
+    fn catalog(&self, query: &CatalogQuery) -> Result<CatalogData> {
+        self.read_catalog(query)
+    }
+
+    fn has_catalog(&self) -> bool {
+        true
     }
 
     fn requests(&self) -> Option<u64> {
@@ -417,9 +431,10 @@ impl Source for ConsulSource {
         tx: UnboundedSender<SourceEvent>,
     ) -> Option<WatchFuture> {
         let queries = self.plan(&spec);
-        Some(Box::pin(
-            async move { self.watch_queries(queries, &tx).await },
-        ))
+        let catalog: Vec<CatalogQuery> = spec.catalog.into_iter().collect();
+        Some(Box::pin(async move {
+            self.watch_queries(queries, catalog, &tx).await
+        }))
     }
 }
 

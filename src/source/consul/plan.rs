@@ -97,7 +97,9 @@ impl ConsulSource {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .clone();
-        let mut queries = fit(queries, self.max_watch_queries, &unlistable);
+        // Catalog queries cannot be merged: each is one of the bound.
+        let bound = self.max_watch_queries.saturating_sub(spec.catalog.len());
+        let mut queries = fit(queries, bound, &unlistable);
         if queries.len() < before && !self.bounded.swap(true, Ordering::Relaxed) {
             tracing::warn!(source = %self.name, "consul watch needs {before} blocking queries, more than max_watch_queries = {}; merging keys into the folders holding them ({} queries); changes to keys nobody reads in those folders are fetched and ignored", self.max_watch_queries, queries.len());
         }
@@ -358,6 +360,7 @@ mod tests {
             ]
             .into(),
             prefixes: ["web/db".into(), "web/db/replicas".into()].into(),
+            catalog: Default::default(),
         };
         let plan: Vec<(String, bool)> = s
             .plan(&spec)
@@ -381,6 +384,7 @@ mod tests {
         let spec = WatchSpec {
             keys: ["a/x".into(), "a/y".into(), "b/z".into()].into(),
             prefixes: ["a/sub".into(), "b".into()].into(),
+            catalog: Default::default(),
         };
         let plan = s.plan(&spec);
         let members = |q: &Query| -> Vec<(String, bool)> {
@@ -421,6 +425,7 @@ mod tests {
             ]
             .into(),
             prefixes: ["app/feature".into()].into(),
+            catalog: Default::default(),
         };
         let plan = s.plan(&spec);
         let shape: Vec<(String, bool)> = plan.iter().map(|q| (q.key.clone(), q.recurse)).collect();

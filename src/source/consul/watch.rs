@@ -25,6 +25,7 @@ use super::plan::{Content, Query};
 use super::{ConsulSource, Read, in_folder};
 use crate::runtime::Backoff;
 use crate::source::SourceEvent;
+use crate::source::catalog::CatalogQuery;
 
 /// The least time between the starts of two blocking queries of one watch
 /// when the first brought no change (an expired wait, an index that did not
@@ -38,9 +39,10 @@ impl ConsulSource {
     pub(super) async fn watch_queries(
         &self,
         queries: Vec<Query>,
+        catalog: Vec<CatalogQuery>,
         tx: &UnboundedSender<SourceEvent>,
     ) -> Result<()> {
-        if queries.is_empty() {
+        if queries.is_empty() && catalog.is_empty() {
             // None parked now, whatever an earlier watch reported.
             let _ = tx.send(SourceEvent::Queries {
                 source: self.name.clone(),
@@ -55,8 +57,16 @@ impl ConsulSource {
             source: &self.name,
             tx,
         };
-        health.parked(queries.len(), 0);
-        self.run_all(queries, tx, &health).await
+        health.parked(queries.len() + catalog.len(), 0);
+        let services = catalog
+            .into_iter()
+            .map(|q| self.watch_catalog(q, tx, &health));
+        futures_util::future::try_join(
+            self.run_all(queries, tx, &health),
+            futures_util::future::try_join_all(services),
+        )
+        .await?;
+        Ok(())
     }
 
     /// Runs `queries` side by side until `tx` closes, or one is denied.
@@ -171,7 +181,7 @@ fn refused_merge(result: &Result<Reply>) -> Option<&'static str> {
 }
 
 /// `future`'s output, or None as soon as nobody listens on `tx` any more.
-async fn until_closed<T>(
+pub(super) async fn until_closed<T>(
     tx: &UnboundedSender<SourceEvent>,
     future: impl Future<Output = T>,
 ) -> Option<T> {
@@ -183,7 +193,7 @@ async fn until_closed<T>(
 
 /// How many of a watch's queries are failing, so the coordinator hears one
 /// `Failed` when the source stops answering and one `Up` when it is back.
-struct Health<'a> {
+pub(super) struct Health<'a> {
     /// A std mutex: held for an increment, never across an await.
     failing: Mutex<usize>,
     /// The queries running, reported as `SourceEvent::Queries`.
@@ -203,7 +213,7 @@ impl Health<'_> {
         });
     }
 
-    fn failed(&self, error: String) {
+    pub(super) fn failed(&self, error: String) {
         let mut n = self.failing.lock().unwrap_or_else(|e| e.into_inner());
         *n += 1;
         if *n == 1 {
@@ -214,7 +224,7 @@ impl Health<'_> {
         }
     }
 
-    fn up(&self) {
+    pub(super) fn up(&self) {
         let mut n = self.failing.lock().unwrap_or_else(|e| e.into_inner());
         *n = n.saturating_sub(1);
         if *n == 0 {
