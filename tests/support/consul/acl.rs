@@ -23,12 +23,32 @@ impl Policy {
     }
 }
 
-/// A `key` (exact) or `key_prefix` rule of a Consul ACL policy.
+/// What a rule is about: KV keys, services or nodes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Resource {
+    Key,
+    Service,
+    Node,
+}
+
+impl Resource {
+    fn name(self) -> &'static str {
+        match self {
+            Resource::Key => "key",
+            Resource::Service => "service",
+            Resource::Node => "node",
+        }
+    }
+}
+
+/// A `key` (exact) or `key_prefix` rule of a Consul ACL policy, or its
+/// `service`/`service_prefix`, `node`/`node_prefix` kin.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Rule {
     pub prefix: bool,
     pub key: String,
     pub policy: Policy,
+    pub resource: Resource,
 }
 
 impl Rule {
@@ -37,20 +57,47 @@ impl Rule {
             prefix: false,
             key: key.to_string(),
             policy,
+            resource: Resource::Key,
         }
     }
 
     pub fn key_prefix(prefix: &str, policy: Policy) -> Rule {
         Rule {
             prefix: true,
-            key: prefix.to_string(),
-            policy,
+            ..Rule::key(prefix, policy)
         }
     }
 
-    /// The rule in Consul's HCL policy language, its key under `root`.
+    /// `service_prefix "web" { policy = "read" }`
+    pub fn service_prefix(prefix: &str, policy: Policy) -> Rule {
+        Rule {
+            resource: Resource::Service,
+            ..Rule::key_prefix(prefix, policy)
+        }
+    }
+
+    /// `node_prefix "" { policy = "read" }`
+    pub fn node_prefix(prefix: &str, policy: Policy) -> Rule {
+        Rule {
+            resource: Resource::Node,
+            ..Rule::key_prefix(prefix, policy)
+        }
+    }
+
+    /// The rule in Consul's HCL policy language, a key rule's key under
+    /// `root`.
     pub fn hcl(&self, root: &str) -> String {
-        let kind = if self.prefix { "key_prefix" } else { "key" };
+        let kind = self.resource.name();
+        let kind = if self.prefix {
+            format!("{kind}_prefix")
+        } else {
+            kind.to_string()
+        };
+        let root = if self.resource == Resource::Key {
+            root
+        } else {
+            ""
+        };
         format!(
             "{kind} \"{root}{}\" {{ policy = \"{}\" }}\n",
             self.key,
@@ -127,15 +174,19 @@ impl Authz {
     /// An exact `key` rule wins; else the longest matching `key_prefix`;
     /// else the default policy, deny.
     fn policy(&self, key: &str) -> Policy {
+        self.policy_of(Resource::Key, key)
+    }
+
+    fn policy_of(&self, resource: Resource, key: &str) -> Policy {
         let rules = match self {
             Authz::All => return Policy::Write,
             Authz::Rules(r) => r,
         };
-        if let Some(r) = rules.iter().find(|r| !r.prefix && r.key == key) {
+        let rules = rules.iter().filter(|r| r.resource == resource);
+        if let Some(r) = rules.clone().find(|r| !r.prefix && r.key == key) {
             return r.policy;
         }
         rules
-            .iter()
             .filter(|r| r.prefix && key.starts_with(&r.key))
             .max_by_key(|r| r.key.len())
             .map_or(Policy::Deny, |r| r.policy)
@@ -143,6 +194,23 @@ impl Authz {
 
     pub(super) fn read(&self, key: &str) -> bool {
         self.policy(key) != Policy::Deny
+    }
+
+    /// ServiceRead: any policy but deny (acl/policy_authorizer.go).
+    pub(super) fn service_read(&self, name: &str) -> bool {
+        self.policy_of(Resource::Service, name) != Policy::Deny
+    }
+
+    pub(super) fn service_write(&self, name: &str) -> bool {
+        self.policy_of(Resource::Service, name) == Policy::Write
+    }
+
+    pub(super) fn node_read(&self, name: &str) -> bool {
+        self.policy_of(Resource::Node, name) != Policy::Deny
+    }
+
+    pub(super) fn node_write(&self, name: &str) -> bool {
+        self.policy_of(Resource::Node, name) == Policy::Write
     }
 
     /// KeyList: `list` or `write` on the prefix.
@@ -159,6 +227,10 @@ impl Authz {
         let Authz::Rules(rules) = self else {
             return true;
         };
+        let rules: Vec<&Rule> = rules
+            .iter()
+            .filter(|r| r.resource == Resource::Key)
+            .collect();
         let own = rules
             .iter()
             .filter(|r| r.prefix && prefix.starts_with(&r.key))

@@ -132,6 +132,9 @@ async fn route(
     if path == "/v1/status/leader" {
         return Some(json(200, &"127.0.0.1:8300", q.has("pretty")));
     }
+    if let Some(answer) = super::health::route(srv, method, path, q, token, body).await {
+        return answer;
+    }
     let Some(key) = path.strip_prefix("/v1/kv/") else {
         return Some(text(404, "404 page not found\n"));
     };
@@ -149,27 +152,27 @@ async fn route(
 }
 
 /// A KV request as agent/http.go's parse() leaves it for the endpoint.
-struct Call<'a> {
+pub(super) struct Call<'a> {
     key: &'a str,
-    q: &'a Query,
-    wait: Option<Duration>,
-    min_index: u64,
-    authz: Authz,
+    pub(super) q: &'a Query,
+    pub(super) wait: Option<Duration>,
+    pub(super) min_index: u64,
+    pub(super) authz: Authz,
     /// Whether the request carried a token: Consul says a read was
     /// filtered only then (agent/consul/rpc.go, maskResultsFilteredByACLs),
     /// so an anonymous client cannot learn that hidden keys exist.
-    authenticated: bool,
+    pub(super) authenticated: bool,
     /// `acl.enable_key_list_policy` is on.
     list_policy: bool,
-    consistency: &'static str,
-    pretty: bool,
+    pub(super) consistency: &'static str,
+    pub(super) pretty: bool,
 }
 
 impl<'a> Call<'a> {
     /// Consistency, then wait, then index, as parse() checks them; the
     /// datacenter and the token only matter once the RPC is made. Err: the
     /// reply that refuses the request (boxed: a reply is large).
-    fn parse(
+    pub(super) fn parse(
         srv: &Shared,
         key: &'a str,
         q: &'a Query,

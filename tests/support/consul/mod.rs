@@ -67,8 +67,10 @@ use tokio::sync::watch;
 
 mod acl;
 mod blocking;
+mod catalog;
 mod conn;
 mod endpoints;
+mod health;
 pub mod http;
 mod store;
 mod target;
@@ -76,6 +78,7 @@ mod wire;
 
 pub use acl::{Acl, Policy, Rule};
 pub use blocking::{parse_go_duration, query_timeout};
+pub use catalog::Registration;
 pub use store::Entry;
 pub use target::ConsulTarget;
 
@@ -383,6 +386,42 @@ impl ConsulServer {
         if let Some(acl) = lock(&self.shared.acl).as_mut() {
             acl.tokens.remove(secret);
         }
+    }
+
+    // --- the service catalog (catalog.rs, health.rs), bypassing ACLs
+
+    /// Registers (or updates) a service instance and its node; returns the
+    /// raft index of the write.
+    pub fn register(&self, r: Registration) -> u64 {
+        self.shared.write(|s| {
+            let idx = s.next_index();
+            s.catalog.register(&r, idx);
+            idx
+        })
+    }
+
+    /// Deregisters one instance (and its checks).
+    pub fn deregister(&self, node: &str, service_id: &str) -> u64 {
+        self.shared.write(|s| {
+            let idx = s.next_index();
+            s.catalog.deregister(node, service_id, idx);
+            idx
+        })
+    }
+
+    /// Sets the status (`passing`, `warning`, `critical`) of an instance's
+    /// check, or with `service_id` "" of its node's (serfHealth).
+    pub fn set_check(&self, node: &str, service_id: &str, status: &str) -> u64 {
+        self.shared.write(|s| {
+            let idx = s.next_index();
+            s.catalog.set_check(node, service_id, status, idx);
+            idx
+        })
+    }
+
+    /// The index a health query on `service` reports now.
+    pub fn service_index(&self, service: &str) -> u64 {
+        lock(&self.shared.store).catalog.index_of_service(service)
     }
 
     // --- requests

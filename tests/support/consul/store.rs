@@ -35,6 +35,8 @@ pub(super) struct Store {
     /// Deleted key -> index of its deletion. Consul keeps these so the index
     /// of a prefix does not slide backwards when its newest key is deleted.
     pub(super) tombstones: BTreeMap<String, u64>,
+    /// Nodes, services and checks (catalog.rs), on the same raft log.
+    pub(super) catalog: super::catalog::Catalog,
 }
 
 impl Store {
@@ -47,6 +49,7 @@ impl Store {
             table: 0,
             entries: BTreeMap::new(),
             tombstones: BTreeMap::new(),
+            catalog: Default::default(),
         }
     }
 
