@@ -18,6 +18,7 @@ mod package;
 mod render;
 mod rollback;
 mod secrets;
+mod services;
 mod shape;
 mod subst;
 mod watch;

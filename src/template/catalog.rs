@@ -246,7 +246,7 @@ fn strings(list: Vec<String>) -> Value {
 }
 
 fn map(m: BTreeMap<String, String>) -> Value {
-    Value::from_iter(m)
+    Value::from(m)
 }
 
 /// consul-template's HealthService field names.
