@@ -489,3 +489,21 @@ fn the_consul_services_example_renders_its_expected_output() {
         out = out.file_is(&format!("ex/out/{f}"), &want);
     }
 }
+
+/// The documented guard: with `required`, a service with no instance left
+/// fails the render and the installed file stays as it was, byte for byte.
+#[test]
+fn a_required_guard_keeps_the_last_good_file_when_no_instance_is_left() {
+    let consul = ConsulServer::start();
+    consul.register(Registration::new("web", "web-1").port(80));
+    let template = "{% for s in service('web') | required('no instance of web') %}{{ s.address }}:{{ s.port }}\n{% endfor %}";
+    let source = format!("consul={}", consul.addr());
+    let t = Test::new().file("a.j2", template);
+    let t = t.args(["render", "--source", &source, "-t", "a.j2:out.conf"]);
+    t.run().success().file_is("out.conf", "127.0.0.1:80\n");
+    consul.deregister("node1", "web-1");
+    t.run()
+        .code(1)
+        .stderr_has("no instance of web")
+        .file_is("out.conf", "127.0.0.1:80\n");
+}

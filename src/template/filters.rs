@@ -149,9 +149,13 @@ fn shell_quote(v: Value) -> Result<String, Error> {
 }
 
 /// `value | required("message")`: an error when the value is undefined,
-/// none or empty.
+/// none, an empty string or an empty list (`service("web") |
+/// required(…)` keeps the last good file when no instance is left).
 fn required(v: Value, message: Rest<String>) -> Result<Value, Error> {
-    let empty = v.is_undefined() || v.is_none() || v.as_str().is_some_and(str::is_empty);
+    let empty = v.is_undefined()
+        || v.is_none()
+        || v.as_str().is_some_and(str::is_empty)
+        || (v.kind() == minijinja::value::ValueKind::Seq && v.len() == Some(0));
     if empty {
         let msg = message
             .0
