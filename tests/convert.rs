@@ -169,7 +169,7 @@ fn convert_refuses_to_overwrite_without_force_and_reports_missing_functions() {
         )
         .file(
             "c/templates/a.tmpl",
-            "{{ range service \"web\" }}{{ .Address }}{{ end }}\n",
+            "{{ range datacenters }}{{ . }}{{ end }}\n",
         )
         .file("out/stencil.toml", "keep\n");
     let t = t.args(["convert", "confd", "c", "-o", "out"]);
@@ -180,7 +180,7 @@ fn convert_refuses_to_overwrite_without_force_and_reports_missing_functions() {
     let t = t.args(["convert", "confd", "c", "-o", "out", "--force"]);
     let stdout = t.run().success().stdout_str();
     assert!(
-        stdout.contains("calls service, which stencil does not have yet"),
+        stdout.contains("calls datacenters, which stencil does not have yet"),
         "{stdout}"
     );
 }
