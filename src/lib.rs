@@ -54,6 +54,7 @@ pub use config::{Config, parse_source_flag, parse_template_flag};
 pub use convert::{Converted, GoError, go_to_jinja};
 pub use man::pages as man_pages;
 pub use runtime::{block_on, get as async_runtime};
+pub use source::catalog::{CatalogData, CatalogQuery};
 pub use source::consul::{
     AclFiltered, ConsulConfig, ConsulSource, MIN_INTERVAL as CONSUL_MIN_INTERVAL,
 };

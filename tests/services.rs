@@ -507,3 +507,80 @@ fn a_required_guard_keeps_the_last_good_file_when_no_instance_is_left() {
         .stderr_has("no instance of web")
         .file_is("out.conf", "127.0.0.1:80\n");
 }
+
+// ---------------------------------------------------------------------------
+// The watch of a catalog query, through the library.
+
+/// One blocking query per catalog query, from the index the render read:
+/// a change to another service wakes nothing (its index is that
+/// service's); a health change is reported as a change of that query; a
+/// change that leaves the sorted answer as it was (Consul reordering, a
+/// registration rewritten unchanged) reports nothing.
+#[test]
+fn a_catalog_watch_reports_changes_of_its_own_query_only() {
+    use stencil::{CatalogQuery, ConsulConfig, ConsulSource, Source, SourceEvent, WatchSpec};
+    let consul = ConsulServer::start();
+    three_webs(&consul);
+    let mut config = ConsulConfig::new(consul.addr());
+    config.query_wait = std::time::Duration::from_secs(30);
+    let source = std::sync::Arc::new(ConsulSource::new("c", &config).unwrap());
+    let query = CatalogQuery::Service {
+        name: "web".into(),
+        tags: Vec::new(),
+        dc: None,
+        near: None,
+        passing: true,
+    };
+    // The render's read, which the watch starts from.
+    assert!(source.catalog(&query).is_ok());
+    let spec = WatchSpec {
+        catalog: [query.clone()].into(),
+        ..WatchSpec::default()
+    };
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+    let future = source.clone().watch("c".into(), spec, tx).unwrap();
+    let task = stencil::async_runtime().spawn(future);
+    consul.wait_parked(1);
+    let first = consul.requests().len();
+    // Another service: the parked query stays parked.
+    consul.register(Registration::new("db", "db-1").port(5432));
+    // The same registration again: a new index, the same answer.
+    consul.register(
+        Registration::new("web", "web-1")
+            .node("node-a", "10.0.0.1")
+            .address("192.0.2.1")
+            .port(8080)
+            .tags(&["v1"])
+            .meta("version", "1.2"),
+    );
+    consul.wait_until("the query to come back and park again", |log| {
+        log.len() > first && consul.parked() == 1
+    });
+    // Any event of that answer was sent before the next query went out.
+    while let Ok(e) = rx.try_recv() {
+        assert!(
+            matches!(e, SourceEvent::Queries { .. }),
+            "an unchanged answer reported {e:?}"
+        );
+    }
+    consul.set_check("node-b", "web-2", "critical");
+    let event = stencil::block_on(async {
+        loop {
+            let e = tokio::time::timeout(std::time::Duration::from_secs(30), rx.recv())
+                .await
+                .expect("an event in time")
+                .expect("the watch runs");
+            if !matches!(e, SourceEvent::Queries { .. }) {
+                return e;
+            }
+        }
+    });
+    assert_eq!(
+        event,
+        SourceEvent::CatalogChanged {
+            source: "c".into(),
+            queries: vec![query],
+        }
+    );
+    task.abort();
+}
