@@ -143,28 +143,10 @@ impl ConsulSource {
                 health.up();
             }
             backoff.reset();
-            let unchanged_index = reply.index == index && data.is_some();
-            index = if reply.index < index {
-                tracing::info!(source = %self.name, "consul index of {query} went backwards ({index} -> {}); starting over from 0", reply.index);
-                0
-            } else {
-                reply.index.max(1)
-            };
-            if unchanged_index || data.as_ref() == Some(&reply.data) {
+            if !self.absorb_catalog(&query, reply, &mut index, &mut data) {
                 pace = Some(started);
                 continue;
             }
-            self.watched_catalog
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .insert(
-                    query.clone(),
-                    Read {
-                        index: reply.index.max(1),
-                        value: reply.data.clone(),
-                    },
-                );
-            data = Some(reply.data);
             tracing::debug!(source = %self.name, "consul: the answer to {query} changed");
             let event = SourceEvent::CatalogChanged {
                 source: self.name.clone(),
@@ -174,5 +156,39 @@ impl ConsulSource {
                 return Ok(());
             }
         }
+    }
+
+    /// Takes in an answer: the index for the next query (reset to 0 when
+    /// it went backwards), and whether the sorted answer changed (then
+    /// remembered, for a watch restarted later).
+    fn absorb_catalog(
+        &self,
+        query: &CatalogQuery,
+        reply: CatalogReply,
+        index: &mut u64,
+        data: &mut Option<CatalogData>,
+    ) -> bool {
+        let unchanged_index = reply.index == *index && data.is_some();
+        *index = if reply.index < *index {
+            tracing::info!(source = %self.name, "consul index of {query} went backwards ({index} -> {}); starting over from 0", reply.index);
+            0
+        } else {
+            reply.index.max(1)
+        };
+        if unchanged_index || data.as_ref() == Some(&reply.data) {
+            return false;
+        }
+        self.watched_catalog
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(
+                query.clone(),
+                Read {
+                    index: reply.index.max(1),
+                    value: reply.data.clone(),
+                },
+            );
+        *data = Some(reply.data);
+        true
     }
 }

@@ -103,6 +103,16 @@ pub(super) struct CheckRec {
     pub(super) modify_index: u64,
 }
 
+/// One instance as a health query sees it: (node name, node, service ID,
+/// service, its checks and its node's by check ID).
+pub(super) type InstanceView<'a> = (
+    &'a str,
+    &'a NodeRec,
+    &'a str,
+    &'a ServiceRec,
+    Vec<(&'a str, &'a CheckRec)>,
+);
+
 /// The catalog tables.
 #[derive(Clone, Debug, Default)]
 pub(super) struct Catalog {
@@ -232,10 +242,7 @@ impl Catalog {
     /// The instances of a service (matched case-insensitively), in
     /// Consul's order (by node, then ID), each with its checks and its
     /// node's.
-    pub(super) fn instances(
-        &self,
-        name: &str,
-    ) -> Vec<(&str, &NodeRec, &str, &ServiceRec, Vec<(&str, &CheckRec)>)> {
+    pub(super) fn instances(&self, name: &str) -> Vec<InstanceView<'_>> {
         let name = name.to_lowercase();
         self.services
             .iter()

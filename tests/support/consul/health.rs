@@ -286,29 +286,7 @@ fn write(srv: &Shared, call: &Call<'_>, endpoint: &str, body: &[u8]) -> Response
         return text(400, "Missing node name");
     }
     if endpoint == "catalog/deregister" {
-        let id = s(&v, "ServiceID");
-        let allowed = if id.is_empty() {
-            call.authz.node_write(&node)
-        } else {
-            let name = lock_catalog(srv, |c| {
-                c.services
-                    .get(&(node.clone(), id.clone()))
-                    .map(|r| r.name.clone())
-            });
-            name.is_none_or(|n| call.authz.service_write(&n))
-        };
-        if !allowed {
-            return text(403, PERMISSION_DENIED);
-        }
-        srv.write(|st| {
-            let idx = st.next_index();
-            if id.is_empty() {
-                st.catalog.deregister_node(&node, idx);
-            } else {
-                st.catalog.deregister(&node, &id, idx);
-            }
-        });
-        return reply_json(200, &true, false);
+        return deregister(srv, call, &node, &s(&v, "ServiceID"));
     }
     let Some(svc) = v.get("Service").filter(|x| x.is_object()) else {
         return text(400, "stencil's test server registers services only");
@@ -362,6 +340,32 @@ fn write(srv: &Shared, call: &Call<'_>, endpoint: &str, body: &[u8]) -> Response
         st.catalog.register(&reg, idx);
         if let Some(status) = status.filter(|s| !s.is_empty()) {
             st.catalog.set_check(&node, &id, &status, idx);
+        }
+    });
+    reply_json(200, &true, false)
+}
+
+/// `PUT /v1/catalog/deregister`: an instance, or with no ID the node.
+fn deregister(srv: &Shared, call: &Call<'_>, node: &str, id: &str) -> Response {
+    let allowed = if id.is_empty() {
+        call.authz.node_write(node)
+    } else {
+        let name = lock_catalog(srv, |c| {
+            c.services
+                .get(&(node.to_string(), id.to_string()))
+                .map(|r| r.name.clone())
+        });
+        name.is_none_or(|n| call.authz.service_write(&n))
+    };
+    if !allowed {
+        return text(403, PERMISSION_DENIED);
+    }
+    srv.write(|st| {
+        let idx = st.next_index();
+        if id.is_empty() {
+            st.catalog.deregister_node(node, idx);
+        } else {
+            st.catalog.deregister(node, id, idx);
         }
     });
     reply_json(200, &true, false)
