@@ -584,3 +584,46 @@ fn a_catalog_watch_reports_changes_of_its_own_query_only() {
     );
     task.abort();
 }
+
+/// A deploy flaps instances (critical, passing, deregistered, registered
+/// again): with the template's `wait`, the burst gives one render and one
+/// reload, not one per flap.
+#[test]
+fn flapping_instances_give_one_reload_with_a_wait() {
+    let consul = ConsulServer::start();
+    three_webs(&consul);
+    // `min` is far longer than the burst below, which the test makes
+    // straight in the server's memory, so the burst is quiet long before it.
+    let config = format!(
+        "[sources.consul]\nkind = \"consul\"\naddress = \"{}\"\n\n[[templates]]\nsource = \"upstream.j2\"\n\
+         destination = \"upstream.conf\"\nreload = \"echo r >> reloads\"\nwait = {{ min = \"3s\", max = \"30s\" }}\n",
+        consul.addr()
+    );
+    let mut run = Test::new()
+        .file("upstream.j2", UPSTREAM)
+        .file("stencil.toml", config)
+        .args(["watch", "-c", "stencil.toml"])
+        .spawn();
+    run.wait_file("reloads", "r\n");
+    consul.wait_parked(1);
+    for status in ["critical", "passing", "critical", "warning", "passing"] {
+        consul.set_check("node-a", "web-1", status);
+        consul.set_check("node-c", "web-3", status);
+    }
+    consul.deregister("node-b", "web-2");
+    consul.register(Registration::new("web", "web-2").node("node-b", "10.0.0.2"));
+    consul.deregister("node-b", "web-2");
+    run.wait_file(
+        "upstream.conf",
+        "upstream web {\n  server 192.0.2.1:8080; # web-1 v1 passing\n  \
+         server 10.0.0.3:8080; # web-3 blue,v2 passing\n}\n",
+    );
+    run.wait_file("reloads", "r\nr\n");
+    // One more change gives exactly one more reload: the burst gave one.
+    consul.set_check("node-c", "web-3", "critical");
+    run.wait_file("reloads", "r\nr\nr\n");
+    assert_eq!(
+        run.file("upstream.conf").unwrap(),
+        "upstream web {\n  server 192.0.2.1:8080; # web-1 v1 passing\n}\n"
+    );
+}
