@@ -627,3 +627,55 @@ fn flapping_instances_give_one_reload_with_a_wait() {
         "upstream web {\n  server 192.0.2.1:8080; # web-1 v1 passing\n}\n"
     );
 }
+
+/// Written against `ConsulTarget`, so it also runs against a real Consul
+/// (`STENCIL_TEST_CONSUL_ADDR`): registrations go through
+/// `/v1/catalog/register` with a name of its own, and are deregistered at
+/// the end. filterNonPassing (agent/health_endpoint.go) moves the last
+/// instance into a dropped one's place: with node-a's instance critical,
+/// `?passing` answers c before b.
+#[test]
+fn target_passing_answers_out_of_order() {
+    let t = crate::support::consul::ConsulTarget::start();
+    let tag = t.key("").replace(['/', '-'], "");
+    let name = format!("svc{}", &tag[tag.len().saturating_sub(12)..]);
+    let send = |path: &str, body: String| {
+        let call = http::put(&format!("{}/v1/catalog/{path}", t.addr()), body);
+        let call = match t.token() {
+            Some(tok) => call.token(tok),
+            None => call,
+        };
+        let r = call.send();
+        assert_eq!(r.status, 200, "{}", r.text());
+    };
+    let nodes = ["a", "b", "c"].map(|n| format!("{name}-node-{n}"));
+    for (i, node) in nodes.iter().enumerate() {
+        let status = if i == 0 { "critical" } else { "passing" };
+        send(
+            "register",
+            serde_json::json!({
+                "Node": node, "Address": format!("10.9.0.{i}"),
+                "Service": {"ID": format!("{name}-{i}"), "Service": name, "Port": 80},
+                "Check": {"CheckID": format!("service:{name}-{i}"), "Name": "check",
+                          "ServiceID": format!("{name}-{i}"), "Status": status},
+            })
+            .to_string(),
+        );
+    }
+    let mut get = http::get(&format!("{}/v1/health/service/{name}?passing", t.addr()));
+    if let Some(tok) = t.token() {
+        get = get.token(tok);
+    }
+    let reply = get.send();
+    let order: Vec<String> = reply
+        .json()
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["Node"]["Node"].as_str().unwrap().to_string())
+        .collect();
+    for node in &nodes {
+        send("deregister", serde_json::json!({"Node": node}).to_string());
+    }
+    assert_eq!(order, [nodes[2].clone(), nodes[1].clone()]);
+}
