@@ -113,10 +113,13 @@ impl Pipeline {
         let mut units = Vec::new();
         for spec in &config.templates {
             match Template::load(&spec.source, spec.whitespace) {
-                Ok(template) => units.push(Unit {
+                Ok(mut template) => units.push(Unit {
+                    template: {
+                        template.set_limits(config.limits);
+                        template
+                    },
                     default_source: config.default_source(spec),
                     spec: spec.clone(),
-                    template,
                     rejected: None,
                 }),
                 Err(e) => errors.push(e.context(format!("template at {}", spec.origin))),

@@ -402,7 +402,8 @@ impl Coordinator {
             }
             let unit = &mut self.pipeline.units[i];
             match crate::template::Template::load(&unit.spec.source, unit.spec.whitespace) {
-                Ok(t) => {
+                Ok(mut t) => {
+                    t.set_limits(self.pipeline.config.limits);
                     unit.template = t;
                     keep.push(i);
                 }
