@@ -45,6 +45,7 @@
 //! INT), a batch that changed a file sends the reload signal, and stencil
 //! exits with the app's status when it exits.
 
+mod batch;
 mod coordinator;
 mod debounce;
 mod files;
@@ -95,6 +96,8 @@ pub(crate) enum Event {
     Reload,
     /// SIGTERM or SIGINT.
     Shutdown(&'static str),
+    /// A render thread's batch ended.
+    Batch(Box<batch::BatchDone>),
 }
 
 /// Runs the watch loop until a signal ends it (or, with `--once`, until
@@ -102,15 +105,13 @@ pub(crate) enum Event {
 /// from `flags` (and, under exec, has rendered once). A reload reads the
 /// config again from `flags`.
 pub(crate) fn run(flags: Flags, settings: Settings, pipeline: Pipeline) -> Result<Exit> {
-    // The coordinator runs as a task on the runtime's worker, so rendering
-    // (synchronous, in block_in_place) can still block on source reads.
+    // The coordinator runs on this thread, not on the runtime's worker: the
+    // endpoints, the source watches and the signal handlers run there, and
+    // keep answering (/healthz saying so) should the loop ever stall.
+    // Batches run on render threads of their own (batch.rs).
     runtime::get().block_on(async move {
-        tokio::spawn(async move {
-            let mut coordinator = coordinator::Coordinator::new(flags, settings, pipeline)?;
-            coordinator.run().await
-        })
-        .await
-        .context("the watch loop panicked")?
+        let mut coordinator = coordinator::Coordinator::new(flags, settings, pipeline)?;
+        coordinator.run().await
     })
 }
 
