@@ -182,3 +182,131 @@ fn limits_out_of_range_are_usage_errors_naming_the_key() {
             .stderr_has(naming);
     }
 }
+
+/// Whether process `pid` is gone (a zombie counts as gone: it runs no more).
+fn gone(pid: i32) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Err(_) => true,
+        Ok(stat) => stat
+            .rsplit_once(')')
+            .is_some_and(|(_, rest)| rest.trim_start().starts_with('Z')),
+    }
+}
+
+fn wait_gone(run: &mut Running, pid: i32) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while !gone(pid) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "process {pid} outlived stencil\n{}",
+            run.stderr()
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+}
+
+/// A render that runs for minutes (its fuel raised for it) holds back
+/// neither another template's change nor SIGTERM.
+#[test]
+fn a_long_render_blocks_neither_other_templates_nor_sigterm() {
+    let etcd = Etcd::start();
+    etcd.put("/app/n", "1");
+    etcd.put("/app/other", "1");
+    let config = format!(
+        "[sources.kv]\nkind = \"etcd\"\nendpoints = [\"{}\"]\nprefix = \"/app/\"\n\n\
+         [limits]\nrender_fuel = 1000000000000\n\n\
+         [[templates]]\nsource = \"slow.j2\"\ndestination = \"slow.conf\"\n\n\
+         [[templates]]\nsource = \"other.j2\"\ndestination = \"other.conf\"\n",
+        etcd.url()
+    );
+    let mut run = Test::new()
+        .file(
+            "slow.j2",
+            "{% for i in range(key('n')|int) %}{% for j in range(key('n')|int) %}{% endfor %}\
+             {% endfor %}slow\n",
+        )
+        .file("other.j2", "other={{ key('other') }}\n")
+        .file("stencil.toml", config)
+        .args(["watch", "-c", "stencil.toml", "--listen", "127.0.0.1:0"])
+        .spawn();
+    let addr = run.serving_on(1);
+    run.wait_file("other.conf", "other=1\n");
+    etcd.put("/app/n", "99999");
+    run.wait_for("the long render to start", |_| {
+        let status = status_json(addr);
+        let renders = status["templates"]["slow.conf"]["renders"].as_u64()?;
+        (renders == 1).then_some(())
+    });
+    etcd.put("/app/other", "2");
+    run.wait_file("other.conf", "other=2\n");
+    assert_eq!(get(addr, "/healthz").unwrap().0, 200);
+    run.signal(nix::sys::signal::Signal::SIGTERM);
+    assert_eq!(run.wait_exit(std::time::Duration::from_secs(20)), 0);
+}
+
+/// `/healthz` fails while the loop does not turn: here it blocks opening
+/// a template that was replaced by a FIFO nobody writes, until someone
+/// does. `/readyz` is not what says so.
+#[test]
+fn healthz_fails_while_the_loop_is_stuck() {
+    let t = Test::new()
+        .file("a.j2", "a\n")
+        .file(
+            "stencil.toml",
+            "[limits]\nstall_timeout = \"1s\"\n\n\
+             [[templates]]\nsource = \"a.j2\"\ndestination = \"a.conf\"\n",
+        )
+        .args(["watch", "-c", "stencil.toml", "--listen", "127.0.0.1:0"]);
+    let mut run = t.spawn();
+    let addr = run.serving_on(1);
+    run.wait_file("a.conf", "a\n");
+    assert_eq!(get(addr, "/healthz").unwrap().0, 200);
+    let fifo = t.path("fifo");
+    nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::from_bits_truncate(0o644)).unwrap();
+    std::fs::rename(&fifo, t.path("a.j2")).unwrap();
+    let body = run.wait_for("/healthz to fail", |_| {
+        let (code, body) = get(addr, "/healthz")?;
+        (code == 503).then_some(body)
+    });
+    assert!(body.contains("stall_timeout (1s)"), "{body}");
+    // Unblocked: the loop turns again and /healthz recovers.
+    std::fs::write(t.path("a.j2"), "b\n").unwrap();
+    run.wait_file("a.conf", "b\n");
+    run.wait_for("/healthz to recover", |_| {
+        (get(addr, "/healthz")?.0 == 200).then_some(())
+    });
+}
+
+/// A one-shot render stopped by SIGTERM or SIGINT while its check runs
+/// kills the check's process group and removes the staged file.
+#[test]
+fn a_signal_during_a_one_shot_check_kills_it_and_removes_the_staged_file() {
+    for (signal, code) in [
+        (nix::sys::signal::Signal::SIGTERM, 143),
+        (nix::sys::signal::Signal::SIGINT, 130),
+    ] {
+        let t = Test::new()
+            .file("a.j2", "new\n")
+            .file("out/a.conf", "old\n")
+            .args([
+                "render",
+                "-t",
+                "a.j2:out/a.conf",
+                "--check",
+                "echo $$ > check.pid; exec sleep 60",
+            ]);
+        let mut run = t.spawn();
+        let pid: i32 = run.wait_for("the check to start", |r| {
+            r.file("check.pid")?.trim().parse().ok()
+        });
+        run.signal(signal);
+        assert_eq!(run.wait_exit(std::time::Duration::from_secs(10)), code);
+        wait_gone(&mut run, pid);
+        assert_eq!(run.file("out/a.conf").unwrap(), "old\n");
+        let left: Vec<_> = std::fs::read_dir(t.path("out"))
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        assert_eq!(left, ["a.conf"], "a staged file was left");
+    }
+}
