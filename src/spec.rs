@@ -390,7 +390,11 @@ pub fn parse_size(s: &str) -> Result<u64, String> {
         "k" | "kb" | "kib" => 10,
         "m" | "mb" | "mib" => 20,
         "g" | "gb" | "gib" => 30,
-        _ => return Err(format!("invalid size {s:?}; examples: 65536, 512KiB, 16MiB")),
+        _ => {
+            return Err(format!(
+                "invalid size {s:?}; examples: 65536, 512KiB, 16MiB"
+            ));
+        }
     };
     digits
         .parse::<u64>()
@@ -414,7 +418,9 @@ pub mod size_serde {
         match Option::<Raw>::deserialize(d)? {
             None => Ok(None),
             Some(Raw::Bytes(n)) => Ok(Some(n)),
-            Some(Raw::Text(s)) => super::parse_size(&s).map(Some).map_err(serde::de::Error::custom),
+            Some(Raw::Text(s)) => super::parse_size(&s)
+                .map(Some)
+                .map_err(serde::de::Error::custom),
         }
     }
 }

@@ -99,7 +99,10 @@ fn allocation_bombs_fail_the_render_naming_the_limit() {
         ("{{ ('{:>' ~ env.N ~ '}').format('x') }}", "max_output"),
         ("{{ ('x' * 4000).replace('', 'y' * 4000) }}", "max_output"),
         ("{{ replaceAll('', 'y' * 4000, 'x' * 4000) }}", "max_output"),
-        ("{{ regexReplaceAll('', 'y' * 4000, 'x' * 4000) }}", "max_output"),
+        (
+            "{{ regexReplaceAll('', 'y' * 4000, 'x' * 4000) }}",
+            "max_output",
+        ),
         ("{{ ('y' * 4000).join(['x'] * 4000) }}", "max_output"),
         ("{{ printf('%' ~ env.N ~ 'd', 1) }}", ""),
     ];
@@ -153,7 +156,10 @@ fn recursion_past_max_depth_is_an_error_not_a_crash() {
             "a.j2",
             "{% macro f(n) %}{{ f(n + 1) }}{% endmacro %}{{ f(0) }}\n",
         )
-        .file("stencil.toml", "[limits]\nmax_depth = 500\n\n[[templates]]\nsource = \"a.j2\"\n")
+        .file(
+            "stencil.toml",
+            "[limits]\nmax_depth = 500\n\n[[templates]]\nsource = \"a.j2\"\n",
+        )
         .args(["render", "-c", "stencil.toml"])
         .run()
         .code(1)
@@ -163,11 +169,23 @@ fn recursion_past_max_depth_is_an_error_not_a_crash() {
 #[test]
 fn limits_out_of_range_are_usage_errors_naming_the_key() {
     for (limits, naming) in [
-        ("max_depth = 0", "[limits] max_depth must be between 1 and 500"),
-        ("max_depth = 501", "[limits] max_depth must be between 1 and 500"),
-        ("render_fuel = 10", "[limits] render_fuel must be at least 1000"),
+        (
+            "max_depth = 0",
+            "[limits] max_depth must be between 1 and 500",
+        ),
+        (
+            "max_depth = 501",
+            "[limits] max_depth must be between 1 and 500",
+        ),
+        (
+            "render_fuel = 10",
+            "[limits] render_fuel must be at least 1000",
+        ),
         ("max_output = \"12 parsecs\"", "invalid size"),
-        ("stall_timeout = \"10ms\"", "[limits] stall_timeout must be at least 1s"),
+        (
+            "stall_timeout = \"10ms\"",
+            "[limits] stall_timeout must be at least 1s",
+        ),
         ("fuel = 1", "unknown field `fuel`"),
     ] {
         Test::new()

@@ -67,9 +67,7 @@ impl LimitsToml {
         }
         if let Some(depth) = self.max_depth {
             if !(1..=MAX_DEPTH_CEILING).contains(&depth) {
-                anyhow::bail!(
-                    "{at}: [limits] max_depth must be between 1 and {MAX_DEPTH_CEILING}"
-                );
+                anyhow::bail!("{at}: [limits] max_depth must be between 1 and {MAX_DEPTH_CEILING}");
             }
             config.limits.max_depth = depth;
         }

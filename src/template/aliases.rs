@@ -42,7 +42,7 @@ pub(super) fn register(env: &mut Environment<'static>) {
         let re = regex("regexReplaceAll", &re)?;
         // `$1` in the replacement can repeat a whole match: at most the
         // replacement's length times the longest match, per match.
-        let (mut matches, mut longest) = (0, 0);
+        let (mut matches, mut longest) = (0usize, 0usize);
         for m in re.find_iter(&s) {
             matches += 1;
             longest = longest.max(m.len());

@@ -54,7 +54,8 @@ fn tojson(v: Value, indent: Option<usize>, kwargs: Kwargs) -> Result<Value, Erro
             // indented by 0, plus n for every unit of indent by 1) is
             // checked before anything that large is allocated.
             let (zero, one) = (pretty(&v, b"").len(), pretty(&v, b" ").len());
-            let size = (zero as u128).saturating_add((n as u128).saturating_mul((one - zero) as u128));
+            let size =
+                (zero as u128).saturating_add((n as u128).saturating_mul((one - zero) as u128));
             super::limits::check_size("tojson", size)?;
             let indent = " ".repeat(n);
             let mut out = Vec::new();

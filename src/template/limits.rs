@@ -166,7 +166,9 @@ pub(super) fn method_callback(
                 let listed: u128 = args
                     .first()
                     .and_then(|a| a.try_iter().ok())
-                    .map_or(0, |it| it.map(|v| v.as_str().map_or(0, str::len) as u128).sum());
+                    .map_or(0, |it| {
+                        it.map(|v| v.as_str().map_or(0, str::len) as u128).sum()
+                    });
                 check_size("join", (s.len() as u128).saturating_mul(items) + listed)?;
             }
             "format" => check_size("format", widest_number(s))?,

@@ -230,5 +230,4 @@ impl Coordinator {
         self.templates[i].deps = unit.deps;
         self.set_state(i, state, detail);
     }
-
 }

@@ -36,7 +36,13 @@
 //! address (the new one is bound before the old one closes; a `--listen`
 //! flag wins over the file and stays). A config that does not load, or an
 //! address that cannot be bound, keeps everything as it was. SIGTERM and
-//! SIGINT exit 0 after the batch in progress. `--once` renders everything,
+//! SIGINT exit 0 after the batches in progress (at most 5 s; then
+//! [`cleanup`](crate::cleanup) kills their commands and removes their staged
+//! files).
+//!
+//! Batches run on render threads beside the loop ([`batch`]), so the loop
+//! itself turns at least once a second and beats
+//! [`liveness`](crate::liveness) for `/healthz`. `--once` renders everything,
 //! waiting for data, runs the commands and exits.
 //!
 //! Under `stencil exec --watch` the loop also owns the app's
