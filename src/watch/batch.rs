@@ -115,6 +115,18 @@ impl Coordinator {
         }
     }
 
+    /// Templates in a running batch that have not reported reads yet (their
+    /// first render): a change now cannot be matched against what they
+    /// read, so it counts for them, and they render again after their batch.
+    pub(super) fn first_renders_running(&self) -> Vec<usize> {
+        self.batches
+            .running
+            .iter()
+            .copied()
+            .filter(|&i| self.templates[i].deps.read.is_empty())
+            .collect()
+    }
+
     /// Takes in a batch's report: states, status, logs, retries, watches.
     /// Returns whether a file was written.
     pub(super) fn finish_batch(&mut self, done: BatchDone) -> bool {

@@ -330,12 +330,14 @@ impl Coordinator {
     fn source_event(&mut self, event: SourceEvent) {
         match event {
             SourceEvent::Changed { source, keys } => {
-                let affected = sources::reading_keys(self.deps(), &source, &keys);
+                let mut affected = sources::reading_keys(self.deps(), &source, &keys);
+                affected.extend(self.first_renders_running());
                 tracing::debug!(source = %source, "{} key(s) changed; {} template(s) affected", keys.len(), affected.len());
                 self.mark(affected, "data changed");
             }
             SourceEvent::Resync { source } => {
-                let affected = sources::reading(self.deps(), &source);
+                let mut affected = sources::reading(self.deps(), &source);
+                affected.extend(self.first_renders_running());
                 self.mark(affected, "source resynchronised");
             }
             SourceEvent::Up { source } => {
@@ -392,6 +394,7 @@ impl Coordinator {
             })
             .collect();
         let mut affected = reparse.clone();
+        affected.extend(self.first_renders_running());
         if let Some(source) = self.files.source_at(path) {
             affected.extend(sources::reading(self.deps(), source));
         }
