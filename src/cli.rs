@@ -146,7 +146,9 @@ pub enum Command {
     /// files, the templates themselves), re-renders only the templates a
     /// change affects, and keeps the last good file while a source is down
     /// or a render fails. SIGHUP reloads the configuration; SIGTERM and
-    /// SIGINT exit 0 after the batch in progress.
+    /// SIGINT exit 0 after the batch in progress (at most 5 s). Renders run
+    /// within [limits] (stencil.toml(5)); /healthz fails when the loop is
+    /// stuck for stall_timeout.
     #[command(after_help = WATCH_EXAMPLES)]
     Watch(WatchArgs),
 

@@ -57,8 +57,13 @@ pub fn run(spec: &CommandSpec, what: &str, label: &str, timeout: Duration) -> Re
         .stdout(out.try_clone()?)
         .stderr(out.try_clone()?)
         .process_group(0);
-    let mut child = crate::reap::spawn(&mut cmd)
-        .with_context(|| format!("{what} `{spec}` could not be started"))?;
+    // Registered while it runs, so a signal that ends stencil kills it.
+    let (mut child, _group) = crate::cleanup::spawn_group(|| {
+        let child = crate::reap::spawn(&mut cmd)?;
+        let pid = child.pid();
+        Ok((child, pid))
+    })
+    .with_context(|| format!("{what} `{spec}` could not be started"))?;
     let status = match child.wait_timeout(timeout)? {
         // A daemon the command started and left running is its business
         // (`service foo start`); only a timeout kills the group.

@@ -212,6 +212,8 @@ fn write(req: &Request, plan: &Plan) -> Result<()> {
             .with_context(|| format!("cannot create directory {}", dir.display()))?;
     }
     let staged = stage(req, plan)?;
+    // Removed by a signal that ends stencil before the rename.
+    let _registered = crate::cleanup::staged(staged.path());
 
     if let Some(check) = req.check {
         let staged_path = staged.path().to_string_lossy().into_owned();

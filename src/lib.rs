@@ -25,6 +25,7 @@ use std::ffi::OsString;
 use anyhow::Result;
 use clap::{CommandFactory, Parser};
 
+mod cleanup;
 mod cli;
 mod command;
 mod commands;
@@ -33,6 +34,7 @@ mod convert;
 mod error;
 mod exec;
 mod install;
+mod liveness;
 mod logging;
 mod man;
 mod pipeline;

@@ -399,6 +399,13 @@ pub enum Child {
 }
 
 impl Child {
+    pub fn pid(&self) -> i32 {
+        match self {
+            Child::Own(child) => pid_of(child).as_raw(),
+            Child::Claimed(child) => child.pid().as_raw(),
+        }
+    }
+
     /// Waits until the child exited or `timeout` passed.
     pub fn wait_timeout(&mut self, timeout: Duration) -> std::io::Result<Option<ExitStatus>> {
         match self {

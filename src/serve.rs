@@ -524,7 +524,7 @@ async fn serve(
 ) -> Result<()> {
     use axum::routing::get;
     let app = axum::Router::new()
-        .route("/healthz", get(|| async { "ok\n" }))
+        .route("/healthz", get(crate::liveness::healthz))
         .route(
             "/readyz",
             get({

@@ -378,9 +378,67 @@ pub fn parse_mode(s: &str) -> Result<u32, String> {
     }
 }
 
+/// A size in bytes: a plain number, or one with a unit (`512KiB`, `16MiB`,
+/// `1GiB`; `K`, `M`, `G` and `KB`, `MB`, `GB` are the same powers of 1024,
+/// since nobody means 1000 when capping a config file).
+pub fn parse_size(s: &str) -> Result<u64, String> {
+    let t = s.trim();
+    let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
+    let (digits, unit) = t.split_at(split);
+    let shift = match unit.trim().to_ascii_lowercase().as_str() {
+        "" | "b" => 0,
+        "k" | "kb" | "kib" => 10,
+        "m" | "mb" | "mib" => 20,
+        "g" | "gb" | "gib" => 30,
+        _ => {
+            return Err(format!(
+                "invalid size {s:?}; examples: 65536, 512KiB, 16MiB"
+            ));
+        }
+    };
+    digits
+        .parse::<u64>()
+        .ok()
+        .and_then(|n| n.checked_mul(1 << shift))
+        .ok_or_else(|| format!("invalid size {s:?}; examples: 65536, 512KiB, 16MiB"))
+}
+
+/// Sizes in TOML: a number of bytes or a string with a unit (`"16MiB"`);
+/// in `--print-config`, bytes.
+pub mod size_serde {
+    use super::{Deserialize, Deserializer};
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<u64>, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Raw {
+            Bytes(u64),
+            Text(String),
+        }
+        match Option::<Raw>::deserialize(d)? {
+            None => Ok(None),
+            Some(Raw::Bytes(n)) => Ok(Some(n)),
+            Some(Raw::Text(s)) => super::parse_size(&s)
+                .map(Some)
+                .map_err(serde::de::Error::custom),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn sizes_take_binary_units() {
+        assert_eq!(parse_size("65536"), Ok(65536));
+        assert_eq!(parse_size("16MiB"), Ok(16 << 20));
+        assert_eq!(parse_size("512 K"), Ok(512 << 10));
+        assert_eq!(parse_size("1GB"), Ok(1 << 30));
+        assert!(parse_size("16 furlongs").is_err());
+        assert!(parse_size("99999999999999999999G").is_err());
+        assert!(parse_size("-1").is_err());
+    }
 
     #[test]
     fn durations_are_bounded() {

@@ -14,6 +14,7 @@ mod etcd;
 mod etcd_cluster;
 mod examples;
 mod exec;
+mod limits;
 mod package;
 mod render;
 mod rollback;

@@ -16,7 +16,7 @@ use super::{
     valid_name,
 };
 use crate::spec::{CommandSpec, Debounce, de_command_opt, duration_serde, duration_serde_opt};
-use crate::template::Whitespace;
+use crate::template::{MAX_DEPTH_CEILING, Whitespace};
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -32,7 +32,57 @@ struct FileConfig {
     trim_blocks: Option<bool>,
     lstrip_blocks: Option<bool>,
     keep_trailing_newline: Option<bool>,
+    limits: Option<LimitsToml>,
 }
+
+/// `[limits]`: what one render may do, and how long the loop may go
+/// without turning before `/healthz` fails.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct LimitsToml {
+    render_fuel: Option<u64>,
+    #[serde(default, deserialize_with = "crate::spec::size_serde::deserialize")]
+    max_output: Option<u64>,
+    max_depth: Option<usize>,
+    #[serde(default, with = "duration_serde_opt")]
+    stall_timeout: Option<Duration>,
+}
+
+impl LimitsToml {
+    /// Over the defaults; a value that would stop every render, or that
+    /// minijinja cannot take, is an error naming the key.
+    fn apply(self, path: &Path, config: &mut Config) -> Result<()> {
+        let at = path.display();
+        if let Some(fuel) = self.render_fuel {
+            if fuel < MIN_FUEL {
+                anyhow::bail!("{at}: [limits] render_fuel must be at least {MIN_FUEL}");
+            }
+            config.limits.render_fuel = fuel;
+        }
+        if let Some(max) = self.max_output {
+            if max == 0 {
+                anyhow::bail!("{at}: [limits] max_output must be at least 1 byte");
+            }
+            config.limits.max_output = max;
+        }
+        if let Some(depth) = self.max_depth {
+            if !(1..=MAX_DEPTH_CEILING).contains(&depth) {
+                anyhow::bail!("{at}: [limits] max_depth must be between 1 and {MAX_DEPTH_CEILING}");
+            }
+            config.limits.max_depth = depth;
+        }
+        if let Some(stall) = self.stall_timeout {
+            if stall < Duration::from_secs(1) {
+                anyhow::bail!("{at}: [limits] stall_timeout must be at least 1s");
+            }
+            config.stall_timeout = stall;
+        }
+        Ok(())
+    }
+}
+
+/// Less fuel than this fails even an empty template's render.
+const MIN_FUEL: u64 = 1000;
 
 /// `trim_blocks`, `lstrip_blocks`, `keep_trailing_newline`: at the top
 /// level they are the defaults of every template; in `[[templates]]` they
@@ -163,6 +213,9 @@ impl Config {
         self.wait = file.wait.map(Debounce::from);
         self.listen = file.listen.map(|l| l.address);
         self.exec = file.exec;
+        if let Some(limits) = file.limits {
+            limits.apply(path, self)?;
+        }
         self.on_reload_failure = file.on_reload_failure.unwrap_or_default();
         self.whitespace = whitespace_over(
             file.trim_blocks,

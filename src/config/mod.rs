@@ -24,7 +24,7 @@ use crate::cli::TemplateArgs;
 use crate::error::{UsageContext, usage};
 use crate::source::SourceSpec;
 use crate::spec::{CommandSpec, Debounce, de_command_opt, duration_serde, signal_serde_opt};
-use crate::template::Whitespace;
+use crate::template::{Limits, Whitespace};
 
 mod file;
 mod sources;
@@ -35,7 +35,7 @@ pub use sources::parse_source_flag;
 pub const DEFAULT_COMMAND_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// The validated configuration every command works from.
-#[derive(Debug, Clone, Default, Serialize)]
+#[derive(Debug, Clone, Serialize)]
 pub struct Config {
     /// The config file, when one was given.
     pub file: Option<PathBuf>,
@@ -55,6 +55,33 @@ pub struct Config {
     /// The top-level `trim_blocks`, `lstrip_blocks`,
     /// `keep_trailing_newline`: what a template without its own gets.
     pub whitespace: Whitespace,
+    /// `[limits]`: what one render may do.
+    pub limits: Limits,
+    /// `[limits] stall_timeout`: how long the watch loop may go without
+    /// turning before `/healthz` fails.
+    #[serde(with = "duration_serde")]
+    pub stall_timeout: Duration,
+}
+
+/// The default `stall_timeout`: far longer than a turn of the loop takes
+/// (renders run beside it), short enough for a liveness probe to act.
+pub const DEFAULT_STALL_TIMEOUT: Duration = Duration::from_secs(30);
+
+impl Default for Config {
+    fn default() -> Config {
+        Config {
+            file: None,
+            wait: None,
+            listen: None,
+            sources: BTreeMap::new(),
+            templates: Vec::new(),
+            exec: None,
+            on_reload_failure: OnReloadFailure::default(),
+            whitespace: Whitespace::default(),
+            limits: Limits::default(),
+            stall_timeout: DEFAULT_STALL_TIMEOUT,
+        }
+    }
 }
 
 /// What a failed reload does to the files it was reloading onto.

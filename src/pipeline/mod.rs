@@ -6,6 +6,7 @@
 //! rendering, so what the tests prove about `render` holds for the daemon.
 
 use std::io::Write;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{Result, anyhow};
@@ -37,10 +38,11 @@ pub(crate) struct Options {
 }
 
 /// One template with its configuration.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub(crate) struct Unit {
     pub(crate) spec: TemplateSpec,
-    pub(crate) template: Template,
+    /// Shared with the batches running on render threads.
+    pub(crate) template: Arc<Template>,
     pub(crate) default_source: Option<String>,
     /// The content its reload last rejected, after which the previous file
     /// was restored: that content is not installed again, or every event
@@ -49,7 +51,7 @@ pub(crate) struct Unit {
 }
 
 /// What a reload rejected, and which reload.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub(crate) struct Rejection {
     /// The SHA-256 of the content, in hex.
     pub(crate) sha256: String,
@@ -113,10 +115,13 @@ impl Pipeline {
         let mut units = Vec::new();
         for spec in &config.templates {
             match Template::load(&spec.source, spec.whitespace) {
-                Ok(template) => units.push(Unit {
+                Ok(mut template) => units.push(Unit {
+                    template: {
+                        template.set_limits(config.limits);
+                        Arc::new(template)
+                    },
                     default_source: config.default_source(spec),
                     spec: spec.clone(),
-                    template,
                     rejected: None,
                 }),
                 Err(e) => errors.push(e.context(format!("template at {}", spec.origin))),
@@ -137,6 +142,16 @@ impl Pipeline {
             })
         } else {
             Err(errors)
+        }
+    }
+
+    /// A copy to run a batch on a render thread: the parsed templates are
+    /// shared, the rest is cloned.
+    pub(crate) fn snapshot(&self) -> Pipeline {
+        Pipeline {
+            config: self.config.clone(),
+            units: self.units.clone(),
+            sources: self.sources.clone(),
         }
     }
 

@@ -19,12 +19,17 @@ pub(super) fn register(env: &mut Environment<'static>) {
         s.parse::<i64>()
             .map_err(|_| invalid(format!("atoi: parsing {s:?}: invalid syntax")))
     });
-    env.add_function("seq", |first: i64, last: i64| {
-        (first..=last).map(Value::from).collect::<Vec<_>>()
-    });
+    env.add_function("seq", seq);
     env.add_function("trimSpace", |s: String| s.trim().to_string());
     env.add_function("replaceAll", |old: String, new: String, s: String| {
-        s.replace(old.as_str(), new.as_str())
+        let matches = if old.is_empty() {
+            s.chars().count() + 1
+        } else {
+            s.matches(old.as_str()).count()
+        };
+        let size = super::limits::replaced_size(&s, matches, old.len(), &new);
+        super::limits::check_size("replaceAll", size)?;
+        Ok::<_, Error>(s.replace(old.as_str(), new.as_str()))
     });
     env.add_function("parseBool", |s: String| parse_bool(&s));
     env.add_function("split", |sep: String, s: String| split(&sep, &s));
@@ -34,11 +39,18 @@ pub(super) fn register(env: &mut Environment<'static>) {
         Ok::<_, Error>(regex("regexMatch", &re)?.is_match(&s))
     });
     env.add_function("regexReplaceAll", |re: String, with: String, s: String| {
-        Ok::<_, Error>(
-            regex("regexReplaceAll", &re)?
-                .replace_all(&s, with.as_str())
-                .into_owned(),
-        )
+        let re = regex("regexReplaceAll", &re)?;
+        // `$1` in the replacement can repeat a whole match: at most the
+        // replacement's length times the longest match, per match.
+        let (mut matches, mut longest) = (0usize, 0usize);
+        for m in re.find_iter(&s) {
+            matches += 1;
+            longest = longest.max(m.len());
+        }
+        let per_match = (with.len() as u128).saturating_mul(longest.max(1) as u128);
+        let size = (s.len() as u128).saturating_add((matches as u128).saturating_mul(per_match));
+        super::limits::check_size("regexReplaceAll", size)?;
+        Ok::<_, Error>(re.replace_all(&s, with.as_str()).into_owned())
     });
     env.add_function("parseInt", |s: String| {
         if s.is_empty() {
@@ -47,6 +59,19 @@ pub(super) fn register(env: &mut Environment<'static>) {
         s.parse::<i64>()
             .map_err(|_| invalid(format!("parseInt: parsing {s:?}: invalid syntax")))
     });
+}
+
+/// confd's `seq FIRST LAST`: the integers from FIRST to LAST. At most as
+/// many as minijinja's `range` makes (100,000): the bounds may come from a
+/// source.
+fn seq(first: i64, last: i64) -> Result<Vec<Value>, Error> {
+    const MAX_ITEMS: i128 = 100_000;
+    if i128::from(last) - i128::from(first) >= MAX_ITEMS {
+        return Err(invalid(format!(
+            "seq: more than {MAX_ITEMS} numbers (the most range() makes too)"
+        )));
+    }
+    Ok((first..=last).map(Value::from).collect())
 }
 
 /// consul-template's split: the string is trimmed first, and an empty (or

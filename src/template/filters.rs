@@ -50,6 +50,13 @@ fn tojson(v: Value, indent: Option<usize>, kwargs: Kwargs) -> Result<Value, Erro
     let result = match indent {
         None => serde_json::to_string(&v),
         Some(n) => {
+            // The width may come from a source: the exact size (the text
+            // indented by 0, plus n for every unit of indent by 1) is
+            // checked before anything that large is allocated.
+            let (zero, one) = (pretty(&v, b"").len(), pretty(&v, b" ").len());
+            let size =
+                (zero as u128).saturating_add((n as u128).saturating_mul((one - zero) as u128));
+            super::limits::check_size("tojson", size)?;
             let indent = " ".repeat(n);
             let mut out = Vec::new();
             let fmt = serde_json::ser::PrettyFormatter::with_indent(indent.as_bytes());
@@ -61,6 +68,18 @@ fn tojson(v: Value, indent: Option<usize>, kwargs: Kwargs) -> Result<Value, Erro
     result
         .map(Value::from)
         .map_err(|e| Error::new(ErrorKind::InvalidOperation, format!("tojson: {e}")))
+}
+
+/// `v` as pretty JSON indented by `indent` per level ("" when it fails:
+/// only its length is used).
+fn pretty(v: &Value, indent: &[u8]) -> Vec<u8> {
+    let mut out = Vec::new();
+    let fmt = serde_json::ser::PrettyFormatter::with_indent(indent);
+    let mut ser = serde_json::Serializer::with_formatter(&mut out, fmt);
+    match serde::Serialize::serialize(v, &mut ser) {
+        Ok(()) => out,
+        Err(_) => Vec::new(),
+    }
 }
 
 fn fromyaml(s: &str) -> Result<Value, Error> {

@@ -308,6 +308,17 @@ fn tree(prefix: Option<&str>, kwargs: Kwargs) -> Result<Value, Error> {
     for (k, v) in items {
         let rel = source::relative(&k, &prefix);
         let parts: Vec<&str> = rel.split('/').filter(|p| !p.is_empty()).collect();
+        // Nested dicts are built, converted and dropped recursively: a key
+        // with 20,000 segments would overflow the stack.
+        if parts.len() > state.limits.max_depth {
+            return Err(Error::new(
+                ErrorKind::InvalidOperation,
+                format!(
+                    "tree: a key under {prefix:?} is more than max_depth ({}) folders deep",
+                    state.limits.max_depth
+                ),
+            ));
+        }
         let Some((last, dirs)) = parts.split_last() else {
             continue;
         };

@@ -131,6 +131,17 @@ fn sprintf(format: &str, args: &[Value]) -> Result<String, Error> {
             chars.next();
             spec.precision = Some(digits(&mut chars).unwrap_or(0));
         }
+        // Go refuses a width or precision over 1e6 (and the format string
+        // may come from a source); Rust's formatter panics on a precision
+        // over 65535, so that is the bound for it here.
+        if spec.width.is_some_and(|w| w > MAX_WIDTH) {
+            out.push_str("%!(BADWIDTH)");
+            spec.width = None;
+        }
+        if spec.precision.is_some_and(|p| p > MAX_PRECISION) {
+            out.push_str("%!(BADPREC)");
+            spec.precision = None;
+        }
         let Some(verb) = chars.next() else {
             out.push_str("%!(NOVERB)");
             break;
@@ -157,10 +168,15 @@ fn sprintf(format: &str, args: &[Value]) -> Result<String, Error> {
     Ok(out)
 }
 
+/// Go's fmt: a larger width is `%!(BADWIDTH)`.
+const MAX_WIDTH: usize = 1_000_000;
+const MAX_PRECISION: usize = u16::MAX as usize;
+
 fn digits(chars: &mut std::iter::Peekable<std::str::Chars<'_>>) -> Option<usize> {
     let mut n: Option<usize> = None;
     while let Some(d) = chars.peek().and_then(|c| c.to_digit(10)) {
-        n = Some(n.unwrap_or(0) * 10 + usize::try_from(d).unwrap_or(0));
+        let d = usize::try_from(d).unwrap_or(0);
+        n = Some(n.unwrap_or(0).saturating_mul(10).saturating_add(d));
         chars.next();
     }
     n

@@ -20,6 +20,7 @@ mod filters;
 mod functions;
 mod gofmt;
 mod gotime;
+mod limits;
 mod reads;
 
 use std::collections::BTreeSet;
@@ -33,6 +34,7 @@ use minijinja::{AutoEscape, Environment, Error, ErrorKind, UndefinedBehavior};
 use crate::error::UsageError;
 pub use filters::FILTERS;
 pub use functions::FUNCTIONS;
+pub use limits::{LimitExceeded, Limits, MAX_DEPTH_CEILING};
 pub use reads::{Dep, Deps, Scope};
 use reads::{RenderState, lock};
 
@@ -73,6 +75,7 @@ pub struct Template {
     /// Files pulled in by include/import/extends, recorded by the loader;
     /// the loader runs once per file, so they are kept across renders.
     included: Arc<Mutex<BTreeSet<PathBuf>>>,
+    limits: Limits,
 }
 
 impl fmt::Debug for Template {
@@ -105,7 +108,9 @@ impl Template {
     ) -> Result<Template> {
         let dir = path.parent().unwrap_or(Path::new("")).to_path_buf();
         let included = Arc::new(Mutex::new(BTreeSet::new()));
+        let limits = Limits::default();
         let mut env = new_environment(whitespace);
+        apply_limits(&mut env, &limits);
         let loader_included = included.clone();
         env.set_loader(move |name| {
             let file = dir.join(name);
@@ -132,7 +137,14 @@ impl Template {
             path: path.to_path_buf(),
             env,
             included,
+            limits,
         })
+    }
+
+    /// Renders from now on within `limits` (the defaults until then).
+    pub(crate) fn set_limits(&mut self, limits: Limits) {
+        apply_limits(&mut self.env, &limits);
+        self.limits = limits;
     }
 
     /// Top-level names the template uses that are neither stencil's functions
@@ -161,10 +173,14 @@ impl Template {
     /// Renders with the reads recorded.
     pub fn render(&self, scope: &Scope) -> Rendered {
         let dir = self.path.parent().unwrap_or(Path::new("")).to_path_buf();
-        let state = RenderState::new(scope.clone(), dir);
+        let state = RenderState::new(scope.clone(), dir, self.limits);
         let name = self.path.display().to_string();
+        let mut out = limits::CappedOutput::new(self.limits.max_output);
         let (result, mut deps) = RenderState::run(state, || {
-            self.env.get_template(&name).and_then(|t| t.render(()))
+            self.env
+                .get_template(&name)
+                .and_then(|t| t.render_captured_to((), &mut out))
+                .map(drop)
         });
         deps.read.insert(Dep::File {
             path: self.path.clone(),
@@ -172,7 +188,24 @@ impl Template {
         for path in lock(&self.included).iter() {
             deps.read.insert(Dep::File { path: path.clone() });
         }
-        let result = result.map_err(|e| explain(e, &deps, &self.path));
+        let result = match result {
+            Err(_) if out.over => Err(anyhow::Error::new(LimitExceeded(format!(
+                "the output is larger than max_output ({} bytes); raise [limits] max_output \
+                 if that is meant",
+                self.limits.max_output
+            )))
+            .context(format!("cannot render template {}", self.path.display()))),
+            Err(e) => Err(match limits::explain(&e, &self.limits) {
+                // minijinja's error stays in the chain for its location.
+                Some(why) => anyhow::Error::new(e)
+                    .context(LimitExceeded(why))
+                    .context(format!("cannot render template {}", self.path.display())),
+                None => explain(e, &deps, &self.path),
+            }),
+            Ok(()) => String::from_utf8(out.bytes).map_err(|_| {
+                anyhow::anyhow!("template {} rendered invalid UTF-8", self.path.display())
+            }),
+        };
         Rendered { result, deps }
     }
 }
@@ -214,6 +247,13 @@ fn err_is_undefined(err: &anyhow::Error) -> bool {
         .is_some_and(|e| e.kind() == ErrorKind::UndefinedError)
 }
 
+/// Fuel and recursion limit; the output and value caps are checked at
+/// render time from [`Template::limits`].
+fn apply_limits(env: &mut Environment<'static>, limits: &Limits) {
+    env.set_fuel(Some(limits.render_fuel));
+    env.set_recursion_limit(limits.max_depth);
+}
+
 fn new_environment(whitespace: Whitespace) -> Environment<'static> {
     let mut env = Environment::new();
     env.set_syntax(
@@ -240,7 +280,9 @@ fn new_environment(whitespace: Whitespace) -> Environment<'static> {
 
     // Jinja2 templates call Python methods (`d.items()`, `s.split(',')`);
     // people porting templates from Python tools expect them to work.
-    env.set_unknown_method_callback(minijinja_contrib::pycompat::unknown_method_callback);
+    // (Through limits.rs, which refuses a `replace`, `join` or `format` that
+    // would build a value larger than max_output.)
+    env.set_unknown_method_callback(limits::method_callback);
 
     functions::register(&mut env);
     gofmt::register(&mut env);

@@ -90,6 +90,8 @@ pub(super) struct RenderState {
     scope: Scope,
     /// The template's directory, which `file()` paths are relative to.
     pub(super) dir: PathBuf,
+    /// What the functions may build (`tree()`'s depth, a value's size).
+    pub(super) limits: super::Limits,
     deps: Mutex<Deps>,
 }
 
@@ -121,10 +123,11 @@ pub(super) struct Lookup {
 }
 
 impl RenderState {
-    pub(super) fn new(scope: Scope, dir: PathBuf) -> Arc<RenderState> {
+    pub(super) fn new(scope: Scope, dir: PathBuf, limits: super::Limits) -> Arc<RenderState> {
         Arc::new(RenderState {
             scope,
             dir,
+            limits,
             deps: Mutex::new(Deps::default()),
         })
     }

@@ -16,8 +16,7 @@ use crate::config::Flags;
 use crate::error::{self, Exit};
 use crate::exec::spec::ExecSpec;
 use crate::exec::supervise::{Signals, Supervisor, spawn_exit};
-use crate::install::Outcome;
-use crate::pipeline::{Options, Pipeline, UnitReport, is_rejected};
+use crate::pipeline::Pipeline;
 use crate::runtime;
 use crate::serve::{self, Server, Shared, TemplateState};
 use crate::source::SourceEvent;
@@ -26,15 +25,15 @@ use crate::template::{Dep, Deps};
 
 /// What the coordinator knows about one template.
 #[derive(Default)]
-struct TemplateInfo {
-    deps: Deps,
-    state: TemplateState,
+pub(super) struct TemplateInfo {
+    pub(super) deps: Deps,
+    pub(super) state: TemplateState,
     /// The missing data last logged, so a pending template logs once.
-    logged_pending: Option<BTreeSet<Dep>>,
+    pub(super) logged_pending: Option<BTreeSet<Dep>>,
     /// Retries of a render that failed because a source did: a read can
     /// fail while the source's watch is healthy (a 500 on one request), and
     /// then no watch event would ever bring it back.
-    retry: runtime::Backoff,
+    pub(super) retry: runtime::Backoff,
     /// A file it parses (the template, an include) changed: parse it again
     /// before the next render.
     reparse: bool,
@@ -49,12 +48,12 @@ pub(super) struct Coordinator {
     pub(super) flags: Flags,
     pub(super) settings: Settings,
     pub(super) pipeline: Pipeline,
-    templates: Vec<TemplateInfo>,
-    tx: UnboundedSender<Event>,
-    rx: UnboundedReceiver<Event>,
+    pub(super) templates: Vec<TemplateInfo>,
+    pub(super) tx: UnboundedSender<Event>,
+    pub(super) rx: UnboundedReceiver<Event>,
     pub(super) watches: SourceWatches,
     files: FileWatch,
-    debouncer: Debouncer,
+    pub(super) debouncer: Debouncer,
     pub(super) status: Shared,
     /// The endpoints, while the config has a listen address.
     pub(super) server: Option<Server>,
@@ -65,6 +64,8 @@ pub(super) struct Coordinator {
     /// The app's settings from a reloaded `[exec]` table, for the loop to
     /// hand to the supervisor.
     pub(super) new_exec: Option<ExecSpec>,
+    /// The batches running on render threads (batch.rs).
+    pub(super) batches: super::batch::Batches,
 }
 
 /// What woke the loop.
@@ -93,6 +94,7 @@ impl Coordinator {
             server: None,
             config_changed: None,
             new_exec: None,
+            batches: super::batch::Batches::default(),
         };
         c.reset_templates();
         Ok(c)
@@ -100,6 +102,7 @@ impl Coordinator {
 
     /// Fresh state for the pipeline's templates, all due now.
     pub(super) fn reset_templates(&mut self) {
+        self.batches.reset();
         let now = Instant::now();
         let count = self.pipeline.units.len();
         self.templates = std::iter::repeat_with(TemplateInfo::default)
@@ -134,6 +137,8 @@ impl Coordinator {
         // renders: watch them from the start.
         self.update_watches(since);
         let exit = self.main_loop(&mut app).await;
+        self.drain().await;
+        crate::cleanup::run();
         self.watches.stop_all();
         if let Some(server) = self.server.take() {
             let _ = server.stop().await;
@@ -161,16 +166,11 @@ impl Coordinator {
 
     async fn main_loop(&mut self, app: &mut App) -> Result<Exit> {
         loop {
+            crate::liveness::beat(self.pipeline.config.stall_timeout);
             let now = Instant::now();
             if self.debouncer.next_deadline().is_some_and(|d| d <= now) {
                 let due = self.debouncer.take_due(now);
-                let wrote = self.run_batch(&due);
-                if let (true, Some((sup, _))) = (wrote, app.as_mut()) {
-                    sup.reload();
-                }
-                if let Some(exit) = self.once_finished() {
-                    return Ok(exit);
-                }
+                self.start_batch(due);
                 continue;
             }
             if self.config_settled_at().is_some_and(|d| d <= now) {
@@ -182,6 +182,15 @@ impl Coordinator {
             }
             match self.next_wake(app).await {
                 Wake::Event(None) => return Ok(Exit::Success),
+                Wake::Event(Some(Event::Batch(done))) => {
+                    let wrote = self.finish_batch(*done);
+                    if let (true, Some((sup, _))) = (wrote, app.as_mut()) {
+                        sup.reload();
+                    }
+                    if let Some(exit) = self.once_finished() {
+                        return Ok(exit);
+                    }
+                }
                 Wake::Event(Some(event)) => {
                     if let Some(exit) = self.handle(event) {
                         return Ok(exit);
@@ -204,10 +213,13 @@ impl Coordinator {
 
     /// Waits for an event, the next template to be due, or the app.
     async fn next_wake(&mut self, app: &mut App) -> Wake {
-        let deadline = match (self.debouncer.next_deadline(), self.config_settled_at()) {
-            (Some(a), Some(b)) => Some(a.min(b)),
-            (a, b) => a.or(b),
-        };
+        // At least once a second, so an idle loop still beats (liveness).
+        let tick = Instant::now() + std::time::Duration::from_secs(1);
+        let deadline = [self.debouncer.next_deadline(), self.config_settled_at()]
+            .into_iter()
+            .flatten()
+            .fold(tick, Instant::min);
+        let deadline = Some(deadline);
         let (sup, signals) = match app.as_mut() {
             Some((sup, signals)) => (Some(sup), Some(signals)),
             None => (None, None),
@@ -234,13 +246,15 @@ impl Coordinator {
                 tracing::error!(source = %source, "the watch stopped: {error}");
                 self.source_down(&source, &error);
             }
+            // main_loop takes these itself; drain() while exiting.
+            Event::Batch(done) => drop(self.finish_batch(*done)),
         }
         None
     }
 
     /// With `--once`: done when every template is in place (exit 0) or one
     /// failed for a reason waiting cannot fix (exit 1).
-    fn once_finished(&self) -> Option<Exit> {
+    pub(super) fn once_finished(&self) -> Option<Exit> {
         if !self.settings.once {
             return None;
         }
@@ -266,7 +280,7 @@ impl Coordinator {
             .or(self.pipeline.config.wait)
     }
 
-    fn mark(&mut self, indices: impl IntoIterator<Item = usize>, why: &str) {
+    pub(super) fn mark(&mut self, indices: impl IntoIterator<Item = usize>, why: &str) {
         self.mark_with(indices, why, None);
     }
 
@@ -295,7 +309,7 @@ impl Coordinator {
     }
 
     /// Shows in `/status` when each of `indices` renders next.
-    fn publish_due(&self, indices: impl IntoIterator<Item = usize>) {
+    pub(super) fn publish_due(&self, indices: impl IntoIterator<Item = usize>) {
         let now = (Instant::now(), serve::now_unix());
         let mut status = serve::lock(&self.status);
         for i in indices {
@@ -316,7 +330,8 @@ impl Coordinator {
     fn source_event(&mut self, event: SourceEvent) {
         match event {
             SourceEvent::Changed { source, keys } => {
-                let affected = sources::reading_keys(self.deps(), &source, &keys);
+                let mut affected = sources::reading_keys(self.deps(), &source, &keys);
+                affected.extend(self.first_renders_running());
                 tracing::debug!(source = %source, "{} key(s) changed; {} template(s) affected", keys.len(), affected.len());
                 self.mark(affected, "data changed");
             }
@@ -326,7 +341,8 @@ impl Coordinator {
                 self.mark(affected, "services changed");
             }
             SourceEvent::Resync { source } => {
-                let affected = sources::reading(self.deps(), &source);
+                let mut affected = sources::reading(self.deps(), &source);
+                affected.extend(self.first_renders_running());
                 self.mark(affected, "source resynchronised");
             }
             SourceEvent::Up { source } => {
@@ -383,6 +399,7 @@ impl Coordinator {
             })
             .collect();
         let mut affected = reparse.clone();
+        affected.extend(self.first_renders_running());
         if let Some(source) = self.files.source_at(path) {
             affected.extend(sources::reading(self.deps(), source));
         }
@@ -398,7 +415,7 @@ impl Coordinator {
     /// Parses again the templates whose files changed; one that no longer
     /// parses is reported and left out of the batch, since rendering its old
     /// parse would hide the error behind the last good output.
-    fn reparse(&mut self, which: &[usize]) -> Vec<usize> {
+    pub(super) fn reparse(&mut self, which: &[usize]) -> Vec<usize> {
         let mut keep = Vec::with_capacity(which.len());
         for &i in which {
             if !std::mem::take(&mut self.templates[i].reparse) {
@@ -407,8 +424,9 @@ impl Coordinator {
             }
             let unit = &mut self.pipeline.units[i];
             match crate::template::Template::load(&unit.spec.source, unit.spec.whitespace) {
-                Ok(t) => {
-                    unit.template = t;
+                Ok(mut t) => {
+                    t.set_limits(self.pipeline.config.limits);
+                    unit.template = std::sync::Arc::new(t);
                     keep.push(i);
                 }
                 Err(e) => {
@@ -424,7 +442,7 @@ impl Coordinator {
     /// Reads the config again and rebuilds everything derived from it. A
     /// config that does not load, or a new listen address that cannot be
     /// bound, keeps the running one whole.
-    fn set_state(&mut self, i: usize, state: TemplateState, detail: Option<String>) {
+    pub(super) fn set_state(&mut self, i: usize, state: TemplateState, detail: Option<String>) {
         self.templates[i].state = state;
         let name = self.name(i);
         if let Some(t) = serve::lock(&self.status).templates.get_mut(&name) {
@@ -433,97 +451,8 @@ impl Coordinator {
         }
     }
 
-    fn name(&self, i: usize) -> String {
+    pub(super) fn name(&self, i: usize) -> String {
         serve::template_name(&self.pipeline.units[i].spec)
-    }
-
-    /// Renders, installs and reloads the given templates, then updates
-    /// states, status and watches. Returns whether a file was written.
-    fn run_batch(&mut self, which: &[usize]) -> bool {
-        let started = SystemTime::now();
-        let parsed = self.reparse(which);
-        for (_, source) in self.pipeline.sources.iter() {
-            source.refresh();
-        }
-        let options = Options {
-            wait_for_data: None,
-            ..self.settings.options
-        };
-        let pipeline = &mut self.pipeline;
-        let report = tokio::task::block_in_place(|| {
-            pipeline.run(&parsed, &options, &mut std::io::stdout().lock())
-        });
-        let wrote = report
-            .units
-            .iter()
-            .any(|u| matches!(u.result, Ok(Outcome::Written)));
-        let now = serve::now_unix();
-        for unit in report.units {
-            self.record(unit, now);
-        }
-        {
-            let mut status = serve::lock(&self.status);
-            status.commands.runs += report.commands_run;
-            status.commands.failures += report.command_failures;
-        }
-        for e in &report.commands {
-            tracing::error!("{}", error::Logged(e));
-        }
-        if !report.retry.is_empty() {
-            self.mark(
-                report.retry,
-                "its reload succeeds again; trying the content restored with another template's",
-            );
-        }
-        self.publish_due(which.iter().copied());
-        self.update_watches(started);
-        wrote
-    }
-
-    /// Takes in how one template's render ended (at `now_unix`): its state,
-    /// counters, log line, retry and recorded reads.
-    fn record(&mut self, unit: UnitReport, now_unix: f64) {
-        let i = unit.index;
-        let (state, detail) = serve::state_after(&unit, self.pipeline.units[i].spec.is_secret());
-        if let Some(t) = serve::lock(&self.status).templates.get_mut(&self.name(i)) {
-            t.count(&unit.result, now_unix);
-            t.rejected_sha256 = self.pipeline.units[i]
-                .rejected
-                .as_ref()
-                .map(|r| r.sha256.clone());
-        }
-        let source = self.pipeline.units[i].spec.source.display();
-        let info = &mut self.templates[i];
-        match (&unit.result, state) {
-            (Err(_), TemplateState::Pending) => {
-                if info.logged_pending.as_ref() != Some(&unit.deps.waiting_for) {
-                    tracing::info!(
-                        template = %source,
-                        "pending: {}; the current file stays",
-                        detail.as_deref().unwrap_or_default()
-                    );
-                    info.logged_pending = Some(unit.deps.waiting_for.clone());
-                }
-            }
-            // The batch's reload error, logged once, names it.
-            (Err(e), _) if is_rejected(e) => info.logged_pending = None,
-            (Err(e), _) => {
-                info.logged_pending = None;
-                tracing::error!(
-                    "{source} failed, the current file stays: {}",
-                    error::Logged(e)
-                );
-            }
-            (Ok(_), _) => info.logged_pending = None,
-        }
-        if unit.result.is_ok() {
-            info.retry.reset();
-        } else if !unit.deps.failed.is_empty() {
-            let delay = info.retry.next_delay();
-            self.debouncer.retry_at(i, Instant::now() + delay);
-        }
-        self.templates[i].deps = unit.deps;
-        self.set_state(i, state, detail);
     }
 
     /// Starts, restarts or stops source watches so each covers exactly what

@@ -36,7 +36,13 @@
 //! address (the new one is bound before the old one closes; a `--listen`
 //! flag wins over the file and stays). A config that does not load, or an
 //! address that cannot be bound, keeps everything as it was. SIGTERM and
-//! SIGINT exit 0 after the batch in progress. `--once` renders everything,
+//! SIGINT exit 0 after the batches in progress (at most 5 s; then
+//! [`cleanup`](crate::cleanup) kills their commands and removes their staged
+//! files).
+//!
+//! Batches run on render threads beside the loop ([`batch`]), so the loop
+//! itself turns at least once a second and beats
+//! [`liveness`](crate::liveness) for `/healthz`. `--once` renders everything,
 //! waiting for data, runs the commands and exits.
 //!
 //! Under `stencil exec --watch` the loop also owns the app's
@@ -45,6 +51,7 @@
 //! INT), a batch that changed a file sends the reload signal, and stencil
 //! exits with the app's status when it exits.
 
+mod batch;
 mod coordinator;
 mod debounce;
 mod files;
@@ -95,6 +102,8 @@ pub(crate) enum Event {
     Reload,
     /// SIGTERM or SIGINT.
     Shutdown(&'static str),
+    /// A render thread's batch ended.
+    Batch(Box<batch::BatchDone>),
 }
 
 /// Runs the watch loop until a signal ends it (or, with `--once`, until
@@ -102,15 +111,13 @@ pub(crate) enum Event {
 /// from `flags` (and, under exec, has rendered once). A reload reads the
 /// config again from `flags`.
 pub(crate) fn run(flags: Flags, settings: Settings, pipeline: Pipeline) -> Result<Exit> {
-    // The coordinator runs as a task on the runtime's worker, so rendering
-    // (synchronous, in block_in_place) can still block on source reads.
+    // The coordinator runs on this thread, not on the runtime's worker: the
+    // endpoints, the source watches and the signal handlers run there, and
+    // keep answering (/healthz saying so) should the loop ever stall.
+    // Batches run on render threads of their own (batch.rs).
     runtime::get().block_on(async move {
-        tokio::spawn(async move {
-            let mut coordinator = coordinator::Coordinator::new(flags, settings, pipeline)?;
-            coordinator.run().await
-        })
-        .await
-        .context("the watch loop panicked")?
+        let mut coordinator = coordinator::Coordinator::new(flags, settings, pipeline)?;
+        coordinator.run().await
     })
 }
 
