@@ -72,6 +72,7 @@ import lead_table  # noqa: E402
 ROOT = Path(__file__).resolve().parent.parent
 FIXTURES = ROOT / "bench" / "fixtures"
 ENVSUBST = Path("/usr/bin/envsubst")
+SKIP_MINIJINJA = False  # --skip-minijinja
 # Set by set_target_dir() from --target-dir.
 TARGET = TOOLS = WORK = STENCIL = STENCIL_COPY = MINIJINJA = LAUNCHER = FLOOR_DIR = FLOOR = Path()
 
@@ -267,10 +268,14 @@ def peers(j2: Path, plain: Path, data: Path, shell_format: list[str]) -> dict[st
     # The same template reading ENV (minijinja-cli --env) instead of env.
     env_tmpl = WORK / (j2.stem + ".ENV.j2")
     env_tmpl.write_text(j2.read_text().replace("env.", "ENV."))
-    return {
+    tools = {
         "stencil render": {"argv": [str(STENCIL_COPY), "render", "-t", str(j2)], "stdin": "/dev/null"},
         "stencil subst": {"argv": [str(STENCIL_COPY), "subst", *shell_format], "stdin": str(plain)},
         "envsubst": {"argv": [str(ENVSUBST), *shell_format], "stdin": str(plain)},
+    }
+    if SKIP_MINIJINJA:
+        return tools
+    return tools | {
         "minijinja-cli": {
             "argv": [str(MINIJINJA), "--strict", "--trim-blocks", str(j2), str(data)],
             "stdin": "/dev/null",
@@ -392,6 +397,8 @@ def lead_rows(workload: str, stats: dict[str, dict], size: int) -> list[list[str
     wall_target, rss_target = TARGETS[workload]
 
     def ratio(name: str) -> str:
+        if name not in stats:
+            return "not run"
         return f"{stats[name]['median_ms'] / base['median_ms']:.2f}x"
 
     peers_wall = (f"envsubst 1.00x ({base['median_ms']:.2f} ms), minijinja-cli {ratio('minijinja-cli')}, "
@@ -402,6 +409,8 @@ def lead_rows(workload: str, stats: dict[str, dict], size: int) -> list[list[str
         peers_wall, f"≤ {wall_target}x", s["median_ms"] <= wall_target * base["median_ms"])]
     if rss_target is not None:
         def mib(name: str) -> str:
+            if name not in stats:
+                return "not run"
             return f"{stats[name]['median_rss_kib'] / 1024:.2f} MiB"
         rows.append(lead_table.row(
             f"{TITLES[workload]}: peak RSS",
@@ -428,6 +437,8 @@ def main() -> None:
                     help="wait until the 1-minute load average is at most this (default 1.0)")
     ap.add_argument("--wait", type=int, default=600, help="wait at most this many seconds for it (default 600)")
     ap.add_argument("--no-floor", action="store_true", help="skip the Rust start-up floor reference row")
+    ap.add_argument("--skip-minijinja", action="store_true",
+                    help="leave minijinja-cli out (when it cannot be installed; the lead table says 'not run')")
     ap.add_argument("--update-benchmarks", action="store_true",
                     help="rewrite this benchmark's rows of BENCHMARKS.md's lead table")
     ap.add_argument("--json", type=Path, help="also write the statistics here")
@@ -438,7 +449,10 @@ def main() -> None:
         global STENCIL
         STENCIL = args.stencil.resolve()
     build_stencil(args.no_build or args.stencil is not None)
-    ensure_minijinja()
+    global SKIP_MINIJINJA
+    SKIP_MINIJINJA = args.skip_minijinja
+    if not SKIP_MINIJINJA:
+        ensure_minijinja()
     ensure_launcher()
     if not args.no_floor:
         ensure_floor()
