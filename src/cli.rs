@@ -19,6 +19,9 @@ mod exec;
 use exec::EXEC_EXAMPLES;
 pub use exec::ExecArgs;
 
+mod parse;
+pub use parse::parse;
+
 const ABOUT: &str = "Render configuration files from templates with data from environment \
 variables, data files, Consul and etcd; install them atomically; check before and reload after.";
 

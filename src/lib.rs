@@ -23,7 +23,7 @@
 use std::ffi::OsString;
 
 use anyhow::Result;
-use clap::{CommandFactory, Parser};
+use clap::CommandFactory;
 
 mod cleanup;
 mod cli;
@@ -91,7 +91,8 @@ where
     I: IntoIterator<Item = T>,
     T: Into<OsString> + Clone,
 {
-    let cli = match Cli::try_parse_from(args) {
+    let args: Vec<OsString> = args.into_iter().map(Into::into).collect();
+    let cli = match cli::parse(args) {
         Ok(cli) => cli,
         Err(e) => {
             // --help and --version are "errors" to clap; they print to stdout.
