@@ -24,22 +24,6 @@ fn main() {
     let commit = git(&["rev-parse", "--short=12", "HEAD"]).unwrap_or_else(|| "unknown".into());
     println!("cargo:rustc-env=STENCIL_GIT_COMMIT={commit}");
     println!("cargo:rustc-env=STENCIL_BUILD_DATE={}", build_date());
-    pack_relative_relocs();
-}
-
-/// Links the binary with `-z pack-relative-relocs` (DT_RELR) on Linux with
-/// glibc: the dynamic loader applies the ~3,800 relative relocations of a
-/// position-independent stencil from a compact bitmap instead of a 24-byte
-/// entry each, which is part of every start-up (BENCHMARKS.md). Here, not
-/// in .cargo/config.toml, so it applies to the stencil binary alone, on
-/// every clone, without changing the flags (and builds) of dependencies.
-/// GNU ld 2.38+ and glibc 2.36+ (Debian 12) support it; the binary then
-/// needs glibc 2.36 or later to run.
-fn pack_relative_relocs() {
-    let var = |name: &str| std::env::var(name).unwrap_or_default();
-    if var("CARGO_CFG_TARGET_OS") == "linux" && var("CARGO_CFG_TARGET_ENV") == "gnu" {
-        println!("cargo:rustc-link-arg-bins=-Wl,-z,pack-relative-relocs");
-    }
 }
 
 fn git(args: &[&str]) -> Option<String> {
