@@ -117,6 +117,8 @@ pub(crate) struct ConsulClient {
     stale: bool,
     max_stale: Option<Duration>,
     timeout: Duration,
+    /// The most bytes one reply may hold.
+    max_response_size: usize,
     /// Requests sent, for tests and benchmarks.
     requests: AtomicU64,
 }
@@ -139,6 +141,7 @@ impl ConsulClient {
             stale: config.stale || config.max_stale.is_some(),
             max_stale: config.max_stale,
             timeout: config.timeout,
+            max_response_size: config.max_response_size,
             requests: AtomicU64::new(0),
         })
     }
@@ -309,11 +312,17 @@ impl ConsulClient {
                 ),
                 known_leader: header("X-Consul-KnownLeader").as_deref() != Some("false"),
             };
-            let body = Vec::from(resp.bytes().await?);
+            let server = format!("consul at {}", self.address);
+            let body = runtime::read_body(resp, self.max_response_size, &server).await;
             Ok::<_, reqwest::Error>((status, meta, body))
         };
         match tokio::time::timeout(limit, exchange).await {
-            Ok(Ok(answer)) => Ok(answer),
+            Ok(Ok((status, meta, Ok(body)))) => Ok((status, meta, body)),
+            // It answered: too much.
+            Ok(Ok((.., Err(e)))) if e.is::<runtime::TooLarge>() => Err(e),
+            Ok(Ok((.., Err(e)))) => {
+                Err(e.context(format!("consul at {} did not answer", self.address)))
+            }
             Ok(Err(e)) => Err(anyhow!("{}", runtime::describe_reqwest(&e))
                 .context(format!("consul at {} did not answer", self.address))),
             Err(_) => bail!(
