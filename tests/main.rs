@@ -15,6 +15,7 @@ mod etcd_cluster;
 mod examples;
 mod exec;
 mod package;
+mod reliability;
 mod render;
 mod rollback;
 mod secrets;
