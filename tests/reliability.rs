@@ -349,3 +349,218 @@ fn half_sent_requests_do_not_starve_the_status_server() {
         run.stderr()
     );
 }
+
+/// `n` copies of `c`, a line per 1 KiB: big enough that an install takes
+/// several writes, so a kill lands in the middle of some.
+fn filler(c: char, n: usize) -> String {
+    let line: String = std::iter::repeat_n(c, 1023).chain(['\n']).collect();
+    line.repeat(n / 1024)
+}
+
+/// kill -9 at 40 moments of one-shot renders that replace a 1 MiB file:
+/// the destination is always the old file or the new one, whole.
+#[test]
+fn kill_9_during_installs_leaves_the_old_or_the_new_file_whole() {
+    let old = filler('o', 1 << 20);
+    let new = filler('n', 1 << 20);
+    let t = Test::new()
+        .file(
+            "a.j2",
+            "{% for i in range(1024) %}{{ key('line') }}\n{% endfor %}",
+        )
+        .file("d.json", format!("{{\"line\": \"{}\"}}", "n".repeat(1023)))
+        .args(["render", "--data", "d.json", "-t", "a.j2:out.conf"]);
+    let mut outcomes = [0usize; 2];
+    for i in 0..40u64 {
+        std::fs::write(t.path("out.conf"), &old).unwrap();
+        let mut run = t.spawn();
+        // Not a synchronisation: the moment of the kill, spread over the
+        // render, the staging and the rename.
+        std::thread::sleep(Duration::from_millis(i * 3));
+        run.signal(nix::sys::signal::Signal::SIGKILL);
+        run.wait_exit(Duration::from_secs(30));
+        let now = std::fs::read_to_string(t.path("out.conf")).unwrap();
+        assert!(
+            now == old || now == new,
+            "kill {i}: out.conf is neither the old nor the new file ({} bytes)",
+            now.len()
+        );
+        outcomes[usize::from(now == new)] += 1;
+    }
+    eprintln!(
+        "reliability: kill -9: {} old, {} new",
+        outcomes[0], outcomes[1]
+    );
+}
+
+/// A reader that reads the destination without pause while a watch
+/// rewrites it 100 times never sees a torn file.
+#[test]
+fn readers_never_see_a_torn_file_during_watch_rewrites() {
+    let data = |c: char| format!("{{\"line\": \"{}\"}}", c.to_string().repeat(1023));
+    let t = Test::new()
+        .file(
+            "a.j2",
+            "{% for i in range(256) %}{{ key('line') }}\n{% endfor %}",
+        )
+        .file("d.json", data('a'))
+        .args(["watch", "--data", "d.json", "-t", "a.j2:out.conf"]);
+    let mut run = t.spawn();
+    run.wait_file("out.conf", &filler('a', 256 << 10));
+    let path = t.path("out.conf");
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let reader = std::thread::spawn({
+        let stop = stop.clone();
+        move || {
+            let mut reads = 0u64;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                let text = std::fs::read_to_string(&path).unwrap();
+                let first = text.chars().next().unwrap();
+                assert!(
+                    text.len() == 256 << 10 && text == filler(first, 256 << 10),
+                    "a torn read: {} bytes",
+                    text.len()
+                );
+                reads += 1;
+            }
+            reads
+        }
+    });
+    for i in 0..100 {
+        let c = if i % 2 == 0 { 'b' } else { 'a' };
+        let tmp = t.path("d.json.tmp");
+        std::fs::write(&tmp, data(c)).unwrap();
+        std::fs::rename(&tmp, t.path("d.json")).unwrap();
+        run.wait_file("out.conf", &filler(c, 256 << 10));
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let reads = reader.join().expect("a torn read");
+    eprintln!("reliability: {reads} reads during 100 rewrites, none torn");
+}
+
+/// Values built to break a template engine or a file, through a real
+/// etcd: each lands in the file byte for byte, never evaluated.
+#[test]
+fn hostile_values_through_etcd_are_written_literally() {
+    let etcd = Etcd::start();
+    let values = [
+        "{{ 7 * 7 }}",
+        "{% include '/etc/passwd' %}",
+        "{% for i in range(1000000000) %}x{% endfor %}",
+        "{{ ''.__class__ }}",
+        "line\r\nnext\u{0}nul\u{202e}rtl",
+        "$(rm -rf /) `id` ${HOME}",
+    ];
+    let big = "z".repeat(1 << 20);
+    for (i, v) in values.iter().enumerate() {
+        etcd.put(&format!("/app/v{i}"), v);
+    }
+    etcd.put("/app/big", &big);
+    let template: String = (0..values.len())
+        .map(|i| format!("{{{{ key('v{i}') }}}}|"))
+        .chain(["{{ key('big') | length }}".to_string()])
+        .collect();
+    let expected = format!("{}|{}", values.join("|"), big.len());
+    let t = Test::new()
+        .file("a.j2", &template)
+        .file("stencil.toml", etcd_config(&etcd.url(), ""));
+    let mut run = t
+        .args(["watch", "-c", "stencil.toml", "--listen", "127.0.0.1:0"])
+        .spawn();
+    let addr = run.serving_on(1);
+    run.wait_file("a.conf", &expected);
+    wait_ready(&mut run, addr);
+    // And a change of one of them, through the watch.
+    etcd.put("/app/v0", "{{ 6 * 7 }}");
+    run.wait_file(
+        "a.conf",
+        &expected.replacen("{{ 7 * 7 }}", "{{ 6 * 7 }}", 1),
+    );
+}
+
+/// A destination that is a device node (through a symlink) or a FIFO is
+/// refused: exit 1, nothing touched, no hang.
+#[test]
+fn special_file_destinations_are_refused() {
+    let t = Test::new().file("a.j2", "a\n");
+    std::os::unix::fs::symlink("/dev/null", t.path("masked.conf")).unwrap();
+    nix::unistd::mkfifo(
+        &t.path("fifo.conf"),
+        nix::sys::stat::Mode::from_bits_truncate(0o600),
+    )
+    .unwrap();
+    for dest in ["masked.conf", "fifo.conf"] {
+        let mut run = Test::new()
+            .args([
+                "render".to_string(),
+                "-t".to_string(),
+                format!("{}:{}", t.path("a.j2").display(), t.path(dest).display()),
+            ])
+            .spawn();
+        assert_eq!(
+            run.wait_exit(Duration::from_secs(30)),
+            1,
+            "{}",
+            run.stderr()
+        );
+        assert!(run.stderr().contains(dest), "{}", run.stderr());
+    }
+    use std::os::unix::fs::FileTypeExt;
+    assert!(
+        std::fs::metadata("/dev/null")
+            .unwrap()
+            .file_type()
+            .is_char_device()
+    );
+    assert!(
+        std::fs::symlink_metadata(t.path("fifo.conf"))
+            .unwrap()
+            .file_type()
+            .is_fifo()
+    );
+}
+
+fn rss_kib(pid: i32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next()?.parse().ok())
+        .expect("VmRSS")
+}
+
+/// A bounded soak: 600 changes through a real etcd, each waited for in
+/// the file; RSS after the last is within 1 MiB of RSS after the 100th
+/// (bench/soak_bench.py runs the 20,000-write version).
+#[test]
+fn memory_stays_flat_over_many_writes() {
+    let etcd = Etcd::start();
+    etcd.put("/app/a", "0");
+    let t = Test::new().file("a.j2", "a={{ key('a') }}\n").file(
+        "stencil.toml",
+        etcd_config(&etcd.url(), "").replace(
+            "destination = \"a.conf\"\n",
+            "destination = \"a.conf\"\nreload = \"true\"\n",
+        ),
+    );
+    let mut run = t
+        .args(["watch", "-c", "stencil.toml", "--listen", "127.0.0.1:0"])
+        .spawn();
+    let addr = run.serving_on(1);
+    run.wait_file("a.conf", "a=0\n");
+    let mut after_100 = 0;
+    for i in 1..=600 {
+        etcd.put("/app/a", i.to_string());
+        run.wait_file("a.conf", &format!("a={i}\n"));
+        let _ = get(addr, "/metrics");
+        if i == 100 {
+            after_100 = rss_kib(run.pid());
+        }
+    }
+    let after_600 = rss_kib(run.pid());
+    eprintln!("reliability: RSS {after_100} KiB after 100 writes, {after_600} KiB after 600");
+    assert!(
+        after_600 < after_100 + 1024,
+        "RSS grew from {after_100} KiB to {after_600} KiB over 500 writes"
+    );
+}
