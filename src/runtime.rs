@@ -205,3 +205,19 @@ pub(crate) async fn read_body(
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_capped_backoff_never_waits_longer_than_its_cap() {
+        let cap = Duration::from_millis(500);
+        let mut b = Backoff::capped(cap);
+        let delays: Vec<Duration> = (0..20).map(|_| b.next_delay()).collect();
+        assert!(delays.iter().all(|d| *d <= cap), "{delays:?}");
+        assert!(delays[19] >= cap.mul_f64(0.8), "{delays:?}");
+        b.reset();
+        assert!(b.next_delay() <= FIRST_DELAY);
+    }
+}

@@ -516,6 +516,14 @@ mod tests {
             ("etcd=http://a:1?timeout=500000000000y", "too long"),
             ("etcd=http://a:1?dc=x", "unknown URL parameter"),
             ("etcd=http://a:notaport", "not host:port"),
+            (
+                "etcd=http://a:1?max_response_size=10",
+                "at least 1024 bytes",
+            ),
+            (
+                "consul=http://a:1?max_response_size=1MB",
+                "whole number of bytes",
+            ),
         ] {
             let err = format!("{:#}", parse_source_flag(flag).unwrap_err());
             assert!(err.contains(needle), "{flag}: {err}");
