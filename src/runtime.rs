@@ -175,9 +175,18 @@ pub(crate) struct TooLarge {
     pub(crate) cap: usize,
 }
 
+/// Sends `req`; an error says `server` did not answer, and why.
+pub(crate) async fn send(
+    req: reqwest::RequestBuilder,
+    server: &str,
+) -> anyhow::Result<reqwest::Response> {
+    (req.send().await)
+        .map_err(|e| anyhow::anyhow!("{server} did not answer: {}", describe_reqwest(&e)))
+}
+
 /// Reads `resp`'s body whole, but never more than `cap` bytes: a server
 /// that says (Content-Length) or sends more is a [`TooLarge`] error naming
-/// `server`, not memory. Transport errors as [`describe_reqwest`].
+/// `server`, not memory.
 pub(crate) async fn read_body(
     mut resp: reqwest::Response,
     cap: usize,
@@ -201,7 +210,10 @@ pub(crate) async fn read_body(
                 body.extend_from_slice(&chunk);
             }
             Ok(None) => return Ok(body),
-            Err(e) => return Err(anyhow::anyhow!("{}", describe_reqwest(&e))),
+            Err(e) => {
+                let kind = describe_reqwest(&e);
+                return Err(anyhow::anyhow!("{server} broke off its reply: {kind}"));
+            }
         }
     }
 }

@@ -117,7 +117,6 @@ pub(crate) struct ConsulClient {
     stale: bool,
     max_stale: Option<Duration>,
     timeout: Duration,
-    /// The most bytes one reply may hold.
     max_response_size: usize,
     /// Requests sent, for tests and benchmarks.
     requests: AtomicU64,
@@ -293,8 +292,9 @@ impl ConsulClient {
             req = req.header("X-Consul-Token", t);
         }
         self.requests.fetch_add(1, Ordering::Relaxed);
+        let server = format!("consul at {}", self.address);
         let exchange = async {
-            let resp = req.send().await?;
+            let resp = runtime::send(req, &server).await?;
             let status = resp.status();
             let header = |name: &str| {
                 resp.headers()
@@ -312,22 +312,13 @@ impl ConsulClient {
                 ),
                 known_leader: header("X-Consul-KnownLeader").as_deref() != Some("false"),
             };
-            let server = format!("consul at {}", self.address);
-            let body = runtime::read_body(resp, self.max_response_size, &server).await;
-            Ok::<_, reqwest::Error>((status, meta, body))
+            let body = runtime::read_body(resp, self.max_response_size, &server).await?;
+            Ok::<_, anyhow::Error>((status, meta, body))
         };
         match tokio::time::timeout(limit, exchange).await {
-            Ok(Ok((status, meta, Ok(body)))) => Ok((status, meta, body)),
-            // It answered: too much.
-            Ok(Ok((.., Err(e)))) if e.is::<runtime::TooLarge>() => Err(e),
-            Ok(Ok((.., Err(e)))) => {
-                Err(e.context(format!("consul at {} did not answer", self.address)))
-            }
-            Ok(Err(e)) => Err(anyhow!("{}", runtime::describe_reqwest(&e))
-                .context(format!("consul at {} did not answer", self.address))),
+            Ok(answer) => answer,
             Err(_) => bail!(
-                "consul at {} did not answer within {} (reading {what})",
-                self.address,
+                "{server} did not answer within {} (reading {what})",
                 humantime::format_duration(limit)
             ),
         }

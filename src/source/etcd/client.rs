@@ -169,6 +169,10 @@ impl EtcdClient {
         self.timeout
     }
 
+    pub(super) fn has_credentials(&self) -> bool {
+        self.credentials.is_some()
+    }
+
     /// The most bytes one reply or one watch message may hold.
     pub(super) fn max_response_size(&self) -> usize {
         self.max_response_size

@@ -85,6 +85,7 @@ impl EtcdSource {
             next: start_revision.max(0),
             failing: false,
             created: false,
+            reauthenticated: false,
         };
         watch.run().await
     }
@@ -108,6 +109,9 @@ struct Watch<'a> {
     failing: bool,
     /// Whether the current stream said it was created.
     created: bool,
+    /// Whether a PermissionDenied was answered by authenticating again,
+    /// since the last stream etcd created.
+    reauthenticated: bool,
 }
 
 impl Watch<'_> {
@@ -318,12 +322,22 @@ impl Watch<'_> {
 
     /// Why etcd canceled the stream: compaction ends it for a resync,
     /// permission for good, anything else for a retry.
-    fn canceled(&self, result: &WatchResult) -> Result<WatchEnd> {
+    fn canceled(&mut self, result: &WatchResult) -> Result<WatchEnd> {
         if result.compact_revision > 0 {
             return Ok(WatchEnd::Compacted(result.compact_revision));
         }
         let reason = &result.cancel_reason;
         if reason.contains("PermissionDenied") || reason.contains("permission denied") {
+            // etcd cancels a watch whose token it no longer knows (a
+            // restart drops simple tokens) with the same PermissionDenied
+            // as a missing permission: authenticate again once before
+            // believing it, or a restart would end the watch for good.
+            if self.source.client.has_credentials()
+                && !std::mem::replace(&mut self.reauthenticated, true)
+            {
+                self.source.client.forget_token();
+                bail!("etcd canceled the watch: {reason}; authenticating again");
+            }
             return Err(EtcdError::Denied(format!("etcd canceled the watch: {reason}")).into());
         }
         if reason.contains("invalid auth token") || reason.contains("Unauthenticated") {
@@ -334,6 +348,7 @@ impl Watch<'_> {
 
     fn created(&mut self, revision: i64) {
         self.created = true;
+        self.reauthenticated = false;
         tracing::debug!(source = %self.name(), "etcd watch created at revision {revision}");
         if self.next == 0 {
             // Watching "from now": now has a number, and a reconnect must
