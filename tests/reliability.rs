@@ -117,11 +117,10 @@ fn three_etcd_outages_in_a_row_are_each_noticed_at_once() {
         let status = get(addr, "/status").unwrap().1;
         assert!(!status.contains(secret), "{secret} in /status");
     }
-    let metrics = get(addr, "/metrics").unwrap().1;
-    assert!(
-        metrics.contains("stencil_source_reconnects_total{source=\"kv\",kind=\"etcd\"} 3"),
-        "{metrics}"
-    );
+    // At least one per outage: a token etcd's restart dropped costs the
+    // first attempt after it (PermissionDenied, then authenticating again).
+    let reconnects = status_json(addr)["sources"]["kv"]["reconnects"].as_u64();
+    assert!(reconnects >= Some(3), "{reconnects:?}");
 }
 
 fn etcd_config(url: &str, extra: &str) -> String {
