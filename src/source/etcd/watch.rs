@@ -266,14 +266,15 @@ impl Watch<'_> {
             while let Some(pos) = buf[searched..].iter().position(|&b| b == b'\n') {
                 let line: Vec<u8> = buf.drain(..=searched + pos).collect();
                 searched = 0;
+                if line.len() > cap {
+                    return Ok(over_cap(&endpoint, cap));
+                }
                 if let Some(end) = self.handle_line(&line, &endpoint)? {
                     return Ok(end);
                 }
             }
             if buf.len() > cap {
-                return Ok(WatchEnd::Broke(format!(
-                    "etcd at {endpoint} sent a watch message over the {cap}-byte limit (max_response_size)"
-                )));
+                return Ok(over_cap(&endpoint, cap));
             }
             if self.tx.is_closed() {
                 return Ok(WatchEnd::ReceiverGone);
@@ -379,6 +380,13 @@ impl Watch<'_> {
         changed.dedup();
         changed
     }
+}
+
+/// A watch message over `max_response_size`: the stream is given up on.
+fn over_cap(endpoint: &str, cap: usize) -> WatchEnd {
+    WatchEnd::Broke(format!(
+        "etcd at {endpoint} sent a watch message over the {cap}-byte limit (max_response_size)"
+    ))
 }
 
 /// Whether a watched key or folder covers an etcd key: equal, or the key is
