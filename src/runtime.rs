@@ -94,47 +94,56 @@ fn read(path: &Path, what: &str) -> Result<Vec<u8>> {
     std::fs::read(path).with_context(|| format!("cannot read the {what} {}", path.display()))
 }
 
-/// A reqwest error with its causes: reqwest's own message is vague ("error
-/// sending request"); the cause (connection refused, reset, certificate,
-/// timed out) is what helps an operator.
+/// What went wrong in a request, in a few words: the innermost cause
+/// (connection refused, reset, a certificate problem, timed out). The
+/// layers above it repeat the URL and "error sending request", which made
+/// every retry's log line a paragraph; the caller names the endpoint.
 pub(crate) fn describe_reqwest(e: &reqwest::Error) -> String {
-    let mut msg = e.to_string();
-    let mut source = std::error::Error::source(e);
-    while let Some(s) = source {
-        msg.push_str(": ");
-        msg.push_str(&s.to_string());
-        source = s.source();
+    let mut root: &dyn std::error::Error = e;
+    while let Some(cause) = root.source() {
+        root = cause;
     }
-    if e.is_timeout() {
+    let mut msg = root.to_string();
+    if e.is_timeout() && !msg.contains("timed out") {
         msg.push_str(" (timed out)");
     }
     msg
 }
 
-/// Exponential backoff with jitter: 250 ms doubling up to 1 min, each
-/// delay up to 20% shorter so many clients do not retry in step.
+/// Exponential backoff with jitter: 250 ms doubling up to a cap (1 min by
+/// default), each delay up to 20% shorter so many clients do not retry in
+/// step.
 #[derive(Debug, Clone)]
 pub(crate) struct Backoff {
     next: Duration,
+    cap: Duration,
 }
+
+const FIRST_DELAY: Duration = Duration::from_millis(250);
 
 impl Default for Backoff {
     fn default() -> Self {
-        Backoff {
-            next: Duration::from_millis(250),
-        }
+        Backoff::capped(Duration::from_secs(60))
     }
 }
 
 impl Backoff {
+    /// Backoff whose delays never exceed `cap`.
+    pub(crate) fn capped(cap: Duration) -> Backoff {
+        Backoff {
+            next: FIRST_DELAY.min(cap),
+            cap,
+        }
+    }
+
     pub(crate) fn next_delay(&mut self) -> Duration {
         let d = self.next;
-        self.next = (self.next * 2).min(Duration::from_secs(60));
+        self.next = (self.next * 2).min(self.cap);
         d.mul_f64(1.0 - jitter_fraction() * 0.2)
     }
 
     pub(crate) fn reset(&mut self) {
-        *self = Backoff::default();
+        *self = Backoff::capped(self.cap);
     }
 }
 
@@ -151,4 +160,76 @@ fn jitter_fraction() -> f64 {
     );
     let bucket = u32::try_from(h.finish() % 10_000).expect("below 10 000");
     f64::from(bucket) / 10_000.0
+}
+
+/// The default cap on one HTTP response body and one watch-stream line
+/// from etcd or Consul (`max_response_size`): far above any real KV reply,
+/// far below what would exhaust a sidecar's memory.
+pub const DEFAULT_MAX_RESPONSE_SIZE: usize = 64 << 20;
+
+/// A reply over the cap on response sizes; the message names the server.
+#[derive(Debug, thiserror::Error)]
+#[error("{server} sent a reply over the {cap}-byte limit (max_response_size); not read further")]
+pub(crate) struct TooLarge {
+    pub(crate) server: String,
+    pub(crate) cap: usize,
+}
+
+/// Sends `req`; an error says `server` did not answer, and why.
+pub(crate) async fn send(
+    req: reqwest::RequestBuilder,
+    server: &str,
+) -> anyhow::Result<reqwest::Response> {
+    (req.send().await)
+        .map_err(|e| anyhow::anyhow!("{server} did not answer: {}", describe_reqwest(&e)))
+}
+
+/// Reads `resp`'s body whole, but never more than `cap` bytes: a server
+/// that says (Content-Length) or sends more is a [`TooLarge`] error naming
+/// `server`, not memory.
+pub(crate) async fn read_body(
+    mut resp: reqwest::Response,
+    cap: usize,
+    server: &str,
+) -> anyhow::Result<Vec<u8>> {
+    let too_large = || TooLarge {
+        server: server.to_string(),
+        cap,
+    };
+    let announced = resp.content_length().unwrap_or(0);
+    if usize::try_from(announced).map_or(true, |n| n > cap) {
+        return Err(too_large().into());
+    }
+    let mut body = Vec::new();
+    loop {
+        match resp.chunk().await {
+            Ok(Some(chunk)) => {
+                if body.len() + chunk.len() > cap {
+                    return Err(too_large().into());
+                }
+                body.extend_from_slice(&chunk);
+            }
+            Ok(None) => return Ok(body),
+            Err(e) => {
+                let kind = describe_reqwest(&e);
+                return Err(anyhow::anyhow!("{server} broke off its reply: {kind}"));
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_capped_backoff_never_waits_longer_than_its_cap() {
+        let cap = Duration::from_millis(500);
+        let mut b = Backoff::capped(cap);
+        let delays: Vec<Duration> = (0..20).map(|_| b.next_delay()).collect();
+        assert!(delays.iter().all(|d| *d <= cap), "{delays:?}");
+        assert!(delays[19] >= cap.mul_f64(0.8), "{delays:?}");
+        b.reset();
+        assert!(b.next_delay() <= FIRST_DELAY);
+    }
 }

@@ -29,6 +29,8 @@ use crate::source::etcd::GivenUp;
 use crate::spec::redact_urls;
 use crate::template::Dep;
 
+mod conn;
+
 /// What the coordinator reports.
 #[derive(Debug, Clone, Serialize)]
 pub(crate) struct Status {
@@ -573,10 +575,7 @@ async fn serve(
                 }
             }),
         );
-    axum::serve(listener, app)
-        .with_graceful_shutdown(shutdown)
-        .await
-        .context("the HTTP server failed")
+    conn::serve(listener, app, shutdown).await
 }
 
 /// Binds the listen address, naming it on failure. Synchronous, so a

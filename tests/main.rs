@@ -16,6 +16,7 @@ mod examples;
 mod exec;
 mod limits;
 mod package;
+mod reliability;
 mod render;
 mod rollback;
 mod secrets;

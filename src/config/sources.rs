@@ -54,6 +54,7 @@ pub(super) struct SourceTable {
     timeout: Option<Duration>,
     #[serde(default, with = "duration_serde_opt")]
     probe_interval: Option<Duration>,
+    max_response_size: Option<usize>,
 }
 
 impl SourceTable {
@@ -79,6 +80,7 @@ impl SourceTable {
             key_file: None,
             timeout: None,
             probe_interval: None,
+            max_response_size: None,
         }
     }
 
@@ -151,6 +153,9 @@ impl SourceTable {
         if let Some(t) = self.timeout {
             etcd.timeout = t;
         }
+        if let Some(n) = self.max_response_size {
+            etcd.max_response_size = check_size(at, n)?;
+        }
         if let Some(p) = self.probe_interval {
             if p < MIN_PROBE_INTERVAL {
                 bail!("{at}: source {name:?}: probe_interval must be at least 100ms");
@@ -202,6 +207,9 @@ impl SourceTable {
         if let Some(tls) = tls {
             consul.tls = tls;
         }
+        if let Some(n) = self.max_response_size {
+            consul.max_response_size = check_size(at, n)?;
+        }
         if let Some(t) = self.timeout {
             consul.timeout = t;
         }
@@ -247,12 +255,28 @@ impl SourceTable {
             (self.key_file.is_some(), "key_file", network),
             (self.timeout.is_some(), "timeout", network),
             (self.probe_interval.is_some(), "probe_interval", etcd),
+            (
+                self.max_response_size.is_some(),
+                "max_response_size",
+                network,
+            ),
         ]
         .into_iter()
         .filter(|&(present, _, allowed)| present && !allowed)
         .map(|(_, name, _)| name)
         .collect()
     }
+}
+
+/// Smaller than this, not even an error reply fits.
+const MIN_RESPONSE_SIZE: usize = 1024;
+
+/// A `max_response_size` that leaves room for any reply at all.
+fn check_size(at: &str, n: usize) -> Result<usize> {
+    if n < MIN_RESPONSE_SIZE {
+        bail!("{at}: max_response_size = {n}: use at least {MIN_RESPONSE_SIZE} bytes");
+    }
+    Ok(n)
 }
 
 /// `--source NAME=URL`. The URL's scheme says the kind: `file:///path` (or a
@@ -404,6 +428,11 @@ fn apply_params(table: &mut SourceTable, query: &str) -> Result<(), UrlError> {
         match key.as_str() {
             "prefix" => table.prefix = Some(value),
             "timeout" if network => table.timeout = Some(parse_duration(&value)?),
+            "max_response_size" if network => {
+                table.max_response_size = Some(value.parse().map_err(|_| {
+                    format!("max_response_size={value:?}: use a whole number of bytes")
+                })?);
+            }
             "probe_interval" if etcd => table.probe_interval = Some(parse_duration(&value)?),
             "dc" if consul => table.datacenter = Some(value),
             "stale" if consul => {
@@ -487,6 +516,14 @@ mod tests {
             ("etcd=http://a:1?timeout=500000000000y", "too long"),
             ("etcd=http://a:1?dc=x", "unknown URL parameter"),
             ("etcd=http://a:notaport", "not host:port"),
+            (
+                "etcd=http://a:1?max_response_size=10",
+                "at least 1024 bytes",
+            ),
+            (
+                "consul=http://a:1?max_response_size=1MB",
+                "whole number of bytes",
+            ),
         ] {
             let err = format!("{:#}", parse_source_flag(flag).unwrap_err());
             assert!(err.contains(needle), "{flag}: {err}");

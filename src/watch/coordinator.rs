@@ -358,8 +358,10 @@ impl Coordinator {
                 self.mark(affected, "source is back");
             }
             SourceEvent::Failed { source, error } => {
-                tracing::warn!(source = %source, "source is failing: {error}; keeping the current files");
-                self.source_down(&source, &error);
+                // The watch logs each attempt; this, once per outage.
+                if self.source_down(&source, &error) {
+                    tracing::warn!(source = %source, "source is failing: {error}; keeping the current files");
+                }
             }
             event @ (SourceEvent::Members { .. }
             | SourceEvent::Failover { .. }
@@ -369,13 +371,16 @@ impl Coordinator {
         }
     }
 
-    fn source_down(&mut self, source: &str, error: &str) {
+    /// Counts a failed attempt and keeps its error as the current one;
+    /// true when the source was up until now.
+    fn source_down(&mut self, source: &str, error: &str) -> bool {
         let mut status = serve::lock(&self.status);
-        if let Some(s) = status.sources.get_mut(source) {
-            s.up = false;
-            s.errors += 1;
-            s.last_error = Some(error.to_string());
-        }
+        let Some(s) = status.sources.get_mut(source) else {
+            return false;
+        };
+        s.errors += 1;
+        s.last_error = Some(error.to_string());
+        std::mem::replace(&mut s.up, false)
     }
 
     fn file_changed(&mut self, path: &Path) {

@@ -140,14 +140,7 @@ impl Test {
     /// Runs `stencil` with the args in the test dir.
     #[must_use = "check the Output: .success(), .code(N), …"]
     pub fn run(&self) -> Output {
-        let mut cmd = match self.via.split_first() {
-            Some((program, rest)) => {
-                let mut c = Command::new(program);
-                c.args(rest).arg(BIN);
-                c
-            }
-            None => Command::new(BIN),
-        };
+        let mut cmd = self.command();
         cmd.args(&self.args)
             .current_dir(self.dir.path())
             .env_clear()
@@ -182,6 +175,18 @@ impl Test {
 }
 
 impl Test {
+    /// stencil, or the wrapper of [`Test::via`] running it.
+    fn command(&self) -> Command {
+        match self.via.split_first() {
+            Some((program, rest)) => {
+                let mut c = Command::new(program);
+                c.args(rest).arg(BIN);
+                c
+            }
+            None => Command::new(BIN),
+        }
+    }
+
     /// Starts `stencil` in the background (watch, exec) with the args; its
     /// stdout and stderr go to files outside the test directory, so they
     /// never look like data changes.
@@ -189,7 +194,7 @@ impl Test {
         let logs = tempfile::tempdir().unwrap();
         let stdout = std::fs::File::create(logs.path().join("stdout")).unwrap();
         let stderr = std::fs::File::create(logs.path().join("stderr")).unwrap();
-        let mut cmd = Command::new(BIN);
+        let mut cmd = self.command();
         cmd.args(&self.args)
             .current_dir(self.dir.path())
             .env_clear()

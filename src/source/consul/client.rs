@@ -118,7 +118,9 @@ pub(crate) struct ConsulClient {
     stale: bool,
     max_stale: Option<Duration>,
     timeout: Duration,
-    requests: AtomicU64, // sent, for tests and benchmarks
+    max_response_size: usize,
+    /// Requests sent, for tests and benchmarks.
+    requests: AtomicU64,
 }
 
 impl ConsulClient {
@@ -139,6 +141,7 @@ impl ConsulClient {
             stale: config.stale || config.max_stale.is_some(),
             max_stale: config.max_stale,
             timeout: config.timeout,
+            max_response_size: config.max_response_size,
             requests: AtomicU64::new(0),
         })
     }
@@ -290,8 +293,9 @@ impl ConsulClient {
             req = req.header("X-Consul-Token", t);
         }
         self.requests.fetch_add(1, Ordering::Relaxed);
+        let server = format!("consul at {}", self.address);
         let exchange = async {
-            let resp = req.send().await?;
+            let resp = runtime::send(req, &server).await?;
             let status = resp.status();
             let header = |name: &str| {
                 resp.headers()
@@ -309,16 +313,13 @@ impl ConsulClient {
                 ),
                 known_leader: header("X-Consul-KnownLeader").as_deref() != Some("false"),
             };
-            let body = Vec::from(resp.bytes().await?);
-            Ok::<_, reqwest::Error>((status, meta, body))
+            let body = runtime::read_body(resp, self.max_response_size, &server).await?;
+            Ok::<_, anyhow::Error>((status, meta, body))
         };
         match tokio::time::timeout(limit, exchange).await {
-            Ok(Ok(answer)) => Ok(answer),
-            Ok(Err(e)) => Err(anyhow!("{}", runtime::describe_reqwest(&e))
-                .context(format!("consul at {} did not answer", self.address))),
+            Ok(answer) => answer,
             Err(_) => bail!(
-                "consul at {} did not answer within {} (reading {what})",
-                self.address,
+                "{server} did not answer within {} (reading {what})",
                 humantime::format_duration(limit)
             ),
         }

@@ -82,6 +82,8 @@ pub struct ConsulConfig {
     /// The most blocking queries a watch parks at once (each holds a
     /// connection); more watched keys are merged into their folders.
     pub max_watch_queries: usize,
+    /// The most bytes one reply may hold.
+    pub max_response_size: usize,
 }
 
 /// What to do with a read Consul filtered by ACLs
@@ -144,6 +146,7 @@ impl ConsulConfig {
             query_wait: DEFAULT_QUERY_WAIT,
             acl_filtered: AclFiltered::Error,
             max_watch_queries: DEFAULT_MAX_WATCH_QUERIES,
+            max_response_size: crate::runtime::DEFAULT_MAX_RESPONSE_SIZE,
         }
     }
 

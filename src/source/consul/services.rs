@@ -129,10 +129,8 @@ impl ConsulSource {
                 Err(e) => {
                     let delay = backoff.next_delay();
                     let error = format!("{e:#}");
-                    tracing::warn!(source = %self.name, "consul watch of {query}: {error}; retrying in {delay:?}");
-                    if !std::mem::replace(&mut failing, true) {
-                        health.failed(error);
-                    }
+                    tracing::warn!(source = %self.name, "consul watch of {query}: {error}; next attempt in {} ms, from index {index}", delay.as_millis());
+                    health.failed(error, !std::mem::replace(&mut failing, true));
                     if until_closed(tx, tokio::time::sleep(delay)).await.is_none() {
                         return Ok(());
                     }

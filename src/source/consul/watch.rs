@@ -213,15 +213,17 @@ impl Health<'_> {
         });
     }
 
-    pub(super) fn failed(&self, error: String) {
+    /// One failed attempt; `first`: of a query's streak. Every attempt is
+    /// reported, so `/status` counts each and shows the latest error.
+    pub(super) fn failed(&self, error: String, first: bool) {
         let mut n = self.failing.lock().unwrap_or_else(|e| e.into_inner());
-        *n += 1;
-        if *n == 1 {
-            let _ = self.tx.send(SourceEvent::Failed {
-                source: self.source.to_string(),
-                error,
-            });
+        if first {
+            *n += 1;
         }
+        let _ = self.tx.send(SourceEvent::Failed {
+            source: self.source.to_string(),
+            error,
+        });
     }
 
     pub(super) fn up(&self) {
@@ -282,15 +284,12 @@ impl<'a> Run<'a> {
             .await
     }
 
-    /// Reports the first failure of a streak; the delay before retrying.
+    /// Reports a failed attempt; the delay before retrying.
     fn failed(&mut self, e: &anyhow::Error, health: &Health<'_>) -> Duration {
         let delay = self.backoff.next_delay();
         let error = format!("{e:#}");
-        tracing::warn!(source = %self.source.name, "consul watch of {}: {error}; retrying from index {} in {delay:?}", self.what, self.index);
-        if !self.failing {
-            self.failing = true;
-            health.failed(error);
-        }
+        tracing::warn!(source = %self.source.name, "consul watch of {}: {error}; next attempt in {} ms, from index {}", self.what, delay.as_millis(), self.index);
+        health.failed(error, !std::mem::replace(&mut self.failing, true));
         delay
     }
 

@@ -122,6 +122,8 @@ pub struct EtcdClient {
     http: reqwest::Client,
     /// The bound on every request but the watch stream.
     timeout: Duration,
+    /// The most bytes one reply or one watch message may hold.
+    max_response_size: usize,
     pub(super) members: Members,
     credentials: Option<(String, String)>,
     token: Mutex<Option<String>>,
@@ -154,6 +156,7 @@ impl EtcdClient {
             // stream; reads carry their own timeout.
             http: runtime::http_client(&config.tls, config.timeout, true)?,
             timeout: config.timeout,
+            max_response_size: config.max_response_size,
             members: Members::new(endpoints),
             credentials: credentials(config)?,
             token: Mutex::new(None),
@@ -164,6 +167,15 @@ impl EtcdClient {
     /// The bound on every request but the watch stream.
     pub(super) fn timeout(&self) -> Duration {
         self.timeout
+    }
+
+    pub(super) fn has_credentials(&self) -> bool {
+        self.credentials.is_some()
+    }
+
+    /// The most bytes one reply or one watch message may hold.
+    pub(super) fn max_response_size(&self) -> usize {
+        self.max_response_size
     }
 
     /// The endpoints as the user wrote them, for messages.
@@ -230,6 +242,8 @@ impl EtcdClient {
             let shown = self.members.shown(i);
             let (status, bytes) = match self.send(i, path, body, token, self.timeout).await {
                 Ok(answer) => answer,
+                // It answered: too much.
+                Err(e) if e.is::<runtime::TooLarge>() => return Err(e),
                 Err(e) => {
                     self.give_up(i, &format!("{e:#}"));
                     last_error = Some(e.context(format!("etcd at {shown} did not answer")));
@@ -264,14 +278,18 @@ impl EtcdClient {
     ) -> Result<(reqwest::StatusCode, Vec<u8>)> {
         self.requests.fetch_add(1, Ordering::Relaxed);
         let req = self.request(i, path, body, token);
+        let shown = format!("etcd at {}", self.members.shown(i));
         let exchange = async {
-            let resp = req.send().await?;
+            let resp = req
+                .send()
+                .await
+                .map_err(|e| anyhow!("{}", runtime::describe_reqwest(&e)))?;
             let status = resp.status();
-            Ok::<_, reqwest::Error>((status, resp.bytes().await?.to_vec()))
+            let body = runtime::read_body(resp, self.max_response_size, &shown).await?;
+            Ok::<_, anyhow::Error>((status, body))
         };
         match tokio::time::timeout(timeout, exchange).await {
-            Ok(Ok(answer)) => Ok(answer),
-            Ok(Err(e)) => Err(anyhow!("{}", runtime::describe_reqwest(&e))),
+            Ok(answer) => answer,
             Err(_) => Err(anyhow!("no answer within {timeout:?} (timed out)")),
         }
     }
@@ -388,7 +406,7 @@ impl EtcdClient {
             let req = self.request(i, "v3/watch", body, token.as_deref());
             let error = match tokio::time::timeout(self.timeout, req.send()).await {
                 Ok(Ok(resp)) if resp.status() == reqwest::StatusCode::SERVICE_UNAVAILABLE => {
-                    let bytes = resp.bytes().await.unwrap_or_default();
+                    let bytes = self.error_body(resp, shown).await;
                     gateway_error(reqwest::StatusCode::SERVICE_UNAVAILABLE, &bytes, shown)
                 }
                 Ok(Ok(resp)) => {
@@ -416,12 +434,23 @@ impl EtcdClient {
         if status.is_success() {
             return Ok(resp);
         }
-        let bytes = resp.bytes().await.unwrap_or_default();
+        let bytes = self.error_body(resp, endpoint).await;
         let e = gateway_error(status, &bytes, endpoint);
         if is_auth_expired(&e) {
             self.forget_token();
         }
         Err(e)
+    }
+
+    /// The body of an error reply, within the size cap and the timeout;
+    /// empty when it cannot be read.
+    async fn error_body(&self, resp: reqwest::Response, endpoint: &str) -> Vec<u8> {
+        let server = format!("etcd at {endpoint}");
+        let read = runtime::read_body(resp, self.max_response_size, &server);
+        match tokio::time::timeout(self.timeout, read).await {
+            Ok(Ok(body)) => body,
+            _ => Vec::new(),
+        }
     }
 
     /// Any gateway call, for tests and tools (user and role setup).

@@ -61,6 +61,8 @@ pub struct EtcdConfig {
     /// take half of it (at most `timeout`).
     #[serde(with = "crate::spec::duration_serde")]
     pub probe_interval: Duration,
+    /// The most bytes one reply or one watch message may hold.
+    pub max_response_size: usize,
 }
 
 /// Without the password: a Debug print must not leak it.
@@ -75,6 +77,7 @@ impl fmt::Debug for EtcdConfig {
             .field("tls", &self.tls)
             .field("timeout", &self.timeout)
             .field("probe_interval", &self.probe_interval)
+            .field("max_response_size", &self.max_response_size)
             .finish()
     }
 }
@@ -110,6 +113,7 @@ impl EtcdConfig {
             },
             timeout: DEFAULT_TIMEOUT,
             probe_interval: DEFAULT_PROBE_INTERVAL,
+            max_response_size: crate::runtime::DEFAULT_MAX_RESPONSE_SIZE,
         }
     }
 }

@@ -51,6 +51,10 @@ struct WatchEvent {
     kv: Option<Kv>,
 }
 
+/// The longest wait between attempts to reach etcd while it is down: how
+/// late, at most, a returned etcd is noticed.
+const RECONNECT_CAP: Duration = Duration::from_millis(500);
+
 /// Why one stream ended.
 enum WatchEnd {
     ReceiverGone,
@@ -81,6 +85,7 @@ impl EtcdSource {
             next: start_revision.max(0),
             failing: false,
             created: false,
+            reauthenticated: false,
         };
         watch.run().await
     }
@@ -104,6 +109,9 @@ struct Watch<'a> {
     failing: bool,
     /// Whether the current stream said it was created.
     created: bool,
+    /// Whether a PermissionDenied was answered by authenticating again,
+    /// since the last stream etcd created.
+    reauthenticated: bool,
 }
 
 impl Watch<'_> {
@@ -114,8 +122,14 @@ impl Watch<'_> {
     /// Opens streams until the receiver is gone: at once on the next
     /// member when an established stream's member fails, with backoff
     /// when no member serves. An error only when etcd refuses the watch.
+    ///
+    /// The backoff is capped at [`RECONNECT_CAP`]: a refused connection
+    /// costs etcd nothing, and a longer delay is how long a returned etcd
+    /// goes unnoticed (a 2 s outage took 52 s to recover when the delay
+    /// grew to a minute). Every failed attempt is reported, so `/status`
+    /// shows the latest error and counts each one.
     async fn run(&mut self) -> Result<()> {
-        let mut backoff = Backoff::default();
+        let mut backoff = Backoff::capped(RECONNECT_CAP);
         loop {
             let retry = match self.once().await {
                 Ok(WatchEnd::ReceiverGone) => return Ok(()),
@@ -144,14 +158,12 @@ impl Watch<'_> {
                 return Ok(());
             }
             let delay = backoff.next_delay();
-            tracing::warn!(source = %self.name(), "etcd watch: {retry}; resuming from revision {} in {delay:?}", self.next);
-            if !self.failing {
-                self.failing = true;
-                let _ = self.tx.send(SourceEvent::Failed {
-                    source: self.name().to_string(),
-                    error: retry,
-                });
-            }
+            tracing::warn!(source = %self.name(), "etcd watch: {retry}; next attempt in {} ms, from revision {}", delay.as_millis(), self.next);
+            self.failing = true;
+            let _ = self.tx.send(SourceEvent::Failed {
+                source: self.name().to_string(),
+                error: retry,
+            });
             tokio::time::sleep(delay).await;
         }
     }
@@ -225,6 +237,7 @@ impl Watch<'_> {
         let probe = source.probe_until_failure(member, &key, tx);
         tokio::pin!(probe);
         let mut stream = resp.bytes_stream();
+        let cap = source.client.max_response_size();
         let mut buf: Vec<u8> = Vec::new();
         loop {
             let chunk = tokio::select! {
@@ -232,19 +245,36 @@ impl Watch<'_> {
                 why = &mut probe => return Ok(WatchEnd::Broke(why)),
             };
             let chunk = match chunk {
-                None => return Ok(WatchEnd::Broke("the watch stream ended".into())),
+                None => {
+                    return Ok(WatchEnd::Broke(format!(
+                        "etcd at {endpoint} ended the watch stream"
+                    )));
+                }
                 Some(Err(e)) => {
                     let why = crate::runtime::describe_reqwest(&e);
-                    return Ok(WatchEnd::Broke(format!("the watch stream broke: {why}")));
+                    return Ok(WatchEnd::Broke(format!(
+                        "the watch stream from etcd at {endpoint} broke: {why}"
+                    )));
                 }
                 Some(Ok(chunk)) => chunk,
             };
+            // Only the new bytes are searched for a newline: searching the
+            // whole buffer each time made a stream without newlines cost
+            // quadratic CPU.
+            let mut searched = buf.len();
             buf.extend_from_slice(&chunk);
-            while let Some(pos) = buf.iter().position(|&b| b == b'\n') {
-                let line: Vec<u8> = buf.drain(..=pos).collect();
+            while let Some(pos) = buf[searched..].iter().position(|&b| b == b'\n') {
+                let line: Vec<u8> = buf.drain(..=searched + pos).collect();
+                searched = 0;
+                if line.len() > cap {
+                    return Ok(over_cap(&endpoint, cap));
+                }
                 if let Some(end) = self.handle_line(&line, &endpoint)? {
                     return Ok(end);
                 }
+            }
+            if buf.len() > cap {
+                return Ok(over_cap(&endpoint, cap));
             }
             if self.tx.is_closed() {
                 return Ok(WatchEnd::ReceiverGone);
@@ -293,12 +323,22 @@ impl Watch<'_> {
 
     /// Why etcd canceled the stream: compaction ends it for a resync,
     /// permission for good, anything else for a retry.
-    fn canceled(&self, result: &WatchResult) -> Result<WatchEnd> {
+    fn canceled(&mut self, result: &WatchResult) -> Result<WatchEnd> {
         if result.compact_revision > 0 {
             return Ok(WatchEnd::Compacted(result.compact_revision));
         }
         let reason = &result.cancel_reason;
         if reason.contains("PermissionDenied") || reason.contains("permission denied") {
+            // etcd cancels a watch whose token it no longer knows (a
+            // restart drops simple tokens) with the same PermissionDenied
+            // as a missing permission: authenticate again once before
+            // believing it, or a restart would end the watch for good.
+            if self.source.client.has_credentials()
+                && !std::mem::replace(&mut self.reauthenticated, true)
+            {
+                self.source.client.forget_token();
+                bail!("etcd canceled the watch: {reason}; authenticating again");
+            }
             return Err(EtcdError::Denied(format!("etcd canceled the watch: {reason}")).into());
         }
         if reason.contains("invalid auth token") || reason.contains("Unauthenticated") {
@@ -309,6 +349,7 @@ impl Watch<'_> {
 
     fn created(&mut self, revision: i64) {
         self.created = true;
+        self.reauthenticated = false;
         tracing::debug!(source = %self.name(), "etcd watch created at revision {revision}");
         if self.next == 0 {
             // Watching "from now": now has a number, and a reconnect must
@@ -339,6 +380,13 @@ impl Watch<'_> {
         changed.dedup();
         changed
     }
+}
+
+/// A watch message over `max_response_size`: the stream is given up on.
+fn over_cap(endpoint: &str, cap: usize) -> WatchEnd {
+    WatchEnd::Broke(format!(
+        "etcd at {endpoint} sent a watch message over the {cap}-byte limit (max_response_size)"
+    ))
 }
 
 /// Whether a watched key or folder covers an etcd key: equal, or the key is
