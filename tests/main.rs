@@ -19,5 +19,6 @@ mod render;
 mod rollback;
 mod secrets;
 mod shape;
+mod snapshot;
 mod subst;
 mod watch;

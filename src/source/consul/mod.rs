@@ -29,6 +29,7 @@ use crate::runtime::{self, Tls};
 
 mod client;
 mod plan;
+mod snapshot;
 mod watch;
 
 pub(crate) use client::ConsulClient;
@@ -185,13 +186,27 @@ struct Read<T> {
     value: T,
 }
 
-/// Reads cached for one snapshot, keyed by Consul key.
-#[derive(Debug, Default)]
+/// The snapshot templates read, keyed by Consul key: kept between
+/// batches and brought forward by the watch's answers (`snapshot.rs`).
+#[derive(Default)]
 struct Cache {
     /// Folder (a Consul key ending in `/`, or "" for everything) -> its
     /// keys (full Consul keys, folder markers left out) and values.
     folders: HashMap<String, Read<BTreeMap<String, String>>>,
     keys: HashMap<String, Read<Option<String>>>,
+    /// The watch's answers since the last batch began.
+    pending: Vec<snapshot::Update>,
+}
+
+/// Without the values: a Debug print must not leak them.
+impl fmt::Debug for Cache {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Cache")
+            .field("folders", &self.folders.keys().collect::<Vec<_>>())
+            .field("keys", &self.keys.keys().collect::<Vec<_>>())
+            .field("pending", &self.pending)
+            .finish()
+    }
 }
 
 impl Cache {
@@ -331,8 +346,10 @@ impl Source for ConsulSource {
         format!("consul {}", self.client.address())
     }
 
+    /// Brings the snapshot forward by the watch's answers since the last
+    /// batch; what they cannot vouch for is dropped and read again.
     fn refresh(&self) {
-        *self.lock() = Cache::default();
+        self.lock().advance();
     }
 
     fn requests(&self) -> Option<u64> {

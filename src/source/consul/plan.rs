@@ -98,6 +98,7 @@ impl ConsulSource {
             .unwrap_or_else(|e| e.into_inner())
             .clone();
         let mut queries = fit(queries, self.max_watch_queries, &unlistable);
+        self.lock().retain_covered(&queries);
         if queries.len() < before && !self.bounded.swap(true, Ordering::Relaxed) {
             tracing::warn!(source = %self.name, "consul watch needs {before} blocking queries, more than max_watch_queries = {}; merging keys into the folders holding them ({} queries); changes to keys nobody reads in those folders are fetched and ignored", self.max_watch_queries, queries.len());
         }
