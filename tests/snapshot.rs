@@ -32,7 +32,9 @@ struct Watch {
 impl Watch {
     fn start(source: Arc<dyn Source>, spec: WatchSpec) -> Watch {
         let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
-        let future = source.watch("kv".into(), spec, tx).expect("a network source");
+        let future = source
+            .watch("kv".into(), spec, tx)
+            .expect("a network source");
         Watch {
             rx,
             task: stencil::async_runtime().spawn(future),
@@ -45,9 +47,10 @@ impl Watch {
         let deadline = Instant::now() + Duration::from_secs(60);
         loop {
             let left = deadline.saturating_duration_since(Instant::now());
-            let event = stencil::block_on(async { tokio::time::timeout(left, self.rx.recv()).await })
-                .unwrap_or_else(|_| panic!("no {what} in time"))
-                .expect("the watch ended");
+            let event =
+                stencil::block_on(async { tokio::time::timeout(left, self.rx.recv()).await })
+                    .unwrap_or_else(|_| panic!("no {what} in time"))
+                    .expect("the watch ended");
             if want(&event) {
                 return;
             }
@@ -56,9 +59,10 @@ impl Watch {
 
     #[track_caller]
     fn changed(&mut self, key: &str) {
-        self.until(&format!("change of {key}"), |e| {
-            matches!(e, SourceEvent::Changed { keys, .. } if keys.iter().any(|k| k == key))
-        });
+        self.until(
+            &format!("change of {key}"),
+            |e| matches!(e, SourceEvent::Changed { keys, .. } if keys.iter().any(|k| k == key)),
+        );
     }
 }
 
@@ -162,7 +166,10 @@ fn etcd_keys_under_one_folder_are_read_with_one_request() {
     let source = Arc::new(EtcdSource::new("kv", &etcd.config(None)).unwrap());
     let before = etcd_requests(&source);
     for i in 0..50 {
-        assert_eq!(get(&*source, &format!("fan/t1/k{i:02}")), Some(format!("v{i}")));
+        assert_eq!(
+            get(&*source, &format!("fan/t1/k{i:02}")),
+            Some(format!("v{i}"))
+        );
     }
     assert_eq!(get(&*source, "fan/t1/missing"), None);
     // The first key alone; at the second, a count and the folder whole.
@@ -194,10 +201,7 @@ fn consul_a_change_is_read_from_the_blocking_reply_without_asking_again() {
     assert_eq!(get(&*source, "app/host").as_deref(), Some("one"));
     assert_eq!(get(&*source, "app/port").as_deref(), Some("80"));
     assert_eq!(get(&*source, "solo").as_deref(), Some("s"));
-    let mut watch = Watch::start(
-        source.clone(),
-        spec(&["app/host", "app/port", "solo"], &[]),
-    );
+    let mut watch = Watch::start(source.clone(), spec(&["app/host", "app/port", "solo"], &[]));
     server.put("app/host", "two");
     watch.changed("app/host");
     server.put("solo", "t");
@@ -207,7 +211,11 @@ fn consul_a_change_is_read_from_the_blocking_reply_without_asking_again() {
     assert_eq!(get(&*source, "app/host").as_deref(), Some("two"));
     assert_eq!(get(&*source, "app/port").as_deref(), Some("80"));
     assert_eq!(get(&*source, "solo").as_deref(), Some("t"));
-    assert_eq!(plain_reads(&server), before, "the replies were the new data");
+    assert_eq!(
+        plain_reads(&server),
+        before,
+        "the replies were the new data"
+    );
 }
 
 #[test]

@@ -207,15 +207,16 @@ impl Cache {
     /// it changes.
     pub(super) fn retain_covered(&mut self, queries: &[Query]) {
         let covers = |k: &str| {
-            queries
-                .iter()
-                .any(|q| if q.recurse { in_folder(&q.key, k) } else { q.key == k })
+            queries.iter().any(|q| {
+                if q.recurse {
+                    in_folder(&q.key, k)
+                } else {
+                    q.key == k
+                }
+            })
         };
-        self.folders.retain(|g, _| {
-            queries
-                .iter()
-                .any(|q| q.recurse && in_folder(&q.key, g))
-        });
+        self.folders
+            .retain(|g, _| queries.iter().any(|q| q.recurse && in_folder(&q.key, g)));
         self.keys.retain(|k, _| covers(k));
     }
 }

@@ -76,10 +76,7 @@ impl Cache {
         if let Some((v, _)) = self.values.get(key) {
             return Some(v.clone());
         }
-        self.complete
-            .iter()
-            .any(|p| holds(p, key))
-            .then_some(None)
+        self.complete.iter().any(|p| holds(p, key)).then_some(None)
     }
 
     /// Every key under `folder` with its value, when the folder is known.
@@ -213,7 +210,13 @@ impl Cache {
         }
     }
 
-    fn apply(&mut self, prefix: &str, from: i64, to: i64, changes: Vec<(String, Option<String>, i64)>) {
+    fn apply(
+        &mut self,
+        prefix: &str,
+        from: i64,
+        to: i64,
+        changes: Vec<(String, Option<String>, i64)>,
+    ) {
         let Some(revision) = self.revision else {
             return;
         };
@@ -222,7 +225,9 @@ impl Cache {
         }
         if from > revision + 1 {
             // A gap: what happened in between is unknown.
-            tracing::debug!("etcd snapshot at revision {revision} dropped: the watch went on from {from}");
+            tracing::debug!(
+                "etcd snapshot at revision {revision} dropped: the watch went on from {from}"
+            );
             self.clear();
             return;
         }
@@ -267,7 +272,11 @@ mod tests {
             ..Cache::default()
         };
         c.insert_key("/a/x".into(), Some("1".into()), revision);
-        c.insert_folder("/a/f/".into(), vec![("/a/f/1".into(), "one".into())], revision);
+        c.insert_folder(
+            "/a/f/".into(),
+            vec![("/a/f/1".into(), "one".into())],
+            revision,
+        );
         c
     }
 
@@ -297,7 +306,12 @@ mod tests {
     #[test]
     fn a_gap_drops_the_snapshot() {
         let mut c = cache_at(10);
-        c.queue(&"/a/".into(), 14, 15, vec![("/a/x".into(), Some("3".into()), 15)]);
+        c.queue(
+            &"/a/".into(),
+            14,
+            15,
+            vec![("/a/x".into(), Some("3".into()), 15)],
+        );
         c.advance();
         assert_eq!(c.revision, None);
         assert_eq!(c.get("/a/x"), None);
@@ -317,7 +331,12 @@ mod tests {
     #[test]
     fn a_read_racing_a_skipped_event_is_not_kept() {
         let mut c = cache_at(10);
-        c.queue(&"/a/".into(), 11, 11, vec![("/a/new".into(), Some("n".into()), 11)]);
+        c.queue(
+            &"/a/".into(),
+            11,
+            11,
+            vec![("/a/new".into(), Some("n".into()), 11)],
+        );
         // Read pinned at 10, after the event for it went by unqueued.
         c.insert_key("/a/new".into(), Some("old".into()), 10);
         assert_eq!(c.get("/a/new"), None);
@@ -329,7 +348,12 @@ mod tests {
     #[test]
     fn events_the_snapshot_already_has_are_not_applied_again() {
         let mut c = cache_at(10);
-        c.queue(&"/a/".into(), 9, 10, vec![("/a/x".into(), Some("0".into()), 9)]);
+        c.queue(
+            &"/a/".into(),
+            9,
+            10,
+            vec![("/a/x".into(), Some("0".into()), 9)],
+        );
         c.advance();
         assert_eq!(c.get("/a/x"), Some(Some("1".into())));
         assert_eq!(c.revision, Some(10));

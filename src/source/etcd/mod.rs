@@ -128,6 +128,14 @@ const GROUP_LIMIT: usize = 10_000;
 /// Grouped reads look at most this many folders above a key.
 const GROUP_LEVELS: usize = 2;
 
+/// One range read: full keys and values, the revision they are valid at,
+/// and whether a limit left keys out.
+struct Read {
+    kvs: Vec<(String, String)>,
+    at: i64,
+    more: bool,
+}
+
 pub struct EtcdSource {
     name: String,
     client: EtcdClient,
@@ -229,15 +237,9 @@ impl EtcdSource {
     /// empty snapshot sets it): the keys and values, the revision they are
     /// valid at, and whether `limit` left keys out. A compacted pin drops
     /// the snapshot and reads at the current revision.
-    fn read(
-        &self,
-        key: &[u8],
-        range_end: Option<&[u8]>,
-        limit: Option<usize>,
-    ) -> Result<(Vec<(String, String)>, i64, bool)> {
+    fn read(&self, key: &[u8], range_end: Option<&[u8]>, limit: Option<usize>) -> Result<Read> {
         let pinned = self.lock().revision;
-        let (resp, at) = match runtime::block_on(self.client.range(key, range_end, pinned, limit))
-        {
+        let (resp, at) = match runtime::block_on(self.client.range(key, range_end, pinned, limit)) {
             Err(e) if pinned.is_some() && EtcdError::is_compacted(&e) => {
                 self.lock().clear();
                 let resp = runtime::block_on(self.client.range(key, range_end, None, limit))?;
@@ -262,7 +264,11 @@ impl EtcdSource {
             .iter()
             .map(|kv| self.decode(kv))
             .collect::<Result<_>>()?;
-        Ok((kvs, at, resp.more))
+        Ok(Read {
+            kvs,
+            at,
+            more: resp.more,
+        })
     }
 
     /// Reads a folder above `full` whole when several of its keys missed
@@ -294,7 +300,7 @@ impl EtcdSource {
                 self.lock().too_big.insert(folder);
                 continue;
             }
-            let (kvs, at, more) = self.read(&key, Some(&end), Some(GROUP_LIMIT))?;
+            let Read { kvs, at, more } = self.read(&key, Some(&end), Some(GROUP_LIMIT))?;
             if more {
                 self.lock().too_big.insert(folder);
                 continue;
@@ -373,7 +379,7 @@ impl Source for EtcdSource {
         if let Some(value) = self.read_grouped(&full)? {
             return Ok(value);
         }
-        let (kvs, at, _) = self.read(full.as_bytes(), None, None)?;
+        let Read { kvs, at, .. } = self.read(full.as_bytes(), None, None)?;
         let value = kvs.into_iter().next().map(|(_, v)| v);
         self.lock().insert_key(full, value.clone(), at);
         Ok(value)
@@ -395,7 +401,7 @@ impl Source for EtcdSource {
             return Ok(relative(&kvs));
         }
         let (key, end) = prefix_range(&folder);
-        let (kvs, at, _) = self.read(&key, Some(&end), None)?;
+        let Read { kvs, at, .. } = self.read(&key, Some(&end), None)?;
         let out = relative(&kvs);
         self.lock().insert_folder(folder, kvs, at);
         Ok(out)

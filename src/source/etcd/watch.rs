@@ -293,6 +293,7 @@ impl Watch<'_> {
         if changed.is_empty() {
             return Ok(None);
         }
+        tracing::debug!(source = %self.name(), "etcd watch: {} watched key(s) changed, up to revision {}", changed.len(), self.next - 1);
         let event = SourceEvent::Changed {
             source: self.name().to_string(),
             keys: changed,
@@ -353,7 +354,9 @@ impl Watch<'_> {
                     }
                 }
             };
-            let Ok(key) = B64.decode(&kv.key) else { continue };
+            let Ok(key) = B64.decode(&kv.key) else {
+                continue;
+            };
             let key = String::from_utf8_lossy(&key).into_owned();
             changes.push((key, value, kv.mod_revision));
         }
