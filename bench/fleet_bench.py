@@ -101,6 +101,8 @@ def start_fleet(backend, args, work):
         for sub in ("cfg", "tpl", "out"):
             os.makedirs(os.path.join(d, sub), exist_ok=True)
         cfg = ["[sources.kv]", backend.source_toml()]
+        if backend.kind == "consul" and args.consul_max_queries:
+            cfg.append(f"max_watch_queries = {args.consul_max_queries}")
         for t in range(args.templates):
             src = os.path.join(d, "tpl", f"t{t}.j2")
             with open(src, "w") as f:
@@ -232,6 +234,10 @@ def main():
     ap.add_argument("--gap-ms", type=float, default=50)
     ap.add_argument("--backends", default="etcd,consul")
     ap.add_argument("--consul-test-binary")
+    ap.add_argument("--consul-max-queries", type=int, default=1,
+                    help="max_watch_queries of the Consul source: 1 merges every watched key "
+                         "into one blocking query (one connection) per instance; 0 keeps "
+                         "stencil's default (64), one query per folder of keys")
     args = ap.parse_args()
     # A private copy: a rebuild during the run would mix two versions.
     copy_dir = tempfile.mkdtemp(prefix="stencil-fleet-bin-")
