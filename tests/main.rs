@@ -22,5 +22,6 @@ mod rollback;
 mod secrets;
 mod services;
 mod shape;
+mod snapshot;
 mod subst;
 mod watch;

@@ -163,21 +163,22 @@ impl Pipeline {
     /// fails puts back the files with `on_reload_failure = "restore"` it
     /// was reloading onto ([`Pipeline::run_reload`]).
     pub(crate) fn run(&mut self, which: &[usize], opts: &Options, out: &mut dyn Write) -> Report {
-        let rendered = self.render_waiting(which, opts);
         let mut report = Report::default();
         let mut reloads: Vec<Reload> = Vec::new();
-        for (index, result, deps) in rendered {
-            let result = result.and_then(|text| {
-                self.install_one(index, text.as_bytes(), opts, out, &mut report, &mut reloads)
-            });
-            if let Err(e) = &result {
-                tracing::debug!("{e:#}");
+        if opts.wait_for_data.is_some() {
+            for rendered in self.render_waiting(which, opts) {
+                self.deliver_rendered(rendered, opts, out, &mut report, &mut reloads);
             }
-            report.units.push(UnitReport {
-                index,
-                result,
-                deps,
-            });
+        } else {
+            // Each file is installed as soon as its template renders: of a
+            // thousand templates, the first lands long before the last is
+            // rendered.
+            for &index in which {
+                let started = Instant::now();
+                let (result, deps) = self.render_one(index);
+                tracing::debug!(template = %self.units[index].spec.source.display(), "rendered in {:?}", started.elapsed());
+                self.deliver_rendered((index, result, deps), opts, out, &mut report, &mut reloads);
+            }
         }
         if !opts.dry_run && !opts.no_reload {
             for reload in reloads {
@@ -185,6 +186,42 @@ impl Pipeline {
             }
         }
         report
+    }
+
+    /// Renders one template from the sources as they are.
+    fn render_one(&self, index: usize) -> (Result<String>, Deps) {
+        let unit = &self.units[index];
+        let scope = Scope {
+            sources: self.sources.clone(),
+            default_source: unit.default_source.clone(),
+        };
+        let r = unit.template.render(&scope);
+        (r.result, r.deps)
+    }
+
+    /// Installs one rendered template (or records why not) in `report`.
+    fn deliver_rendered(
+        &mut self,
+        (index, result, deps): (usize, Result<String>, Deps),
+        opts: &Options,
+        out: &mut dyn Write,
+        report: &mut Report,
+        reloads: &mut Vec<Reload>,
+    ) {
+        let started = Instant::now();
+        let result = result
+            .and_then(|text| self.install_one(index, text.as_bytes(), opts, out, report, reloads));
+        match &result {
+            Err(e) => tracing::debug!("{e:#}"),
+            Ok(outcome) => {
+                tracing::debug!(template = %self.units[index].spec.source.display(), "{outcome:?} in {:?}", started.elapsed());
+            }
+        }
+        report.units.push(UnitReport {
+            index,
+            result,
+            deps,
+        });
     }
 
     /// Delivers one rendered template and notes the reload it needs.
@@ -378,13 +415,8 @@ impl Pipeline {
             let results: Vec<_> = which
                 .iter()
                 .map(|&i| {
-                    let unit = &self.units[i];
-                    let scope = Scope {
-                        sources: self.sources.clone(),
-                        default_source: unit.default_source.clone(),
-                    };
-                    let r = unit.template.render(&scope);
-                    (i, r.result, r.deps)
+                    let (result, deps) = self.render_one(i);
+                    (i, result, deps)
                 })
                 .collect();
             let waiting: Vec<_> = results

@@ -31,6 +31,7 @@ use crate::runtime::{self, Tls};
 mod client;
 mod plan;
 mod services;
+mod snapshot;
 mod watch;
 
 pub(crate) use client::ConsulClient;
@@ -190,14 +191,31 @@ struct Read<T> {
     value: T,
 }
 
-/// Reads cached for one snapshot, keyed by Consul key.
-#[derive(Debug, Default)]
+/// The snapshot templates read, keyed by Consul key: kept between
+/// batches and brought forward by the watch's answers (`snapshot.rs`).
+#[derive(Default)]
 struct Cache {
     /// Folder (a Consul key ending in `/`, or "" for everything) -> its
     /// keys (full Consul keys, folder markers left out) and values.
     folders: HashMap<String, Read<BTreeMap<String, String>>>,
     keys: HashMap<String, Read<Option<String>>>,
+    /// Kept for one batch only: a catalog watch reports that an answer
+    /// changed, not the answer, so `advance` drops these.
     catalog: HashMap<CatalogQuery, Read<CatalogData>>,
+    /// The watch's answers since the last batch began.
+    pending: Vec<snapshot::Update>,
+}
+
+/// Without the values: a Debug print must not leak them.
+impl fmt::Debug for Cache {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Cache")
+            .field("folders", &self.folders.keys().collect::<Vec<_>>())
+            .field("keys", &self.keys.keys().collect::<Vec<_>>())
+            .field("catalog", &self.catalog.keys().collect::<Vec<_>>())
+            .field("pending", &self.pending)
+            .finish()
+    }
 }
 
 impl Cache {
@@ -340,8 +358,10 @@ impl Source for ConsulSource {
         format!("consul {}", self.client.address())
     }
 
+    /// Brings the snapshot forward by the watch's answers since the last
+    /// batch; what they cannot vouch for is dropped and read again.
     fn refresh(&self) {
-        *self.lock() = Cache::default();
+        self.lock().advance();
     }
 
     fn catalog(&self, query: &CatalogQuery) -> Result<CatalogData> {

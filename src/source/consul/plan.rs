@@ -100,6 +100,7 @@ impl ConsulSource {
         // Catalog queries cannot be merged: each is one of the bound.
         let bound = self.max_watch_queries.saturating_sub(spec.catalog.len());
         let mut queries = fit(queries, bound, &unlistable);
+        self.lock().retain_covered(&queries);
         if queries.len() < before && !self.bounded.swap(true, Ordering::Relaxed) {
             tracing::warn!(source = %self.name, "consul watch needs {before} blocking queries, more than max_watch_queries = {}; merging keys into the folders holding them ({} queries); changes to keys nobody reads in those folders are fetched and ignored", self.max_watch_queries, queries.len());
         }

@@ -22,6 +22,7 @@ use tokio::time::Instant;
 
 use super::client::{Reply, is_denied};
 use super::plan::{Content, Query};
+use super::snapshot::Update;
 use super::{ConsulSource, Read, in_folder};
 use crate::runtime::Backoff;
 use crate::source::SourceEvent;
@@ -162,6 +163,8 @@ impl ConsulSource {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .insert(folder.to_string());
+        // The split queries cover less than the merged one did.
+        self.lock().invalidate();
         if first {
             tracing::warn!(source = %self.name, "consul {why} the query on folder {folder:?}, which stencil merged the watched keys in it into (with acl.enable_key_list_policy a recursive read needs list on the folder, which read does not grant); watching those keys one by one");
         }
@@ -289,7 +292,13 @@ impl<'a> Run<'a> {
         let delay = self.backoff.next_delay();
         let error = format!("{e:#}");
         tracing::warn!(source = %self.source.name, "consul watch of {}: {error}; next attempt in {} ms, from index {}", self.what, delay.as_millis(), self.index);
-        health.failed(error, !std::mem::replace(&mut self.failing, true));
+        let first = !std::mem::replace(&mut self.failing, true);
+        if first {
+            // What changes while it fails goes unseen: the snapshot is read
+            // again.
+            self.source.lock().invalidate();
+        }
+        health.failed(error, first);
         delay
     }
 
@@ -331,6 +340,14 @@ impl<'a> Run<'a> {
             None => content.keys().cloned().collect(),
         };
         let content = Arc::new(content);
+        // Before the coordinator hears of the change: the render it causes
+        // reads the new content from the snapshot.
+        self.source.lock().queue(Update::Reply {
+            key: self.key.clone(),
+            recurse: self.recurse,
+            index: reply.index,
+            content: content.clone(),
+        });
         self.source.watched().insert(
             (self.recurse, self.key.clone()),
             Read {

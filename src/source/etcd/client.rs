@@ -52,7 +52,7 @@ pub(super) struct RangeResponse {
     #[serde(default)]
     pub(super) kvs: Vec<Kv>,
     #[serde(default)]
-    more: bool,
+    pub(super) more: bool,
 }
 
 #[derive(Debug, Deserialize)]
@@ -364,12 +364,14 @@ impl EtcdClient {
     }
 
     /// Reads `[key, range_end)` (or one key without `range_end`), at
-    /// `revision` when given.
+    /// `revision` when given, at most `limit` keys when given (then `more`
+    /// says whether there were more).
     pub(super) async fn range(
         &self,
         key: &[u8],
         range_end: Option<&[u8]>,
         revision: Option<i64>,
+        limit: Option<usize>,
     ) -> Result<RangeResponse> {
         let mut body = json!({ "key": B64.encode(key) });
         if let Some(end) = range_end {
@@ -378,13 +380,33 @@ impl EtcdClient {
         if let Some(rev) = revision {
             body["revision"] = json!(rev.to_string());
         }
+        if let Some(limit) = limit {
+            body["limit"] = json!(limit.to_string());
+        }
         let resp: RangeResponse = self.call("v3/kv/range", &body).await?;
-        if resp.more {
+        if resp.more && limit.is_none() {
             bail!(
                 "etcd returned a partial range; stencil does not set a limit, so this should not happen"
             );
         }
         Ok(resp)
+    }
+
+    /// How many keys `[key, range_end)` holds now (`count_only`: etcd
+    /// counts without sending them).
+    pub(super) async fn count(&self, key: &[u8], range_end: &[u8]) -> Result<u64> {
+        #[derive(Deserialize)]
+        struct Count {
+            #[serde(default, deserialize_with = "de_i64")]
+            count: i64,
+        }
+        let body = json!({
+            "key": B64.encode(key),
+            "range_end": B64.encode(range_end),
+            "count_only": true,
+        });
+        let resp: Count = self.call("v3/kv/range", &body).await?;
+        Ok(u64::try_from(resp.count).unwrap_or(0))
     }
 
     /// Opens a watch stream with the `create_request` `body`, trying the

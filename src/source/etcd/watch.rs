@@ -9,6 +9,7 @@
 //! [`SourceEvent::Resync`]. A watch etcd cancels for lack of permission
 //! ends with an error: never silence.
 
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
@@ -48,6 +49,9 @@ struct WatchResult {
 
 #[derive(Debug, Deserialize)]
 struct WatchEvent {
+    /// `DELETE`, or missing for a PUT (the gateway omits the zero value).
+    #[serde(default, rename = "type")]
+    kind: String,
     kv: Option<Kv>,
 }
 
@@ -75,11 +79,13 @@ impl EtcdSource {
     ) -> Result<()> {
         let mut wanted: Vec<String> = spec.keys.iter().map(|k| self.full_key(k)).collect();
         wanted.extend(spec.prefixes.iter().map(|p| self.folder(p)));
-        let (key, end) = prefix_range(&common_prefix(&wanted));
+        let prefix = common_prefix(&wanted);
+        let (key, end) = prefix_range(&prefix);
         let mut watch = Watch {
             source: self,
             tx,
             wanted,
+            prefix: prefix.into(),
             key,
             end,
             next: start_revision.max(0),
@@ -97,6 +103,8 @@ struct Watch<'a> {
     tx: &'a UnboundedSender<SourceEvent>,
     /// The etcd keys and folders templates read.
     wanted: Vec<String>,
+    /// Their common prefix: what the stream covers.
+    prefix: Arc<str>,
     /// The range the stream covers: every key under the common prefix of
     /// `wanted`.
     key: Vec<u8>,
@@ -159,7 +167,13 @@ impl Watch<'_> {
             }
             let delay = backoff.next_delay();
             tracing::warn!(source = %self.name(), "etcd watch: {retry}; next attempt in {} ms, from revision {}", delay.as_millis(), self.next);
-            self.failing = true;
+            if !std::mem::replace(&mut self.failing, true) {
+                // While it is away, changes go unseen: the snapshot is read
+                // again once it is back.
+                self.source.lock().invalidate();
+            }
+            // Every attempt is reported: /status counts each and shows the
+            // latest error.
             let _ = self.tx.send(SourceEvent::Failed {
                 source: self.name().to_string(),
                 error: retry,
@@ -175,6 +189,7 @@ impl Watch<'_> {
         tracing::warn!(source = %self.name(), "etcd compacted history past revision {}; reading everything again", self.next);
         self.next = compacted.max(self.next);
         self.source.set_position(self.next);
+        self.source.lock().invalidate();
         let event = SourceEvent::Resync {
             source: self.name().to_string(),
         };
@@ -306,10 +321,12 @@ impl Watch<'_> {
         if result.created {
             self.created(result.header.revision);
         }
+        self.queue(&result.events);
         let changed = self.changed_keys(&result.events);
         if changed.is_empty() {
             return Ok(None);
         }
+        tracing::debug!(source = %self.name(), "etcd watch: {} watched key(s) changed, up to revision {}", changed.len(), self.next - 1);
         let event = SourceEvent::Changed {
             source: self.name().to_string(),
             keys: changed,
@@ -357,6 +374,43 @@ impl Watch<'_> {
             self.next = revision + 1;
             self.source.set_position(self.next);
         }
+    }
+
+    /// Hands the new values `events` carry to the source's snapshot, before
+    /// the coordinator hears of them, so the render they cause reads them
+    /// without asking etcd again.
+    fn queue(&self, events: &[WatchEvent]) {
+        let mut to = 0;
+        let mut changes = Vec::with_capacity(events.len());
+        for ev in events {
+            let Some(kv) = &ev.kv else { continue };
+            to = to.max(kv.mod_revision);
+            let value = if ev.kind == "DELETE" {
+                None
+            } else {
+                match self.source.decode(kv) {
+                    Ok((_, v)) => Some(v),
+                    Err(_) => {
+                        // A value the snapshot cannot hold: a fresh read
+                        // reports it properly.
+                        self.source.lock().invalidate();
+                        return;
+                    }
+                }
+            };
+            let Ok(key) = B64.decode(&kv.key) else {
+                continue;
+            };
+            let key = String::from_utf8_lossy(&key).into_owned();
+            changes.push((key, value, kv.mod_revision));
+        }
+        if to == 0 {
+            return;
+        }
+        // Watching "from now" without a creation seen: where it began is
+        // unknown, so nothing follows on from the snapshot.
+        let from = if self.next > 0 { self.next } else { i64::MAX };
+        self.source.lock().queue(&self.prefix, from, to, changes);
     }
 
     /// The watched keys `events` touch (relative, sorted, once each);
