@@ -20,4 +20,5 @@ mod rollback;
 mod secrets;
 mod shape;
 mod subst;
+mod vars;
 mod watch;
