@@ -183,7 +183,7 @@ mod tests {
         .unwrap();
         assert_eq!(
             c.jinja,
-            "{% for _, v in go_range(json(getv(\"/p\"))) %}{{ print(v) }}{% endfor %}\
+            "{% for _, v in go_range(json((getv(\"/p\")))) %}{{ print(v) }}{% endfor %}\
              {% for _item1 in getvs(\"/x\") %}{{ print(_item1) }}{% endfor %}"
         );
     }

@@ -5,7 +5,7 @@
 //! `parseJSON`.
 
 use base64::Engine as _;
-use minijinja::value::Value;
+use minijinja::value::{Serde, Value};
 use minijinja::{Environment, Error, ErrorKind};
 
 pub(super) fn register(env: &mut Environment<'static>) {
@@ -24,7 +24,9 @@ pub(super) fn register(env: &mut Environment<'static>) {
     env.add_function("parseJSON", |s: String| {
         // consul-template: an empty string is an empty map.
         if s.is_empty() {
-            return Ok(Value::from(std::collections::BTreeMap::<String, Value>::new()));
+            return Ok(Value::from(
+                std::collections::BTreeMap::<String, Value>::new(),
+            ));
         }
         from_json("parseJSON", &s, None)
     });
@@ -44,7 +46,7 @@ fn from_json(name: &str, s: &str, object: Option<bool>) -> Result<Value, Error> 
     match (object, &v) {
         (Some(true), serde_json::Value::Object(_))
         | (Some(false), serde_json::Value::Array(_))
-        | (None, _) => Ok(Value::from_serialize(&v)),
+        | (None, _) => Ok(Value::from(Serde(&v))),
         (Some(true), _) => Err(invalid(format!("{name}: the JSON is not an object"))),
         (Some(false), _) => Err(invalid(format!("{name}: the JSON is not an array"))),
     }

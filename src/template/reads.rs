@@ -12,7 +12,7 @@ use std::fmt;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex, OnceLock};
 
-use minijinja::value::{Kwargs, Value};
+use minijinja::value::{Kwargs, Serde, Value};
 use minijinja::{Error, ErrorKind};
 use serde::Serialize;
 
@@ -231,7 +231,7 @@ impl RenderState {
             };
             match src.document() {
                 None => Ok(None),
-                Some(Ok(doc)) => Ok(Some((name, Value::from_serialize(&*doc)))),
+                Some(Ok(doc)) => Ok(Some((name, Value::from(Serde(&*doc))))),
                 Some(Err(e)) => Err(self.source_failed(&name, src, &e)),
             }
         });

@@ -386,8 +386,11 @@ fn rule_time(year: i64, rule: Rule, off: i64) -> i64 {
             let dow = ((26 * m1 - 2) / 10 + 1 + yy2 + yy2 / 4 + yy1 / 4 - 2 * yy1).rem_euclid(7);
             let mut d = (day - dow).rem_euclid(7);
             let idx = usize::try_from(mon).unwrap_or(1);
-            let days_in = if mon == 12 { 31 } else { BEFORE[idx + 1] - BEFORE[idx] }
-                + i64::from(mon == 2 && is_leap(year));
+            let days_in = if mon == 12 {
+                31
+            } else {
+                BEFORE[idx + 1] - BEFORE[idx]
+            } + i64::from(mon == 2 && is_leap(year));
             for _ in 1..week {
                 if d + 7 >= days_in {
                     break;
@@ -456,7 +459,13 @@ mod tests {
         v2.extend(b"A\0B\0");
         v2.extend(b"\nA0\n");
         let zone = parse(&v2).unwrap();
-        assert_eq!(zone.at(999), Offset { secs: 0, abbr: "A".into() });
+        assert_eq!(
+            zone.at(999),
+            Offset {
+                secs: 0,
+                abbr: "A".into()
+            }
+        );
         // After the last transition the footer rules, unless Go cannot
         // read it ("A0": a name has three letters at least).
         assert_eq!(
