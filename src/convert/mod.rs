@@ -135,6 +135,7 @@ mod tests {
             "{{with $x := getv \"/k\" \"d\"}}{{$x}}{{printf \"%5.2f|%-3s\" 1.5 `raw`}}{{end}}",
             "{% raw %}{# {{ \"{{\" }} {{ 'a' }} {{ 0x1F }} {{ -1.5e3 }} {{ (len \"é\") }}",
             "{{ $a := 1 }}{{ range getvs \"/x\" }}{{ $a = 2 }}{{ end }}{{ index . 1 }}",
+            "{{$0 := get \"/a\"}}{{$0.Key}}{{$é := 1}}{{$é}}{{range $1, $_2 := ls \"/\"}}{{$1}}{{end}}",
             "{{with $x := getv \"/a\"}}{{$x}}{{else with getv \"/b\"}}{{.}}{{else}}n{{end}}\
              {{range $v := json (getv \"/j\")}}{{$v}}{{end}}{{datetime.Format \"2006\"}}\
              {{(datetime.UTC).Unix}}{{ \"x\" | datetime.Format }}{{.X.Y 1}}",

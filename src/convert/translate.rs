@@ -222,10 +222,17 @@ impl<'a> Translator<'a> {
     }
 
     fn bind(&mut self, go: &str) -> String {
+        // Go's variable names may start with a digit or hold any letter
+        // (`$0`, `$é`); Jinja's are ASCII and start with a letter or `_`.
+        // (Found by the go_template fuzz target.)
+        let valid = go.starts_with(|c: char| c.is_ascii_alphabetic() || c == '_')
+            && go.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
         let mut name = if go.is_empty() {
             "root".to_string()
-        } else {
+        } else if valid {
             go.to_string()
+        } else {
+            self.fresh_name("var")
         };
         while RESERVED.contains(&name.as_str())
             || self.known.contains(&name.as_str())
