@@ -226,6 +226,9 @@ pub enum Command {
 
 const RENDER_EXAMPLES: &str = "\
 Examples:
+  # To stdout with a data file's variables, like j2 and minijinja-cli:
+  stencil render nginx.conf.j2 vars/nginx.yml
+
   # One file, data from the environment:
   HOST=db.internal stencil render -t app.conf.j2:/etc/app/app.conf
 
@@ -340,10 +343,26 @@ pub struct TemplateArgs {
     /// For the -t templates: the group of the file, a name or a numeric id.
     #[arg(long, env = "STENCIL_GROUP", value_name = "GROUP")]
     pub group: Option<String>,
+
+    /// `stencil render TEMPLATE [DATA]`: a template to stdout, and the data
+    /// file that is its default source.
+    #[arg(skip)]
+    pub stdout_template: Option<(PathBuf, Option<PathBuf>)>,
 }
 
 #[derive(Debug, Clone, Args)]
 pub struct RenderArgs {
+    /// A template to render to stdout, as j2 and minijinja-cli do.
+    ///
+    /// Adds to -t and the config file's templates.
+    #[arg(value_name = "TEMPLATE")]
+    pub template: Option<PathBuf>,
+
+    /// A data file for TEMPLATE (JSON, TOML, YAML or .env): its top-level
+    /// keys are variables, typed ({{ server.port }}, {{ vars.server.port }}).
+    #[arg(value_name = "DATA", requires = "template")]
+    pub data_file: Option<PathBuf>,
+
     #[command(flatten)]
     pub templates: TemplateArgs,
 

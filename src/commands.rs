@@ -53,7 +53,9 @@ pub(crate) fn print_all(errors: &[anyhow::Error]) -> Exit {
 /// `stencil render`: every template once.
 pub(crate) fn render(args: RenderArgs) -> Result<Exit> {
     let opts = Options::from(args.output);
-    let mut pipeline = match load(&Flags::from(&args.templates))? {
+    let mut templates = args.templates;
+    templates.stdout_template = args.template.map(|t| (t, args.data_file));
+    let mut pipeline = match load(&Flags::from(&templates))? {
         Ok(p) => p,
         Err(exit) => return Ok(exit),
     };
@@ -111,7 +113,11 @@ pub(crate) fn check(args: &TemplateArgs) -> Result<Exit> {
         Err(exit) => return Ok(exit),
     };
     for unit in &pipeline.units {
-        let unknown = unit.template.unknown_names();
+        let scope = Scope {
+            sources: pipeline.sources.clone(),
+            default_source: unit.default_source.clone(),
+        };
+        let unknown = unit.template.unknown_names(&scope);
         if !unknown.is_empty() {
             tracing::warn!(
                 template = %unit.spec.source.display(),

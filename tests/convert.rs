@@ -184,3 +184,76 @@ fn convert_refuses_to_overwrite_without_force_and_reports_missing_functions() {
         "{stdout}"
     );
 }
+
+#[test]
+fn a_method_call_that_cannot_be_translated_names_file_line_column_and_method() {
+    Test::new()
+        .file(
+            "c/conf.d/a.toml",
+            "[template]\nsrc = \"a.tmpl\"\ndest = \"a.conf\"\n",
+        )
+        .file(
+            "c/templates/a.tmpl",
+            "ok\n{{range gets \"/x\"}}\n  {{.Value.Trim \"secret-value\"}}{{end}}\n",
+        )
+        .args(["convert", "confd", "c", "-o", "out"])
+        .run()
+        .code(1)
+        .stderr_has(
+            "c/templates/a.tmpl:3:3: the method call .Trim cannot be translated \
+             (stencil's datetime() has .Format(layout), .Unix(), .UTC() and .Local()) \
+             (construct: .Trim)",
+        )
+        .stderr_lacks("secret-value")
+        .no_file("out/stencil.toml");
+}
+
+/// A TZif file (version 2) with no transitions and one zone: `abbr` at
+/// `offset` seconds east of UTC, and `footer` as its rule.
+fn tzif(offset: i32, abbr: &str, footer: &str) -> Vec<u8> {
+    let mut block = Vec::new();
+    let header = |block: &mut Vec<u8>| {
+        block.extend(b"TZif2");
+        block.extend([0; 15]);
+        let chars = u32::try_from(abbr.len() + 1).unwrap();
+        for n in [0, 0, 0, 0, 1, chars] {
+            block.extend(u32::to_be_bytes(n));
+        }
+        block.extend(offset.to_be_bytes());
+        block.extend([0, 0]);
+        block.extend(abbr.as_bytes());
+        block.push(0);
+    };
+    header(&mut block);
+    header(&mut block);
+    block.extend(format!("\n{footer}\n").as_bytes());
+    block
+}
+
+#[test]
+fn confd_datetime_is_local_time_as_go_finds_the_zone() {
+    let mut t = Test::new()
+        .file("india", tzif(19_800, "IST", "IST-5:30"))
+        .file(
+            "c/conf.d/a.toml",
+            "[template]\nsrc = \"a.tmpl\"\ndest = \"a.conf\"\n",
+        )
+        .file(
+            "c/templates/a.tmpl",
+            "{{datetime.Format \"MST -0700 Z07:00\"}} {{(datetime.UTC).Format \"MST Z07:00\"}} \
+             {{if gt datetime.Unix 0}}after 1970{{end}}\n",
+        )
+        .args(["convert", "confd", "c", "--backend", "env", "-o", "out"]);
+    t.run().success();
+    let india = t.path("india").to_str().unwrap().to_string();
+    for (tz, want) in [
+        (india.clone(), "IST +0530 +05:30 UTC Z after 1970\n"),
+        (format!(":{india}"), "IST +0530 +05:30 UTC Z after 1970\n"),
+        // Go: an empty TZ, or a zone it cannot load, is UTC.
+        (String::new(), "UTC +0000 Z UTC Z after 1970\n"),
+        ("No/Such_Zone".into(), "UTC +0000 Z UTC Z after 1970\n"),
+    ] {
+        t = t.env("TZ", &tz).args(["render", "-c", "out/stencil.toml"]);
+        t.run().success().file_is("out/a.conf", want);
+    }
+}

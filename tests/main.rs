@@ -24,4 +24,5 @@ mod services;
 mod shape;
 mod snapshot;
 mod subst;
+mod vars;
 mod watch;

@@ -230,27 +230,7 @@ impl Config {
                 .usage_context(|| format!("invalid config file {}", path.display()))?;
         }
         for data in &args.data {
-            let (name, path) = match data.split_once('=') {
-                Some((name, path)) if valid_name(name) => (name.to_string(), path),
-                _ => {
-                    // `vars/nginx.conf.yml` is source `nginx_conf`: a
-                    // file name may hold characters a name may not.
-                    let name: String = Path::new(data)
-                        .file_stem()
-                        .and_then(|s| s.to_str())
-                        .unwrap_or("data")
-                        .chars()
-                        .map(|c| {
-                            if c.is_ascii_alphanumeric() || c == '-' {
-                                c
-                            } else {
-                                '_'
-                            }
-                        })
-                        .collect();
-                    (name, data.as_str())
-                }
-            };
+            let (name, path) = data_flag(data);
             let spec = SourceSpec::File {
                 path: PathBuf::from(path),
                 prefix: String::new(),
@@ -276,8 +256,32 @@ impl Config {
             t.group = args.group.clone().or(t.group);
             config.templates.push(t);
         }
+        if let Some((template, data)) = &args.stdout_template {
+            config.add_stdout_template(template, data.as_deref())?;
+        }
         config.validate()?;
         Ok(config)
+    }
+
+    /// `stencil render TEMPLATE [DATA]`: TEMPLATE to stdout, DATA (a file,
+    /// named as --data names it) its default source.
+    fn add_stdout_template(&mut self, template: &Path, data: Option<&Path>) -> Result<()> {
+        let mut t = parse_template_flag("-")?;
+        t.source = template.to_path_buf();
+        t.origin = template.display().to_string();
+        t.on_reload_failure = self.on_reload_failure;
+        t.whitespace = self.whitespace;
+        if let Some(path) = data {
+            let (name, _) = data_flag(&path.to_string_lossy());
+            let spec = SourceSpec::File {
+                path: path.to_path_buf(),
+                prefix: String::new(),
+            };
+            self.add_source(&name, spec, &path.display().to_string())?;
+            t.data = Some(name);
+        }
+        self.templates.push(t);
+        Ok(())
     }
 
     /// A config file's text as `load` reads it, without flags or
@@ -415,6 +419,31 @@ pub fn parse_template_flag(flag: &str) -> Result<TemplateSpec> {
         whitespace: Whitespace::default(),
         origin: format!("-t {flag}"),
     })
+}
+
+/// `--data [NAME=]FILE`: the source's name and the file. Without NAME,
+/// the file's stem with what a name may not hold as `_`:
+/// `vars/nginx.conf.yml` is source `nginx_conf`.
+fn data_flag(data: &str) -> (String, &str) {
+    if let Some((name, path)) = data.split_once('=') {
+        if valid_name(name) {
+            return (name.to_string(), path);
+        }
+    }
+    let name = Path::new(data)
+        .file_stem()
+        .and_then(|s| s.to_str())
+        .unwrap_or("data")
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '-' {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect();
+    (name, data)
 }
 
 fn valid_name(name: &str) -> bool {

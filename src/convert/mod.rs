@@ -12,6 +12,7 @@ mod builtins;
 mod confd;
 mod consul_template;
 mod lex;
+mod names;
 mod parse;
 mod translate;
 mod write;
@@ -134,6 +135,10 @@ mod tests {
             "{{with $x := getv \"/k\" \"d\"}}{{$x}}{{printf \"%5.2f|%-3s\" 1.5 `raw`}}{{end}}",
             "{% raw %}{# {{ \"{{\" }} {{ 'a' }} {{ 0x1F }} {{ -1.5e3 }} {{ (len \"é\") }}",
             "{{ $a := 1 }}{{ range getvs \"/x\" }}{{ $a = 2 }}{{ end }}{{ index . 1 }}",
+            "{{$0 := get \"/a\"}}{{$0.Key}}{{$é := 1}}{{$é}}{{range $1, $_2 := ls \"/\"}}{{$1}}{{end}}",
+            "{{with $x := getv \"/a\"}}{{$x}}{{else with getv \"/b\"}}{{.}}{{else}}n{{end}}\
+             {{range $v := json (getv \"/j\")}}{{$v}}{{end}}{{datetime.Format \"2006\"}}\
+             {{(datetime.UTC).Unix}}{{ \"x\" | datetime.Format }}{{.X.Y 1}}",
         ];
         for input in inputs {
             for (i, _) in input.char_indices() {
@@ -171,6 +176,36 @@ mod tests {
             c.jinja,
             "{% for _item1 in gets(\"/x\") %}{{ base(_item1.Key) }}{{ print((base(_item1.Key)).A) }}{% endfor %}"
         );
+    }
+
+    #[test]
+    fn a_range_over_what_may_be_a_map_walks_its_values() {
+        let c = go_to_jinja(
+            "{{range $v := json (getv \"/p\")}}{{$v}}{{end}}{{range getvs \"/x\"}}{{.}}{{end}}",
+            false,
+        )
+        .unwrap();
+        assert_eq!(
+            c.jinja,
+            "{% for _, v in go_range(json((getv(\"/p\")))) %}{{ print(v) }}{% endfor %}\
+             {% for _item1 in getvs(\"/x\") %}{{ print(_item1) }}{% endfor %}"
+        );
+    }
+
+    #[test]
+    fn else_with_chains_as_go_reads_it() {
+        let c = go_to_jinja(
+            "{{with getv \"/a\"}}a{{else with $b := getv \"/b\"}}{{$b}}{{else}}c{{end}}",
+            false,
+        )
+        .unwrap();
+        assert_eq!(
+            c.jinja,
+            "{% set _with1 = getv(\"/a\") %}{% if _with1 %}a{% else %}\
+             {% set b = getv(\"/b\") %}{% if b %}{{ print(b) }}{% else %}c{% endif %}{% endif %}"
+        );
+        let e = go_to_jinja("{{if 1}}{{else with 2}}{{end}}", false).unwrap_err();
+        assert_eq!(e.construct, "else");
     }
 
     #[test]

@@ -157,10 +157,13 @@ impl Parser {
                         return Err(GoError::new(at, "bad else", "else"));
                     };
                     self.at += 1;
-                    if keyword != "if" || !matches!(&toks[0].0, Tok::Ident(w) if w == "if") {
+                    // Go chains `else if` in an if, `else with` in a with.
+                    let chained = matches!(keyword, "if" | "with")
+                        && matches!(&toks[0].0, Tok::Ident(w) if w == keyword);
+                    if !chained {
                         return Err(GoError::new(
                             at,
-                            "only {{else if}} chains can be translated",
+                            "only {{else if}} in an if and {{else with}} in a with can be translated",
                             "else",
                         ));
                     }
@@ -177,9 +180,14 @@ impl Parser {
                 let (p, b) = branches.remove(0);
                 Node::Range(p, b, else_body)
             }
+            // `{{with a}}x{{else with b}}y{{else}}z{{end}}` is, as Go reads
+            // it, `{{with a}}x{{else}}{{with b}}y{{else}}z{{end}}{{end}}`.
             _ => {
-                let (p, b) = branches.remove(0);
-                Node::With(p, b, else_body)
+                let mut rest = else_body;
+                for (p, b) in branches.into_iter().rev() {
+                    rest = vec![Node::With(p, b, rest)];
+                }
+                rest.pop().expect("a with has its first branch")
             }
         })
     }

@@ -11,113 +11,8 @@ use std::collections::{BTreeSet, HashMap};
 
 use super::GoError;
 use super::builtins::{RESERVED, builtin, escape_text, jinja_string, number};
+use super::names::{OTHER_FUNCS, STRING_FUNCS, is_time, offset_of, returns_list};
 use super::parse::{Expr, Node, Pipeline};
-
-/// Functions of confd and consul-template the converter passes through by
-/// name; those that return strings print without `print()`.
-const STRING_FUNCS: &[&str] = &[
-    "getv",
-    "getenv",
-    "base",
-    "dir",
-    "join",
-    "toUpper",
-    "toLower",
-    "replace",
-    "trimSuffix",
-    "trimPrefix",
-    "datetime",
-    "key",
-    "keyOrDefault",
-    "env",
-    "envOrDefault",
-    "trimSpace",
-    "replaceAll",
-    "regexReplaceAll",
-    "toJSON",
-    "toJSONPretty",
-    "toYAML",
-    "toTOML",
-    "base64Encode",
-    "base64Decode",
-    "sha256Hex",
-    "md5sum",
-    "timestamp",
-    "file",
-    "print",
-    "printf",
-    "println",
-    "indent",
-    "toTitle",
-    "trim",
-    "urlquery",
-];
-
-const OTHER_FUNCS: &[&str] = &[
-    // confd
-    "get",
-    "gets",
-    "getvs",
-    "exists",
-    "ls",
-    "lsdir",
-    "split",
-    "json",
-    "jsonArray",
-    "map",
-    "contains",
-    "lookupIP",
-    "lookupIPV4",
-    "lookupIPV6",
-    "lookupSRV",
-    "fileExists",
-    "parseBool",
-    "reverse",
-    "sortByLength",
-    "sortKVByLength",
-    "add",
-    "sub",
-    "div",
-    "mod",
-    "mul",
-    "seq",
-    "atoi",
-    // consul-template
-    "keyExists",
-    "safeLs",
-    "tree",
-    "safeTree",
-    "service",
-    "services",
-    "node",
-    "nodes",
-    "secret",
-    "secrets",
-    "datacenters",
-    "byKey",
-    "byTag",
-    "containsAll",
-    "containsAny",
-    "containsNone",
-    "containsNotAll",
-    "explode",
-    "in",
-    "loop",
-    "parseFloat",
-    "parseInt",
-    "parseJSON",
-    "parseUint",
-    "parseYAML",
-    "regexMatch",
-    "splitToMap",
-    "subtract",
-    "multiply",
-    "divide",
-    "modulo",
-    "minimum",
-    "maximum",
-    "sockaddr",
-];
 
 /// What a translation found worth telling the user.
 #[derive(Debug, Default)]
@@ -274,24 +169,43 @@ impl<'a> Translator<'a> {
             ));
         }
         let (e, _) = self.pipeline(p)?;
+        // Go ranges over a map's values (sorted by key), Jinja over its
+        // keys: what may be a map goes through go_range, keys dropped.
+        let e = if returns_list(p) {
+            e
+        } else {
+            format!("go_range({e})")
+        };
+        let item = |n: &str| {
+            if returns_list(p) {
+                n.to_string()
+            } else {
+                format!("_, {n}")
+            }
+        };
         self.loops += 1;
         let head = match p.decl.as_slice() {
             [] => {
                 let n = self.fresh_name("item");
-                let h = format!("{{% for {n} in {e} %}}");
+                let h = format!("{{% for {} in {e} %}}", item(&n));
                 self.dots.push(Some(n));
                 h
             }
             [v] => {
                 let n = self.bind(v);
                 self.dots.push(Some(n.clone()));
-                format!("{{% for {n} in {e} %}}")
+                format!("{{% for {} in {e} %}}", item(&n))
             }
             [k, v] => {
                 let kn = self.bind(k);
                 let vn = self.bind(v);
                 self.dots.push(Some(vn.clone()));
-                format!("{{% for {kn}, {vn} in go_range({e}) %}}")
+                let e = if returns_list(p) {
+                    format!("go_range({e})")
+                } else {
+                    e
+                };
+                format!("{{% for {kn}, {vn} in {e} %}}")
             }
             _ => return Err(err(p.offset, "too many variables in range", "range")),
         };
@@ -308,10 +222,17 @@ impl<'a> Translator<'a> {
     }
 
     fn bind(&mut self, go: &str) -> String {
+        // Go's variable names may start with a digit or hold any letter
+        // (`$0`, `$é`); Jinja's are ASCII and start with a letter or `_`.
+        // (Found by the go_template fuzz target.)
+        let valid = go.starts_with(|c: char| c.is_ascii_alphabetic() || c == '_')
+            && go.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
         let mut name = if go.is_empty() {
             "root".to_string()
-        } else {
+        } else if valid {
             go.to_string()
+        } else {
+            self.fresh_name("var")
         };
         while RESERVED.contains(&name.as_str())
             || self.known.contains(&name.as_str())
@@ -354,6 +275,14 @@ impl<'a> Translator<'a> {
     ) -> Result<(String, bool), GoError> {
         let first = &cmd[0];
         let Expr::Ident(name, at) = first else {
+            if let (Expr::Field(base, method), true) = (first, cmd.len() > 1 || piped.is_some()) {
+                let mut args = Vec::new();
+                for a in &cmd[1..] {
+                    args.push(self.expr(a)?.0);
+                }
+                args.extend(piped.map(|(p, _)| p));
+                return self.method(base, method, &args, offset);
+            }
             if cmd.len() > 1 || piped.is_some() {
                 return Err(err(
                     offset,
@@ -442,6 +371,7 @@ impl<'a> Translator<'a> {
                 None => return Err(err(0, "undefined variable", &format!("${v}"))),
             },
             Expr::Ident(name, at) => self.call(name, &[], *at)?,
+            Expr::Field(base, f) if is_time(base) => self.method(base, f, &[], 0)?,
             Expr::Field(base, f) => {
                 let (b, _) = self.expr(base)?;
                 // confd's and consul-template's pairs have string fields.
@@ -452,6 +382,37 @@ impl<'a> Translator<'a> {
                 (format!("({inner})"), s)
             }
         })
+    }
+
+    /// `base.Method args…`: the methods of confd's `datetime` (a Go
+    /// time.Time) that stencil's `datetime()` has; any other method call
+    /// is an error naming it.
+    fn method(
+        &mut self,
+        base: &Expr,
+        method: &str,
+        args: &[String],
+        offset: usize,
+    ) -> Result<(String, bool), GoError> {
+        let known = is_time(base)
+            && matches!(
+                (method, args.len()),
+                ("Format", 1) | ("Unix" | "UTC" | "Local", 0)
+            );
+        if !known {
+            return Err(err(
+                offset_of(base).unwrap_or(offset),
+                &format!(
+                    "the method call .{method} cannot be translated (stencil's datetime() has .Format(layout), .Unix(), .UTC() and .Local())"
+                ),
+                &format!(".{method}"),
+            ));
+        }
+        let (b, _) = self.expr(base)?;
+        Ok((
+            format!("{b}.{method}({})", args.join(", ")),
+            method == "Format",
+        ))
     }
 
     fn dot(&self) -> Result<String, GoError> {

@@ -4,6 +4,11 @@
 //! so `{"db": {"hosts": ["a", "b"]}}` holds `db/hosts/0` and `db/hosts/1`.
 //! Scalars become strings (`true`, `42`, `""` for null), as a KV store would
 //! hold them; templates convert with `| int` or `| fromjson` when needed.
+//!
+//! The document itself is kept too, typed (the subtree at the source's
+//! prefix): templates read it as `vars` and as top-level variables, as
+//! j2cli, minijinja-cli and Ansible users expect, where `false` is false and
+//! `[]` is an empty list.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -24,7 +29,15 @@ pub struct FileSource {
 }
 
 /// The data, and the error of the last reload if it failed.
-type Loaded = (Arc<BTreeMap<String, String>>, Option<String>);
+type Loaded = (Arc<Data>, Option<String>);
+
+/// One read of the file: the flat keys and the typed document at the
+/// prefix (`Null` when the prefix names nothing).
+#[derive(Debug, Default)]
+struct Data {
+    flat: BTreeMap<String, String>,
+    document: Arc<serde_json::Value>,
+}
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Format {
@@ -61,14 +74,15 @@ impl Format {
 
 impl FileSource {
     pub fn load(path: &Path, prefix: &str) -> Result<FileSource> {
+        let prefix = normalize_key(prefix).to_string();
         Ok(FileSource {
             path: path.to_path_buf(),
-            prefix: normalize_key(prefix).to_string(),
-            state: std::sync::RwLock::new((Arc::new(read(path)?), None)),
+            state: std::sync::RwLock::new((Arc::new(read(path, &prefix)?), None)),
+            prefix,
         })
     }
 
-    fn data(&self) -> Result<Arc<BTreeMap<String, String>>> {
+    fn data(&self) -> Result<Arc<Data>> {
         let state = self.state.read().unwrap_or_else(|e| e.into_inner());
         match &state.1 {
             Some(e) => Err(anyhow!("{e}")),
@@ -81,13 +95,19 @@ impl FileSource {
         FileSource {
             path: "x.json".into(),
             prefix: prefix.into(),
-            state: std::sync::RwLock::new((Arc::new(data), None)),
+            state: std::sync::RwLock::new((
+                Arc::new(Data {
+                    flat: data,
+                    document: Arc::default(),
+                }),
+                None,
+            )),
         }
     }
 }
 
 /// Reads and parses a data file.
-fn read(path: &Path) -> Result<BTreeMap<String, String>> {
+fn read(path: &Path, prefix: &str) -> Result<Data> {
     let format = Format::from_path(path)?;
     let bytes = std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;
     let text = String::from_utf8(bytes).map_err(|e| {
@@ -97,7 +117,29 @@ fn read(path: &Path) -> Result<BTreeMap<String, String>> {
             e.utf8_error().valid_up_to()
         )
     })?;
-    parse(format, &text).with_context(|| format!("invalid {} in {}", format.name(), path.display()))
+    let document = parse_document(format, &text)
+        .with_context(|| format!("invalid {} in {}", format.name(), path.display()))?;
+    Ok(Data {
+        flat: flat_keys(&document),
+        document: Arc::new(at_prefix(document, prefix)),
+    })
+}
+
+/// The part of `document` at `prefix` (`a/b`: key `b` of object `a`, or
+/// item `b` of list `a`), as `key()` finds it; `Null` when there is none.
+fn at_prefix(document: serde_json::Value, prefix: &str) -> serde_json::Value {
+    let mut node = document;
+    for part in prefix.split('/').filter(|p| !p.is_empty()) {
+        node = match node {
+            serde_json::Value::Object(mut map) => map.remove(part).unwrap_or_default(),
+            serde_json::Value::Array(mut items) => match part.parse::<usize>() {
+                Ok(i) if i < items.len() => items.swap_remove(i),
+                _ => serde_json::Value::Null,
+            },
+            _ => serde_json::Value::Null,
+        };
+    }
+    node
 }
 
 impl FileSource {
@@ -128,13 +170,17 @@ impl Source for FileSource {
     }
 
     fn get(&self, key: &str) -> Result<Option<String>> {
-        Ok(self.data()?.get(&self.full(key)).cloned())
+        Ok(self.data()?.flat.get(&self.full(key)).cloned())
+    }
+
+    fn document(&self) -> Option<Result<Arc<serde_json::Value>>> {
+        Some(self.data().map(|d| d.document.clone()))
     }
 
     /// Reads the file again. A file that became unreadable or malformed
     /// keeps the last good data but fails reads until it is fixed.
     fn refresh(&self) {
-        let result = read(&self.path);
+        let result = read(&self.path, &self.prefix);
         let mut state = self.state.write().unwrap_or_else(|e| e.into_inner());
         match result {
             Ok(data) => *state = (Arc::new(data), None),
@@ -156,6 +202,7 @@ impl Source for FileSource {
         };
         let data = self.data()?;
         Ok(data
+            .flat
             .range(start..)
             .take_while(|(k, _)| is_under(k, &full))
             .map(|(k, v)| (k[strip..].to_string(), v.clone()))
@@ -170,6 +217,12 @@ impl Source for FileSource {
 /// stderr, the log and `/status`. (The parsers' own messages quote the
 /// offending line; these are rebuilt from their positions instead.)
 pub fn parse(format: Format, text: &str) -> Result<BTreeMap<String, String>> {
+    Ok(flat_keys(&parse_document(format, text)?))
+}
+
+/// Parses a data file's text into its document: an object (a dotenv
+/// file's is an object of strings), or `Null` for an empty file.
+fn parse_document(format: Format, text: &str) -> Result<serde_json::Value> {
     let value: serde_json::Value = match format {
         Format::Json => serde_json::from_str(text).map_err(|e| {
             let why = e.to_string();
@@ -186,17 +239,21 @@ pub fn parse(format: Format, text: &str) -> Result<BTreeMap<String, String>> {
             })?;
             serde_json::to_value(yaml).map_err(|e| anyhow!("{}", scrub(&e.to_string())))?
         }
-        Format::Dotenv => return parse_dotenv(text),
-    };
-    let mut out = BTreeMap::new();
-    match value {
-        serde_json::Value::Object(_) | serde_json::Value::Array(_) => {
-            flatten(&value, &mut String::new(), &mut out)
+        Format::Dotenv => {
+            return Ok(serde_json::Value::Object(
+                parse_dotenv(text)?
+                    .into_iter()
+                    .map(|(k, v)| (k, serde_json::Value::String(v)))
+                    .collect(),
+            ));
         }
-        serde_json::Value::Null => {}
+    };
+    match value {
+        serde_json::Value::Object(_) | serde_json::Value::Array(_) | serde_json::Value::Null => {
+            Ok(value)
+        }
         _ => bail!("the top level must be an object (a table, a mapping), not a single value"),
     }
-    Ok(out)
 }
 
 /// `line L, column C: why`, with anything quoted in `why` left out.
@@ -280,6 +337,15 @@ fn toml_to_json(v: toml::Value) -> serde_json::Value {
             J::Object(t.into_iter().map(|(k, v)| (k, toml_to_json(v))).collect())
         }
     }
+}
+
+/// The keys of a document; an empty file (`Null`) has none.
+fn flat_keys(document: &serde_json::Value) -> BTreeMap<String, String> {
+    let mut out = BTreeMap::new();
+    if !document.is_null() {
+        flatten(document, &mut String::new(), &mut out);
+    }
+    out
 }
 
 fn flatten(value: &serde_json::Value, path: &mut String, out: &mut BTreeMap<String, String>) {

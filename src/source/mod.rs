@@ -48,6 +48,12 @@ pub trait Source: Send + Sync + fmt::Debug {
     /// Starts a new snapshot: forget what earlier reads cached.
     fn refresh(&self) {}
 
+    /// The typed document (a data file's, at its prefix), for `vars`;
+    /// `None` for key/value stores, whose values are only strings.
+    fn document(&self) -> Option<Result<Arc<serde_json::Value>>> {
+        None
+    }
+
     /// Requests sent to a server so far, for network sources.
     fn requests(&self) -> Option<u64> {
         None

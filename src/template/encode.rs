@@ -1,9 +1,11 @@
 //! consul-template's encoders with its exact output: `toJSON` and
 //! `toJSONPretty` as Go's encoding/json writes them, `toYAML` without the
-//! trailing newline, `base64Encode`/`base64Decode` and `sha256Hex`.
+//! trailing newline, `base64Encode`/`base64Decode` and `sha256Hex`; the
+//! JSON decoders confd's `json`/`jsonArray` and consul-template's
+//! `parseJSON`.
 
 use base64::Engine as _;
-use minijinja::value::Value;
+use minijinja::value::{Serde, Value};
 use minijinja::{Environment, Error, ErrorKind};
 
 pub(super) fn register(env: &mut Environment<'static>) {
@@ -15,6 +17,39 @@ pub(super) fn register(env: &mut Environment<'static>) {
     });
     env.add_function("base64Decode", |s: String| base64_decode(&s));
     env.add_function("sha256Hex", |s: String| sha256_hex(&s));
+    env.add_function("json", |s: String| from_json("json", &s, Some(true)));
+    env.add_function("jsonArray", |s: String| {
+        from_json("jsonArray", &s, Some(false))
+    });
+    env.add_function("parseJSON", |s: String| {
+        // consul-template: an empty string is an empty map.
+        if s.is_empty() {
+            return Ok(Value::from(
+                std::collections::BTreeMap::<String, Value>::new(),
+            ));
+        }
+        from_json("parseJSON", &s, None)
+    });
+}
+
+/// A JSON text as a value: an object (`Some(true)`), an array
+/// (`Some(false)`) or anything. The error names the function and the
+/// position, never the text (a key's value may be a secret).
+fn from_json(name: &str, s: &str, object: Option<bool>) -> Result<Value, Error> {
+    let v: serde_json::Value = serde_json::from_str(s).map_err(|e| {
+        invalid(format!(
+            "{name}: invalid JSON at line {}, column {}",
+            e.line(),
+            e.column()
+        ))
+    })?;
+    match (object, &v) {
+        (Some(true), serde_json::Value::Object(_))
+        | (Some(false), serde_json::Value::Array(_))
+        | (None, _) => Ok(Value::from(Serde(&v))),
+        (Some(true), _) => Err(invalid(format!("{name}: the JSON is not an object"))),
+        (Some(false), _) => Err(invalid(format!("{name}: the JSON is not an array"))),
+    }
 }
 
 fn invalid(msg: String) -> Error {

@@ -61,6 +61,10 @@ pub const FUNCTIONS: &[&str] = &[
     "regexReplaceAll",
     "envOrDefault",
     "get",
+    // confd's DNS lookups (dns.rs).
+    "lookupIP",
+    "lookupIPV4",
+    "lookupIPV6",
     // consul-template's encoders (encode.rs).
     "toJSON",
     "toJSONPretty",
@@ -68,6 +72,9 @@ pub const FUNCTIONS: &[&str] = &[
     "base64Encode",
     "base64Decode",
     "sha256Hex",
+    "json",
+    "jsonArray",
+    "parseJSON",
     // consul-template's timestamp, confd's datetime (gotime.rs).
     "timestamp",
     "datetime",

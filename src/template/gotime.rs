@@ -1,8 +1,7 @@
 //! consul-template's `timestamp` and confd's `datetime`: the current time
 //! formatted with Go's reference-time layouts ("2006-01-02T15:04:05Z07:00").
-//! Always in UTC: consul-template's `now` is UTC; confd's `time.Now` is the
-//! host's zone, which stencil cannot read without a time-zone database
-//! (containers, where these run, are mostly UTC).
+//! consul-template's `now` is UTC; confd's `time.Now` is the host's local
+//! time, found as Go finds it (`tz`).
 
 use std::fmt::Write as _;
 use std::sync::Arc;
@@ -11,9 +10,11 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use minijinja::value::{Object, Value};
 use minijinja::{Environment, Error, ErrorKind, State};
 
+use super::tz::{self, Offset};
+
 pub(super) fn register(env: &mut Environment<'static>) {
     env.add_function("timestamp", |layout: Option<String>| {
-        let t = Instant::now()?;
+        let t = Instant::now()?.utc();
         Ok::<_, Error>(match layout.as_deref() {
             None => format(&t, RFC3339),
             Some("unix") => t.secs.to_string(),
@@ -21,17 +22,18 @@ pub(super) fn register(env: &mut Environment<'static>) {
         })
     });
     env.add_function("datetime", || {
-        Ok::<_, Error>(Value::from_object(Instant::now()?))
+        Ok::<_, Error>(Value::from_object(Instant::now()?.local()))
     });
 }
 
 const RFC3339: &str = "2006-01-02T15:04:05Z07:00";
 
-/// A moment: seconds since the Unix epoch and nanoseconds.
-#[derive(Debug, Clone, Copy)]
+/// A moment: seconds since the Unix epoch and nanoseconds, in a zone.
+#[derive(Debug, Clone)]
 struct Instant {
     secs: i64,
     nanos: u32,
+    zone: Offset,
 }
 
 impl Instant {
@@ -44,12 +46,28 @@ impl Instant {
         Ok(Instant {
             secs,
             nanos: since.subsec_nanos(),
+            zone: Offset::utc(),
         })
+    }
+
+    fn utc(self) -> Instant {
+        Instant {
+            zone: Offset::utc(),
+            ..self
+        }
+    }
+
+    fn local(self) -> Instant {
+        Instant {
+            zone: tz::local_at(self.secs),
+            ..self
+        }
     }
 }
 
 /// `datetime()` prints as Go prints a time.Time (without the monotonic
-/// clock reading), and has Go's `Format(layout)` and `Unix()` methods.
+/// clock reading), and has Go's `Format(layout)`, `Unix()`, `UTC()` and
+/// `Local()` methods.
 impl Object for Instant {
     fn call_method(
         self: &Arc<Self>,
@@ -68,9 +86,11 @@ impl Object for Instant {
                 Ok(Value::from(format(self, layout)))
             }
             ("Unix", []) => Ok(Value::from(self.secs)),
+            ("UTC", []) => Ok(Value::from_object(Instant::clone(self).utc())),
+            ("Local", []) => Ok(Value::from_object(Instant::clone(self).local())),
             _ => Err(Error::new(
                 ErrorKind::UnknownMethod,
-                format!("datetime has Format(layout) and Unix(), not {method}"),
+                format!("datetime has Format(layout), Unix(), UTC() and Local(), not {method}"),
             )),
         }
     }
@@ -199,9 +219,9 @@ fn element(rest: &str) -> Option<&'static str> {
     }
 }
 
-/// Go's time.Format in UTC.
+/// Go's time.Format, in the instant's zone.
 fn format(t: &Instant, layout: &str) -> String {
-    let c = civil(t.secs);
+    let c = civil(t.secs + t.zone.secs);
     let mut out = String::new();
     let mut i = 0;
     while i < layout.len() {
@@ -223,7 +243,7 @@ fn format(t: &Instant, layout: &str) -> String {
             "Jan" => write!(out, "{}", &MONTHS[c.month - 1][..3]),
             "Monday" => write!(out, "{}", DAYS[c.weekday]),
             "Mon" => write!(out, "{}", &DAYS[c.weekday][..3]),
-            "MST" => write!(out, "UTC"),
+            "MST" => write!(out, "{}", zone_name(&t.zone)),
             "2006" => write!(out, "{:04}", c.year),
             "06" => write!(out, "{:02}", c.year.rem_euclid(100)),
             "01" => write!(out, "{:02}", c.month),
@@ -242,17 +262,39 @@ fn format(t: &Instant, layout: &str) -> String {
             "5" => write!(out, "{}", c.sec),
             "PM" => write!(out, "{}", if c.hour >= 12 { "PM" } else { "AM" }),
             "pm" => write!(out, "{}", if c.hour >= 12 { "pm" } else { "am" }),
-            "-07:00:00" => write!(out, "+00:00:00"),
-            "-070000" => write!(out, "+000000"),
-            "-07:00" => write!(out, "+00:00"),
-            "-0700" => write!(out, "+0000"),
-            "-07" => write!(out, "+00"),
             // The Z forms print "Z" for UTC.
-            _ => write!(out, "Z"),
+            z if z.starts_with('Z') && t.zone.secs == 0 => write!(out, "Z"),
+            numeric => write!(out, "{}", offset(t.zone.secs, numeric)),
         };
         i += e.len();
     }
     out
+}
+
+/// Go's "MST": the abbreviation, or `-0700` when the zone has none.
+fn zone_name(zone: &Offset) -> String {
+    if zone.abbr.is_empty() {
+        offset(zone.secs, "-0700")
+    } else {
+        zone.abbr.clone()
+    }
+}
+
+/// An offset as a numeric layout element (`-07:00:00`, `Z0700`, `-07` …)
+/// writes it: sign, hours, then minutes and seconds as the element has
+/// them, with its colons.
+fn offset(secs: i64, element: &str) -> String {
+    let form = element.trim_start_matches(['-', 'Z']);
+    let sign = if secs < 0 { '-' } else { '+' };
+    let abs = secs.abs();
+    let (h, m, s) = (abs / 3600, abs / 60 % 60, abs % 60);
+    match form {
+        "07:00:00" => format!("{sign}{h:02}:{m:02}:{s:02}"),
+        "070000" => format!("{sign}{h:02}{m:02}{s:02}"),
+        "07:00" => format!("{sign}{h:02}:{m:02}"),
+        "0700" => format!("{sign}{h:02}{m:02}"),
+        _ => format!("{sign}{h:02}"),
+    }
 }
 
 /// `.000` (fixed digits) or `.999` (trailing zeros and a bare dot dropped),
@@ -285,41 +327,65 @@ mod tests {
     use super::*;
 
     // Go's reference time, Mon Jan 2 15:04:05 MST 2006, is 22:04:05 UTC.
-    const REF: Instant = Instant {
-        secs: 1_136_239_445,
-        nanos: 120_000_000,
-    };
+    fn at(secs: i64, nanos: u32, zone: (i64, &str)) -> Instant {
+        Instant {
+            secs,
+            nanos,
+            zone: Offset {
+                secs: zone.0,
+                abbr: zone.1.into(),
+            },
+        }
+    }
 
     #[test]
     fn layouts_format_as_go_formats_them() {
-        assert_eq!(format(&REF, RFC3339), "2006-01-02T22:04:05Z");
+        let reference = at(1_136_239_445, 120_000_000, (0, "UTC"));
+        assert_eq!(format(&reference, RFC3339), "2006-01-02T22:04:05Z");
         assert_eq!(
-            format(&REF, "Mon Jan _2 15:04:05 2006"),
+            format(&reference, "Mon Jan _2 15:04:05 2006"),
             "Mon Jan  2 22:04:05 2006"
         );
         assert_eq!(
-            format(&REF, "Monday, 02-January-06 03:04:05.000 PM -0700 MST"),
+            format(
+                &reference,
+                "Monday, 02-January-06 03:04:05.000 PM -0700 MST"
+            ),
             "Monday, 02-January-06 10:04:05.120 PM +0000 UTC"
         );
         assert_eq!(
-            format(&REF, "2006-01-02 15:04:05.999999999"),
+            format(&reference, "2006-01-02 15:04:05.999999999"),
             "2006-01-02 22:04:05.12"
         );
         assert_eq!(
-            format(&REF, "002 __2 1/2 3:4:5 pm"),
+            format(&reference, "002 __2 1/2 3:4:5 pm"),
             "002   2 1/2 10:4:5 pm"
         );
         // Not elements: "Jane" and "Month" stay text, as in Go.
-        assert_eq!(format(&REF, "Jane Month"), "Jane Month");
+        assert_eq!(format(&reference, "Jane Month"), "Jane Month");
         assert_eq!(
-            format(
-                &Instant {
-                    secs: 951_782_400,
-                    nanos: 0
-                },
-                "2006-01-02 Mon 002 .999"
-            ),
+            format(&at(951_782_400, 0, (0, "UTC")), "2006-01-02 Mon 002 .999"),
             "2000-02-29 Tue 060 "
         );
+    }
+
+    #[test]
+    fn a_zone_shifts_the_clock_and_names_itself() {
+        // Go's reference time, in its own zone.
+        let t = at(1_136_239_445, 0, (-7 * 3600, "MST"));
+        assert_eq!(
+            format(
+                &t,
+                "2006-01-02 15:04:05 MST -0700 -07:00 -07 Z07:00 Z0700 -07:00:00"
+            ),
+            "2006-01-02 15:04:05 MST -0700 -07:00 -07 -07:00 -0700 -07:00:00"
+        );
+        let india = at(1_136_239_445, 0, (19_800, ""));
+        assert_eq!(
+            format(&india, "15:04 MST Z07:00 -070000"),
+            "03:34 +0530 +05:30 +053000"
+        );
+        let utc = at(0, 0, (0, "UTC"));
+        assert_eq!(format(&utc, "Z07:00 Z0700 Z07 -07:00"), "Z Z Z +00:00");
     }
 }

@@ -15,6 +15,7 @@
 
 mod aliases;
 mod catalog;
+mod dns;
 mod encode;
 mod filters;
 mod functions;
@@ -22,6 +23,8 @@ mod gofmt;
 mod gotime;
 mod limits;
 mod reads;
+mod tz;
+mod vars;
 
 use std::collections::BTreeSet;
 use std::fmt;
@@ -29,6 +32,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
 use anyhow::{Context, Result};
+use minijinja::value::Value;
 use minijinja::{AutoEscape, Environment, Error, ErrorKind, UndefinedBehavior};
 
 use crate::error::UsageError;
@@ -76,6 +80,8 @@ pub struct Template {
     /// the loader runs once per file, so they are kept across renders.
     included: Arc<Mutex<BTreeSet<PathBuf>>>,
     limits: Limits,
+    /// The environment's globals, which a data file's keys do not hide.
+    globals: Arc<BTreeSet<String>>,
 }
 
 impl fmt::Debug for Template {
@@ -133,11 +139,13 @@ impl Template {
                 path.display()
             )))
         })?;
+        let globals = Arc::new(env.globals().map(|(name, _)| name.to_string()).collect());
         Ok(Template {
             path: path.to_path_buf(),
             env,
             included,
             limits,
+            globals,
         })
     }
 
@@ -147,22 +155,29 @@ impl Template {
         self.limits = limits;
     }
 
-    /// Top-level names the template uses that are neither stencil's functions
-    /// nor defined in the template: with an empty context they are undefined
-    /// whenever they are reached.
-    pub(crate) fn unknown_names(&self) -> Vec<String> {
+    /// Top-level names the template uses that are neither stencil's functions,
+    /// nor defined in the template, nor keys of the default data file's
+    /// document: they are undefined whenever they are reached.
+    pub(crate) fn unknown_names(&self, scope: &Scope) -> Vec<String> {
         let Ok(tmpl) = self.env.get_template(&self.path.display().to_string()) else {
             return Vec::new();
         };
-        let globals: BTreeSet<&str> = self.env.globals().map(|(name, _)| name).collect();
+        let data: BTreeSet<String> = scope
+            .default_source
+            .as_deref()
+            .and_then(|name| scope.sources.get(name))
+            .and_then(|src| src.document())
+            .and_then(Result::ok)
+            .and_then(|doc| doc.as_object().map(|o| o.keys().cloned().collect()))
+            .unwrap_or_default();
         let mut unknown: Vec<String> = tmpl
             .undeclared_variables(false)
             .into_iter()
-            .filter(|n| !globals.contains(n.as_str()))
+            .filter(|n| !self.globals.contains(n) && !data.contains(n))
             .filter(|n| {
                 !matches!(
                     n.as_str(),
-                    "loop" | "self" | "super" | "caller" | "varargs" | "kwargs"
+                    "loop" | "self" | "super" | "caller" | "varargs" | "kwargs" | vars::VARS
                 )
             })
             .collect();
@@ -174,12 +189,16 @@ impl Template {
     pub fn render(&self, scope: &Scope) -> Rendered {
         let dir = self.path.parent().unwrap_or(Path::new("")).to_path_buf();
         let state = RenderState::new(scope.clone(), dir, self.limits);
+        let context = Value::from_object(vars::DataContext {
+            state: state.clone(),
+            globals: self.globals.clone(),
+        });
         let name = self.path.display().to_string();
         let mut out = limits::CappedOutput::new(self.limits.max_output);
         let (result, mut deps) = RenderState::run(state, || {
             self.env
                 .get_template(&name)
-                .and_then(|t| t.render_captured_to((), &mut out))
+                .and_then(|t| t.render_captured_to(context, &mut out))
                 .map(drop)
         });
         deps.read.insert(Dep::File {
@@ -288,6 +307,7 @@ fn new_environment(whitespace: Whitespace) -> Environment<'static> {
     gofmt::register(&mut env);
     aliases::register(&mut env);
     catalog::register(&mut env);
+    dns::register(&mut env);
     encode::register(&mut env);
     gotime::register(&mut env);
     filters::register(&mut env);

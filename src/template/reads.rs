@@ -10,9 +10,9 @@ use std::cell::RefCell;
 use std::collections::BTreeSet;
 use std::fmt;
 use std::path::PathBuf;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 
-use minijinja::value::Kwargs;
+use minijinja::value::{Kwargs, Serde, Value};
 use minijinja::{Error, ErrorKind};
 use serde::Serialize;
 
@@ -93,6 +93,9 @@ pub(super) struct RenderState {
     /// What the functions may build (`tree()`'s depth, a value's size).
     pub(super) limits: super::Limits,
     deps: Mutex<Deps>,
+    /// The default source's typed document as a template value, converted
+    /// at its first use in the render (most templates never use it).
+    document: OnceLock<Result<Option<(String, Value)>, String>>,
 }
 
 thread_local! {
@@ -129,6 +132,7 @@ impl RenderState {
             dir,
             limits,
             deps: Mutex::new(Deps::default()),
+            document: OnceLock::new(),
         })
     }
 
@@ -166,6 +170,11 @@ impl RenderState {
     fn source(&self, kwargs: &Kwargs) -> Result<(String, Arc<dyn Source>), Error> {
         let requested: Option<String> = kwargs.get("source")?;
         kwargs.assert_all_used()?;
+        self.named_source(requested)
+    }
+
+    /// The source named `requested`, else the template's default.
+    fn named_source(&self, requested: Option<String>) -> Result<(String, Arc<dyn Source>), Error> {
         let Some(name) = requested.or_else(|| self.scope.default_source.clone()) else {
             let names: Vec<&str> = self.scope.sources.names().collect();
             return Err(Error::new(
@@ -288,12 +297,54 @@ impl RenderState {
         }
     }
 
+    /// The default source's typed document (`vars`): `None` when there is
+    /// no default source or it has no document (a key/value store); an
+    /// error when the file failed to read again.
+    pub(super) fn document(&self) -> Result<Option<(String, Value)>, Error> {
+        let cached = self.document.get_or_init(|| {
+            let Some(name) = self.scope.default_source.clone() else {
+                return Ok(None);
+            };
+            let Some(src) = self.scope.sources.get(&name) else {
+                return Ok(None);
+            };
+            match src.document() {
+                None => Ok(None),
+                Some(Ok(doc)) => Ok(Some((name, Value::from(Serde(&*doc))))),
+                Some(Err(e)) => Err(self.source_failed(&name, src, &e)),
+            }
+        });
+        cached
+            .clone()
+            .map_err(|e| Error::new(ErrorKind::InvalidOperation, e))
+    }
+
+    /// Why `vars` is not there: no data file is the template's default
+    /// source.
+    pub(super) fn no_document(&self) -> Error {
+        match self.named_source(None) {
+            Err(e) => e,
+            Ok((name, src)) => Error::new(
+                ErrorKind::InvalidOperation,
+                format!(
+                    "vars is a data file's document, and source {name:?} ({}) is not a data file: read it with key() or tree()",
+                    src.describe()
+                ),
+            ),
+        }
+    }
+
     fn source_error(&self, name: &str, src: &Arc<dyn Source>, err: &anyhow::Error) -> Error {
-        lock(&self.deps).failed.insert(name.to_string());
         Error::new(
             ErrorKind::InvalidOperation,
-            format!("source {name:?} ({}) failed: {err:#}", src.describe()),
+            self.source_failed(name, src, err),
         )
+    }
+
+    /// Records that `name` failed; the message for the error.
+    fn source_failed(&self, name: &str, src: &Arc<dyn Source>, err: &anyhow::Error) -> String {
+        lock(&self.deps).failed.insert(name.to_string());
+        format!("source {name:?} ({}) failed: {err:#}", src.describe())
     }
 }
 
