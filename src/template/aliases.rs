@@ -17,7 +17,7 @@ pub(super) fn register(env: &mut Environment<'static>) {
     });
     env.add_function("atoi", |s: String| {
         s.parse::<i64>()
-            .map_err(|_| invalid(format!("atoi: parsing {s:?}: invalid syntax")))
+            .map_err(|_| invalid(not_shown("atoi", "a decimal integer")))
     });
     env.add_function("seq", seq);
     env.add_function("trimSpace", |s: String| s.trim().to_string());
@@ -57,7 +57,7 @@ pub(super) fn register(env: &mut Environment<'static>) {
             return Ok(0);
         }
         s.parse::<i64>()
-            .map_err(|_| invalid(format!("parseInt: parsing {s:?}: invalid syntax")))
+            .map_err(|_| invalid(not_shown("parseInt", "a decimal integer")))
     });
 }
 
@@ -123,6 +123,12 @@ fn regex(func: &str, re: &str) -> Result<regex::Regex, Error> {
     regex::Regex::new(re).map_err(|e| invalid(format!("{func}: invalid pattern: {e}")))
 }
 
+/// Go's "parsing X: invalid syntax" without X: the value may come from a
+/// source and be a secret, and errors reach logs and `/status`.
+fn not_shown(func: &str, wanted: &str) -> String {
+    format!("{func}: invalid syntax: the value is not {wanted} (the value is not shown)")
+}
+
 fn invalid(msg: String) -> Error {
     Error::new(ErrorKind::InvalidOperation, msg)
 }
@@ -132,7 +138,7 @@ fn parse_bool(s: &str) -> Result<bool, Error> {
     match s {
         "" | "0" | "f" | "F" | "false" | "FALSE" | "False" => Ok(false),
         "1" | "t" | "T" | "true" | "TRUE" | "True" => Ok(true),
-        _ => Err(invalid(format!("parseBool: parsing {s:?}: invalid syntax"))),
+        _ => Err(invalid(not_shown("parseBool", "a boolean"))),
     }
 }
 
