@@ -685,7 +685,7 @@ fn go_helpers_behave_as_in_confd_and_consul_template() {
     for call in ["atoi(env.PW)", "parseInt(env.PW)", "parseBool(env.PW)"] {
         Test::new()
             .env("PW", "hunter2-secret")
-            .file("a.j2", &format!("{{{{ {call} }}}}\n"))
+            .file("a.j2", format!("{{{{ {call} }}}}\n"))
             .args(["render", "-t", "a.j2"])
             .run()
             .code(1)

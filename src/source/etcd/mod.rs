@@ -23,16 +23,19 @@ use base64::Engine as _;
 
 use super::{Source, SourceEvent, WatchFuture, WatchSpec};
 use crate::runtime::{self, Tls};
-use client::{B64, EtcdError, Kv, prefix_range};
+use client::{B64, EtcdError, Kv};
+use range::prefix_range;
 
 mod cache;
 mod client;
 mod members;
 mod probe;
+mod range;
 mod watch;
 
-pub use client::{EtcdClient, prefix_range_end};
+pub use client::EtcdClient;
 pub use members::GivenUp;
+pub use range::prefix_range_end;
 
 /// The default request timeout. A bogus token can make the gateway hang
 /// forever, so nothing waits without a bound.

@@ -19,7 +19,8 @@ use serde::Deserialize;
 use serde_json::json;
 use tokio::sync::mpsc::UnboundedSender;
 
-use super::client::{B64, EtcdError, Header, Kv, de_i64, prefix_range};
+use super::client::{B64, EtcdError, Header, Kv, de_i64};
+use super::range::prefix_range;
 use super::{EtcdSource, SourceEvent, WatchSpec};
 use crate::runtime::Backoff;
 
