@@ -328,3 +328,40 @@ fn a_signal_during_a_one_shot_check_kills_it_and_removes_the_staged_file() {
         assert_eq!(left, ["a.conf"], "a staged file was left");
     }
 }
+
+/// Two templates share a reload command and change in two batches that run
+/// at once (batches run on threads of their own): the command runs one at a
+/// time. The reload fails if another copy of it is running.
+#[test]
+fn batches_sharing_a_reload_command_run_it_one_at_a_time() {
+    let etcd = Etcd::start();
+    etcd.put("/app/a", "1");
+    etcd.put("/app/b", "1");
+    let reload = "mkdir lock || { echo overlap >> overlaps; exit 1; }; echo x >> started; sleep 1; rmdir lock";
+    let config = format!(
+        "[sources.kv]\nkind = \"etcd\"\nendpoints = [\"{}\"]\nprefix = \"/app/\"\n\n\
+         [[templates]]\nsource = \"a.j2\"\ndestination = \"a.conf\"\nreload = {reload:?}\n\n\
+         [[templates]]\nsource = \"b.j2\"\ndestination = \"b.conf\"\nreload = {reload:?}\n",
+        etcd.url()
+    );
+    let test = Test::new()
+        .file("a.j2", "a={{ key('a') }}\n")
+        .file("b.j2", "b={{ key('b') }}\n")
+        .file("stencil.toml", config)
+        .args(["watch", "-c", "stencil.toml"]);
+    let lock = test.path("lock");
+    let mut run = test.spawn();
+    // The first batch renders both and runs the shared command once.
+    run.wait_file("started", "x\n");
+    run.wait_for("the first reload to end", |_| {
+        (!lock.exists()).then_some(())
+    });
+    etcd.put("/app/a", "2");
+    // a's reload is running (it holds `lock` for a second): b's change
+    // starts a batch of its own meanwhile.
+    run.wait_file("started", "x\nx\n");
+    etcd.put("/app/b", "2");
+    run.wait_file("b.conf", "b=2\n");
+    run.wait_file("started", "x\nx\nx\n");
+    assert_eq!(run.file("overlaps"), None, "a reload ran beside another");
+}

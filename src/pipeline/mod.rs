@@ -6,7 +6,7 @@
 //! rendering, so what the tests prove about `render` holds for the daemon.
 
 use std::io::Write;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 use anyhow::{Result, anyhow};
@@ -308,6 +308,12 @@ impl Pipeline {
     /// output (it is what `/status` shows). When the reload succeeds,
     /// templates restored together at its last failure are retried.
     fn run_reload(&mut self, reload: Reload, report: &mut Report) {
+        // Batches run on threads of their own (watch mode): two templates
+        // sharing `systemctl reload nginx` in two batches must not reload it
+        // twice at once, nor one restore files under the other's reload.
+        // Reloads are short; one at a time in the process is simplest.
+        static ONE_AT_A_TIME: Mutex<()> = Mutex::new(());
+        let _turn = ONE_AT_A_TIME.lock().unwrap_or_else(PoisonError::into_inner);
         let Reload {
             spec,
             timeout,
