@@ -85,10 +85,15 @@ pub fn run() {
     }
 }
 
-/// For a one-shot run that starts commands: SIGTERM, SIGINT or SIGHUP
-/// [`run`]s the cleanup and exits with 128 + the signal's number, as the
-/// default action would have. The handlers are in place when this returns.
-pub fn exit_on_signals() {
+/// Until the guard is dropped, SIGTERM, SIGINT or SIGHUP [`run`]s the
+/// cleanup and exits with 128 + the signal's number, as the default action
+/// would have: for a one-shot run that starts commands. The handlers are in
+/// place when this returns. After the drop the handlers stay installed
+/// (tokio never removes one) but nothing acts on them: only drop it right
+/// before exec(2), which resets them, or before a loop that takes the
+/// signals itself.
+pub fn exit_on_signals() -> SignalExit {
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let (ready_tx, ready_rx) = std::sync::mpsc::channel();
     let spawned = std::thread::Builder::new()
         .name("stencil-signals".into())
@@ -115,6 +120,7 @@ pub fn exit_on_signals() {
                     Some(()) = recv(&mut term) => 15,
                     Some(()) = recv(&mut int) => 2,
                     Some(()) = recv(&mut hup) => 1,
+                    _ = stopped => return,
                 };
                 run();
                 std::process::exit(128 + n);
@@ -123,6 +129,13 @@ pub fn exit_on_signals() {
     if spawned.is_ok() {
         let _ = ready_rx.recv();
     }
+    SignalExit { _stop: stop }
+}
+
+/// Ends [`exit_on_signals`] when dropped.
+#[must_use = "the signals are taken only while the guard lives"]
+pub struct SignalExit {
+    _stop: tokio::sync::oneshot::Sender<()>,
 }
 
 async fn recv(s: &mut Option<tokio::signal::unix::Signal>) -> Option<()> {

@@ -66,10 +66,8 @@ pub(crate) fn render(args: RenderArgs) -> Result<Exit> {
         .units
         .iter()
         .any(|u| u.spec.check.is_some() || (u.spec.reload.is_some() && !opts.no_reload));
-    if runs_commands && !opts.dry_run {
-        // A check or reload must not outlive a stencil that is stopped.
-        crate::cleanup::exit_on_signals();
-    }
+    // A check or reload must not outlive a stencil that is stopped.
+    let _signals = (runs_commands && !opts.dry_run).then(crate::cleanup::exit_on_signals);
     let all: Vec<usize> = (0..pipeline.units.len()).collect();
     let report = pipeline.run(&all, &opts, &mut std::io::stdout().lock());
     for (name, source) in pipeline.sources.iter() {

@@ -329,6 +329,36 @@ fn a_signal_during_a_one_shot_check_kills_it_and_removes_the_staged_file() {
     }
 }
 
+/// The same for `stencil exec`'s first render, which runs before the app:
+/// a stop during its check kills the check, keeps the old file, leaves no
+/// staged file and never starts the app.
+#[test]
+fn a_signal_during_exec_first_check_kills_it_and_never_starts_the_app() {
+    let t = Test::new()
+        .file("a.j2", "new\n")
+        .file("out/a.conf", "old\n")
+        .file(
+            "stencil.toml",
+            "[[templates]]\nsource = \"a.j2\"\ndestination = \"out/a.conf\"\n\
+             check = \"echo $$ > check.pid; exec sleep 60\"\n",
+        )
+        .args(["exec", "-c", "stencil.toml", "--", "touch", "app-started"]);
+    let mut run = t.spawn();
+    let pid: i32 = run.wait_for("the check to start", |r| {
+        r.file("check.pid")?.trim().parse().ok()
+    });
+    run.signal(nix::sys::signal::Signal::SIGTERM);
+    assert_eq!(run.wait_exit(std::time::Duration::from_secs(10)), 143);
+    wait_gone(&mut run, pid);
+    assert_eq!(run.file("out/a.conf").unwrap(), "old\n");
+    assert_eq!(run.file("app-started"), None, "the app was started");
+    let left: Vec<_> = std::fs::read_dir(t.path("out"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    assert_eq!(left, ["a.conf"], "a staged file was left");
+}
+
 /// Two templates share a reload command and change in two batches that run
 /// at once (batches run on threads of their own): the command runs one at a
 /// time. The reload fails if another copy of it is running.

@@ -48,6 +48,10 @@ pub fn run(args: &ExecArgs) -> Result<Exit> {
     };
     let spec = ExecSpec::resolve(args, pipeline.config.exec.as_ref())?;
     pipeline.remove_stale();
+    // As in one-shot `render`: a stop during a check kills it and removes
+    // the staged file; a stop during --wait exits at once. Taken until the
+    // app is exec'd or the watch loop takes the signals over.
+    let signals = crate::cleanup::exit_on_signals();
     let all: Vec<usize> = (0..pipeline.units.len()).collect();
     let report = pipeline.run(&all, &args.options(), &mut std::io::stdout().lock());
     let errors: Vec<anyhow::Error> = report
@@ -62,6 +66,7 @@ pub fn run(args: &ExecArgs) -> Result<Exit> {
     }
     wait::wait_all(&args.exec.wait, args.exec.wait_timeout)
         .with_context(|| format!("not starting `{}`", spec.display()))?;
+    drop(signals);
     if args.exec.watch {
         // The loop starts the app, re-renders on change and sends it the
         // reload signal; reload commands run from now on.
