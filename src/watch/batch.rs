@@ -107,7 +107,10 @@ impl Coordinator {
             .spawn(run)
         {
             tracing::error!("cannot start a render thread: {e}; retrying");
-            self.batches.running.clear();
+            // Only this batch's templates: other batches are still running.
+            for i in &free {
+                self.batches.running.remove(i);
+            }
             let now = Instant::now() + Duration::from_secs(1);
             for i in free {
                 self.debouncer.retry_at(i, now);
