@@ -311,22 +311,34 @@ fn a_signal_during_a_one_shot_check_kills_it_and_removes_the_staged_file() {
                 "-t",
                 "a.j2:out/a.conf",
                 "--check",
-                "echo $$ > check.pid; exec sleep 60",
+                CHECK_UNTIL_STOPPED,
             ]);
-        let mut run = t.spawn();
-        let pid: i32 = run.wait_for("the check to start", |r| {
-            r.file("check.pid")?.trim().parse().ok()
-        });
-        run.signal(signal);
-        assert_eq!(run.wait_exit(std::time::Duration::from_secs(10)), code);
-        wait_gone(&mut run, pid);
-        assert_eq!(run.file("out/a.conf").unwrap(), "old\n");
-        let left: Vec<_> = std::fs::read_dir(t.path("out"))
-            .unwrap()
-            .map(|e| e.unwrap().file_name())
-            .collect();
-        assert_eq!(left, ["a.conf"], "a staged file was left");
+        drop(stop_during_check(&t, signal, code));
     }
+}
+
+/// A check that writes its pid to check.pid and runs until killed.
+const CHECK_UNTIL_STOPPED: &str = "echo $$ > check.pid; exec sleep 60";
+
+/// Runs `t` (a.j2 rendering "new" over out/a.conf's "old", checked by
+/// [`CHECK_UNTIL_STOPPED`]), sends `signal` once the check runs, and checks
+/// that stencil exits `code` having killed the check, kept the old file and
+/// left no staged file.
+fn stop_during_check(t: &Test, signal: nix::sys::signal::Signal, code: i32) -> Running {
+    let mut run = t.spawn();
+    let pid: i32 = run.wait_for("the check to start", |r| {
+        r.file("check.pid")?.trim().parse().ok()
+    });
+    run.signal(signal);
+    assert_eq!(run.wait_exit(std::time::Duration::from_secs(10)), code);
+    wait_gone(&mut run, pid);
+    assert_eq!(run.file("out/a.conf").unwrap(), "old\n");
+    let left: Vec<_> = std::fs::read_dir(t.path("out"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    assert_eq!(left, ["a.conf"], "a staged file was left");
+    run
 }
 
 /// The same for `stencil exec`'s first render, which runs before the app:
@@ -339,24 +351,14 @@ fn a_signal_during_exec_first_check_kills_it_and_never_starts_the_app() {
         .file("out/a.conf", "old\n")
         .file(
             "stencil.toml",
-            "[[templates]]\nsource = \"a.j2\"\ndestination = \"out/a.conf\"\n\
-             check = \"echo $$ > check.pid; exec sleep 60\"\n",
+            format!(
+                "[[templates]]\nsource = \"a.j2\"\ndestination = \"out/a.conf\"\n\
+                 check = {CHECK_UNTIL_STOPPED:?}\n"
+            ),
         )
         .args(["exec", "-c", "stencil.toml", "--", "touch", "app-started"]);
-    let mut run = t.spawn();
-    let pid: i32 = run.wait_for("the check to start", |r| {
-        r.file("check.pid")?.trim().parse().ok()
-    });
-    run.signal(nix::sys::signal::Signal::SIGTERM);
-    assert_eq!(run.wait_exit(std::time::Duration::from_secs(10)), 143);
-    wait_gone(&mut run, pid);
-    assert_eq!(run.file("out/a.conf").unwrap(), "old\n");
+    let run = stop_during_check(&t, nix::sys::signal::Signal::SIGTERM, 143);
     assert_eq!(run.file("app-started"), None, "the app was started");
-    let left: Vec<_> = std::fs::read_dir(t.path("out"))
-        .unwrap()
-        .map(|e| e.unwrap().file_name())
-        .collect();
-    assert_eq!(left, ["a.conf"], "a staged file was left");
 }
 
 /// Two templates share a reload command and change in two batches that run
