@@ -10,9 +10,9 @@ use tokio::sync::mpsc::UnboundedSender;
 use tokio::time::Instant;
 
 use super::client::{CatalogReply, is_denied, refused};
-use super::watch::{Health, MIN_INTERVAL, until_closed};
+use super::watch::{Health, MIN_INTERVAL, Streak, until_closed};
 use super::{AclFiltered, ConsulSource, Read};
-use crate::runtime::{self, Backoff};
+use crate::runtime;
 use crate::source::SourceEvent;
 use crate::source::catalog::{CatalogData, CatalogQuery};
 
@@ -98,8 +98,7 @@ impl ConsulSource {
         let known = self.known_catalog(&query);
         let mut index = known.as_ref().map_or(0, |k| k.index);
         let mut data = known.map(|k| k.value);
-        let mut backoff = Backoff::default();
-        let mut failing = false;
+        let mut streak = Streak::default();
         let mut pace: Option<Instant> = None;
         loop {
             if let Some(started) = pace.take()
@@ -110,7 +109,7 @@ impl ConsulSource {
                 return Ok(());
             }
             let started = Instant::now();
-            let block = (!failing).then_some((index, self.query_wait));
+            let block = (!streak.failing).then_some((index, self.query_wait));
             let read = async {
                 let reply = self.client.catalog(&query, block).await?;
                 self.check_filtered_catalog(&query, &reply).map(|()| reply)
@@ -127,20 +126,17 @@ impl ConsulSource {
                     )));
                 }
                 Err(e) => {
-                    let delay = backoff.next_delay();
+                    let (delay, first) = streak.failed();
                     let error = format!("{e:#}");
                     tracing::warn!(source = %self.name, "consul watch of {query}: {error}; next attempt in {} ms, from index {index}", delay.as_millis());
-                    health.failed(error, !std::mem::replace(&mut failing, true));
+                    health.failed(error, first);
                     if until_closed(tx, tokio::time::sleep(delay)).await.is_none() {
                         return Ok(());
                     }
                     continue;
                 }
             };
-            if std::mem::take(&mut failing) {
-                health.up();
-            }
-            backoff.reset();
+            streak.answered(health);
             if !self.absorb_catalog(&query, reply, &mut index, &mut data) {
                 pace = Some(started);
                 continue;

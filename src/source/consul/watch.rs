@@ -109,7 +109,7 @@ impl ConsulSource {
             if !members.is_empty()
                 && let Some(why) = refused_merge(&result)
             {
-                run.answered(health);
+                run.streak.answered(health);
                 self.split(&run.key, why);
                 // One query becomes its members.
                 health.parked(members.len(), 1);
@@ -137,7 +137,7 @@ impl ConsulSource {
                     continue;
                 }
             };
-            run.answered(health);
+            run.streak.answered(health);
             let changed = run.absorb(reply);
             if changed.is_empty() {
                 pace = Some(started);
@@ -240,6 +240,33 @@ impl Health<'_> {
     }
 }
 
+/// One query's run of failed attempts, kept by the KV and the catalog
+/// watches alike: the delay before the next attempt, and whether the last
+/// one failed (then the next read does not block, so a source that is back
+/// is seen at once; the health counts a streak once).
+#[derive(Default)]
+pub(super) struct Streak {
+    backoff: Backoff,
+    pub(super) failing: bool,
+}
+
+impl Streak {
+    /// A failed attempt: the delay before the next, and whether it began
+    /// the streak.
+    pub(super) fn failed(&mut self) -> (Duration, bool) {
+        let delay = self.backoff.next_delay();
+        (delay, !std::mem::replace(&mut self.failing, true))
+    }
+
+    /// An answer came: the end of the streak, if there was one.
+    pub(super) fn answered(&mut self, health: &Health<'_>) {
+        if std::mem::take(&mut self.failing) {
+            health.up();
+        }
+        self.backoff.reset();
+    }
+}
+
 /// One blocking query's state from one answer to the next.
 struct Run<'a> {
     source: &'a ConsulSource,
@@ -252,8 +279,7 @@ struct Run<'a> {
     /// What the last answer (or the render) held; None: nothing known, so
     /// the first answer's keys are all news.
     known: Option<Arc<Content>>,
-    backoff: Backoff,
-    failing: bool,
+    streak: Streak,
 }
 
 impl<'a> Run<'a> {
@@ -270,8 +296,7 @@ impl<'a> Run<'a> {
             known: query.known.map(|r| r.value),
             key: query.key,
             recurse: query.recurse,
-            backoff: Backoff::default(),
-            failing: false,
+            streak: Streak::default(),
         }
     }
 
@@ -279,7 +304,7 @@ impl<'a> Run<'a> {
     /// would only answer (and so show the source is back) when something
     /// changes. Its content is compared like any other, so nothing is lost.
     async fn read(&self) -> Result<Reply> {
-        let block = (!self.failing).then_some((self.index, self.source.query_wait));
+        let block = (!self.streak.failing).then_some((self.index, self.source.query_wait));
         tracing::trace!(source = %self.source.name, "consul query on {} from index {}, blocking: {}", self.what, self.index, block.is_some());
         self.source
             .client
@@ -289,10 +314,9 @@ impl<'a> Run<'a> {
 
     /// Reports a failed attempt; the delay before retrying.
     fn failed(&mut self, e: &anyhow::Error, health: &Health<'_>) -> Duration {
-        let delay = self.backoff.next_delay();
+        let (delay, first) = self.streak.failed();
         let error = format!("{e:#}");
         tracing::warn!(source = %self.source.name, "consul watch of {}: {error}; next attempt in {} ms, from index {}", self.what, delay.as_millis(), self.index);
-        let first = !std::mem::replace(&mut self.failing, true);
         if first {
             // What changes while it fails goes unseen: the snapshot is read
             // again.
@@ -300,14 +324,6 @@ impl<'a> Run<'a> {
         }
         health.failed(error, first);
         delay
-    }
-
-    /// An answer came: the end of a failure streak, if there was one.
-    fn answered(&mut self, health: &Health<'_>) {
-        if std::mem::take(&mut self.failing) {
-            health.up();
-        }
-        self.backoff.reset();
     }
 
     /// Takes in an answer: its index for the next query, its content as
