@@ -11,11 +11,11 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use stencil::{ConsulConfig, ConsulSource};
-use stencil::{Source, SourceEvent, WatchSpec};
-use tokio::sync::mpsc::UnboundedReceiver;
+use stencil::{Source, SourceEvent};
 
 use crate::support::Test;
 use crate::support::consul::{Acl, ConsulServer, ConsulTarget, Policy, Rule};
+use crate::support::watch::{Watch, spec};
 
 const TEMPLATE: &str = "db={{ key('db/host') }}:{{ key_or('db/port', '5432') }}\n\
 {% for name in ls('upstreams') %}\nupstream {{ name }} {{ key('upstreams/' ~ name) }}\n{% endfor %}\n\
@@ -57,94 +57,6 @@ fn source_on_server(server: &ConsulServer, wait: Duration) -> Arc<ConsulSource> 
     let mut config = ConsulConfig::new(server.addr());
     config.query_wait = wait;
     Arc::new(ConsulSource::new("kv", &config).unwrap())
-}
-
-fn spec(keys: &[&str], prefixes: &[&str]) -> WatchSpec {
-    WatchSpec {
-        keys: keys.iter().map(|k| k.to_string()).collect(),
-        prefixes: prefixes.iter().map(|p| p.to_string()).collect(),
-        catalog: Default::default(),
-    }
-}
-
-/// Starts the source's watch on the runtime; aborted on drop.
-struct Watch {
-    rx: UnboundedReceiver<SourceEvent>,
-    task: Option<tokio::task::JoinHandle<anyhow::Result<()>>>,
-}
-
-impl Watch {
-    fn start(source: &Arc<ConsulSource>, spec: WatchSpec) -> Watch {
-        let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
-        let future = source
-            .clone()
-            .watch("kv".into(), spec, tx)
-            .expect("consul sources watch");
-        Watch {
-            rx,
-            task: Some(stencil::async_runtime().spawn(future)),
-        }
-    }
-
-    /// The next event, within a generous deadline.
-    #[track_caller]
-    fn next(&mut self) -> SourceEvent {
-        loop {
-            let event = stencil::block_on(async {
-                tokio::time::timeout(Duration::from_secs(30), self.rx.recv()).await
-            })
-            .expect("no event arrived in time")
-            .expect("the watch ended");
-            // How many queries are parked is for /status (tested through
-            // the binary), not a change.
-            if !matches!(event, SourceEvent::Queries { .. }) {
-                return event;
-            }
-        }
-    }
-
-    /// The next event, which must be a change; returns its keys.
-    #[track_caller]
-    fn changed(&mut self) -> Vec<String> {
-        match self.next() {
-            SourceEvent::Changed { source, keys } => {
-                assert_eq!(source, "kv");
-                keys
-            }
-            other => panic!("expected a change, got {other:?}"),
-        }
-    }
-
-    /// Changed keys until every expected one was seen (a real Consul may
-    /// split changes over several replies).
-    #[track_caller]
-    fn collect(&mut self, expected: &[&str]) -> Vec<String> {
-        let deadline = Instant::now() + Duration::from_secs(30);
-        let mut seen: Vec<String> = Vec::new();
-        while !expected.iter().all(|e| seen.iter().any(|s| s == e)) {
-            assert!(Instant::now() < deadline, "saw only {seen:?}");
-            seen.extend(self.changed());
-        }
-        seen.sort();
-        seen.dedup();
-        seen
-    }
-
-    /// Waits for the watch to end by itself, returning its result.
-    fn result(mut self) -> anyhow::Result<()> {
-        let task = self.task.take().unwrap();
-        stencil::block_on(async { tokio::time::timeout(Duration::from_secs(30), task).await })
-            .expect("the watch did not end")
-            .expect("the watch panicked")
-    }
-}
-
-impl Drop for Watch {
-    fn drop(&mut self) {
-        if let Some(task) = &self.task {
-            task.abort();
-        }
-    }
 }
 
 // ---------------------------------------------------------------------------
@@ -818,7 +730,7 @@ fn a_change_is_seen_by_a_parked_blocking_query_without_polling() {
     server.clear_requests();
 
     // The key inside the watched prefix shares its query.
-    let mut watch = Watch::start(&source, spec(&["apps/web/port"], &["apps/web"]));
+    let mut watch = Watch::start(source.clone(), spec(&["apps/web/port"], &["apps/web"]));
     server.wait_parked(1);
     let log = server.kv_requests();
     assert_eq!(log.len(), 1, "{log:#?}");
@@ -863,7 +775,7 @@ fn a_key_outside_watched_prefixes_gets_its_own_query() {
     source.get("a/x").unwrap();
     source.get("b").unwrap();
     server.clear_requests();
-    let mut watch = Watch::start(&source, spec(&["a/x", "b"], &["a"]));
+    let mut watch = Watch::start(source.clone(), spec(&["a/x", "b"], &["a"]));
     server.wait_parked(2);
     let mut keys: Vec<String> = server
         .kv_requests()
@@ -881,7 +793,7 @@ fn a_missing_key_is_seen_when_it_is_created() {
     let t = ConsulTarget::start();
     let source = source_on(&t, "");
     assert_eq!(source.get("late").unwrap(), None);
-    let mut watch = Watch::start(&source, spec(&["late"], &[]));
+    let mut watch = Watch::start(source.clone(), spec(&["late"], &[]));
     if let Some(server) = t.test_server() {
         server.wait_parked(1);
     }
@@ -903,7 +815,7 @@ fn a_deleted_prefix_lists_every_deleted_key() {
     t.put("keep", "x");
     let source = source_on(&t, "");
     assert_eq!(source.list("up").unwrap().len(), 3);
-    let mut watch = Watch::start(&source, spec(&[], &["up"]));
+    let mut watch = Watch::start(source.clone(), spec(&[], &["up"]));
     if let Some(server) = t.test_server() {
         server.wait_parked(1);
     }
@@ -924,7 +836,7 @@ fn an_index_that_goes_backwards_resets_to_zero_and_sees_the_next_change() {
     // wait ends, with the lower index.
     let source = source_on_server(&server, Duration::from_secs(1));
     source.list("w").unwrap();
-    let mut watch = Watch::start(&source, spec(&[], &["w"]));
+    let mut watch = Watch::start(source.clone(), spec(&[], &["w"]));
     server.wait_parked(1);
     let old = server
         .kv_requests()
@@ -963,7 +875,7 @@ fn each_500_is_reported_and_recovery_delivers_the_change() {
     source.get("k").unwrap();
     server.clear_requests();
     server.fail_next(2);
-    let mut watch = Watch::start(&source, spec(&["k"], &[]));
+    let mut watch = Watch::start(source.clone(), spec(&["k"], &[]));
     match watch.next() {
         SourceEvent::Failed { source, error } => {
             assert_eq!(source, "kv");
@@ -999,7 +911,7 @@ fn a_dropped_connection_mid_query_loses_no_change() {
     server.put("p/a", "1");
     let source = source_on_server(&server, Duration::from_secs(300));
     source.list("p").unwrap();
-    let mut watch = Watch::start(&source, spec(&[], &["p"]));
+    let mut watch = Watch::start(source.clone(), spec(&[], &["p"]));
     server.wait_parked(1);
     server.drop_parked_connections();
     assert!(matches!(watch.next(), SourceEvent::Failed { .. }));
@@ -1024,7 +936,7 @@ fn a_frozen_agent_is_noticed_within_the_query_limit_and_retried() {
     config.timeout = Duration::from_secs(1);
     let source = Arc::new(ConsulSource::new("kv", &config).unwrap());
     source.get("k").unwrap();
-    let mut watch = Watch::start(&source, spec(&["k"], &[]));
+    let mut watch = Watch::start(source.clone(), spec(&["k"], &[]));
     server.wait_parked(1);
     server.freeze();
     server.put("k", "2");
@@ -1059,7 +971,7 @@ fn recovery_is_reported_without_waiting_for_a_change() {
     // the failure can say the server is back.
     let source = source_on_server(&server, Duration::from_secs(600));
     source.list("p").unwrap();
-    let mut watch = Watch::start(&source, spec(&[], &["p"]));
+    let mut watch = Watch::start(source.clone(), spec(&[], &["p"]));
     server.wait_parked(1);
     server.drop_parked_connections();
     assert!(matches!(watch.next(), SourceEvent::Failed { .. }));
@@ -1081,7 +993,7 @@ fn a_server_that_answers_at_once_is_not_queried_in_a_hot_loop() {
     let source = source_on_server(&server, Duration::from_secs(300));
     source.list("missing").unwrap();
     server.clear_requests();
-    let _watch = Watch::start(&source, spec(&[], &["missing"]));
+    let _watch = Watch::start(source.clone(), spec(&[], &["missing"]));
     server.wait_parked(1);
     let start = Instant::now();
     for i in 0..10 {
@@ -1115,7 +1027,7 @@ fn a_token_revoked_while_watching_ends_the_watch_with_an_error() {
     config.token = Some(TOKEN.into());
     let source = Arc::new(ConsulSource::new("kv", &config).unwrap());
     source.get("apps/k").unwrap();
-    let watch = Watch::start(&source, spec(&["apps/k"], &[]));
+    let watch = Watch::start(source.clone(), spec(&["apps/k"], &[]));
     server.wait_parked(1);
     server.remove_token(TOKEN);
     server.put("apps/k", "2");
@@ -1146,7 +1058,7 @@ fn a_filtered_answer_ends_the_watch_of_a_prefix() {
     config.token = Some(TOKEN.into());
     let source = Arc::new(ConsulSource::new("kv", &config).unwrap());
     source.list("apps/web").unwrap();
-    let watch = Watch::start(&source, spec(&[], &["apps/web"]));
+    let watch = Watch::start(source.clone(), spec(&[], &["apps/web"]));
     server.wait_parked(1);
     server.put("apps/web/secret", "hunter2");
     let err = format!("{:#}", watch.result().unwrap_err());
@@ -1175,7 +1087,7 @@ fn a_merged_query_refused_by_the_list_policy_falls_back_to_one_per_key() {
     let source = Arc::new(ConsulSource::new("kv", &config).unwrap());
     source.get("apps/web/a").unwrap();
     source.get("apps/web/b").unwrap();
-    let mut watch = Watch::start(&source, spec(&["apps/web/a", "apps/web/b"], &[]));
+    let mut watch = Watch::start(source.clone(), spec(&["apps/web/a", "apps/web/b"], &[]));
     server.wait_parked(2);
     let log = server.kv_requests();
     assert!(
@@ -1188,7 +1100,7 @@ fn a_merged_query_refused_by_the_list_policy_falls_back_to_one_per_key() {
     // A later watch (templates changed) splits the folder from the start.
     drop(watch);
     server.clear_requests();
-    let _watch = Watch::start(&source, spec(&["apps/web/a", "apps/web/b"], &[]));
+    let _watch = Watch::start(source.clone(), spec(&["apps/web/a", "apps/web/b"], &[]));
     let log = server.wait_until("a query on each key", |log| {
         ["apps/web/a", "apps/web/b"]
             .iter()
@@ -1222,7 +1134,7 @@ fn a_token_rotated_in_token_file_is_used_from_the_next_request() {
     config.token_file = Some(file.clone());
     let source = Arc::new(ConsulSource::new("kv", &config).unwrap());
     source.get("apps/k").unwrap();
-    let mut watch = Watch::start(&source, spec(&["apps/k"], &[]));
+    let mut watch = Watch::start(source.clone(), spec(&["apps/k"], &[]));
     server.wait_parked(1);
     server.add_token(new, [Rule::key_prefix("apps/", Policy::Read)]);
     std::fs::write(&file, format!("{new}\n")).unwrap();
@@ -1243,7 +1155,7 @@ fn a_restarted_watch_goes_on_from_what_the_last_one_saw() {
     server.put("b", "1");
     let source = source_on_server(&server, Duration::from_secs(300));
     source.get("a").unwrap();
-    let mut first = Watch::start(&source, spec(&["a"], &[]));
+    let mut first = Watch::start(source.clone(), spec(&["a"], &[]));
     server.wait_parked(1);
     server.put("a", "2");
     assert_eq!(first.changed(), ["a"]);
@@ -1254,7 +1166,7 @@ fn a_restarted_watch_goes_on_from_what_the_last_one_saw() {
     // snapshot, but the old watch saw it, so nothing is reported twice.
     source.refresh();
     source.get("b").unwrap();
-    let mut second = Watch::start(&source, spec(&["a", "b"], &[]));
+    let mut second = Watch::start(source.clone(), spec(&["a", "b"], &[]));
     server.wait_parked(2);
     server.put("b", "2");
     assert_eq!(second.changed(), ["b"]);
@@ -1268,7 +1180,7 @@ fn a_watch_with_nothing_read_reports_what_it_finds() {
     t.put("cold/a", "1");
     let source = source_on(&t, "");
     // No read before the watch: it cannot know what the render saw.
-    let mut watch = Watch::start(&source, spec(&[], &["cold"]));
+    let mut watch = Watch::start(source.clone(), spec(&[], &["cold"]));
     assert_eq!(watch.changed(), ["cold/a"]);
     if let Some(server) = t.test_server() {
         server.wait_parked(1);
@@ -1350,7 +1262,7 @@ fn keys_in_one_folder_share_one_blocking_query() {
         source.get(k).unwrap();
     }
     let keys: Vec<&str> = names.iter().map(String::as_str).collect();
-    let mut watch = Watch::start(&source, spec(&keys, &[]));
+    let mut watch = Watch::start(source.clone(), spec(&keys, &[]));
     server.wait_parked(1);
     assert_eq!(server.parked(), 1, "one query for the folder");
     server.put("app/k042", "2");

@@ -7,71 +7,13 @@
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use stencil::{ConsulConfig, ConsulSource, EtcdSource, Source, SourceEvent, WatchSpec};
-use tokio::sync::mpsc::UnboundedReceiver;
+use stencil::{ConsulConfig, ConsulSource, EtcdSource, Source, SourceEvent};
 
 use crate::support::consul::ConsulServer;
 use crate::support::etcd::Etcd;
-
-fn spec(keys: &[&str], prefixes: &[&str]) -> WatchSpec {
-    WatchSpec {
-        keys: keys.iter().map(|k| k.to_string()).collect(),
-        prefixes: prefixes.iter().map(|p| p.to_string()).collect(),
-        catalog: Default::default(),
-    }
-}
-
-/// A source's watch running on the runtime, as the coordinator starts it
-/// (from what the snapshot read); aborted on drop.
-struct Watch {
-    rx: UnboundedReceiver<SourceEvent>,
-    task: tokio::task::JoinHandle<anyhow::Result<()>>,
-}
-
-impl Watch {
-    fn start(source: Arc<dyn Source>, spec: WatchSpec) -> Watch {
-        let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
-        let future = source
-            .watch("kv".into(), spec, tx)
-            .expect("a network source");
-        Watch {
-            rx,
-            task: stencil::async_runtime().spawn(future),
-        }
-    }
-
-    /// Waits for an event `want` accepts, skipping others.
-    #[track_caller]
-    fn until(&mut self, what: &str, want: impl Fn(&SourceEvent) -> bool) {
-        let deadline = Instant::now() + Duration::from_secs(60);
-        loop {
-            let left = deadline.saturating_duration_since(Instant::now());
-            let event =
-                stencil::block_on(async { tokio::time::timeout(left, self.rx.recv()).await })
-                    .unwrap_or_else(|_| panic!("no {what} in time"))
-                    .expect("the watch ended");
-            if want(&event) {
-                return;
-            }
-        }
-    }
-
-    #[track_caller]
-    fn changed(&mut self, key: &str) {
-        self.until(
-            &format!("change of {key}"),
-            |e| matches!(e, SourceEvent::Changed { keys, .. } if keys.iter().any(|k| k == key)),
-        );
-    }
-}
-
-impl Drop for Watch {
-    fn drop(&mut self) {
-        self.task.abort();
-    }
-}
+use crate::support::watch::{Watch, spec};
 
 fn etcd_requests(source: &EtcdSource) -> u64 {
     source.client().requests.load(Ordering::Relaxed)
@@ -91,13 +33,13 @@ fn etcd_a_change_is_read_from_the_watch_event_without_asking_again() {
     assert_eq!(get(&*source, "app/port").as_deref(), Some("80"));
     let mut watch = Watch::start(source.clone(), spec(&["app/host", "app/port"], &[]));
     etcd.put("/app/host", "two");
-    watch.changed("app/host");
+    watch.changed_key("app/host");
     let before = etcd_requests(&source);
     source.refresh();
     assert_eq!(get(&*source, "app/host").as_deref(), Some("two"));
     assert_eq!(get(&*source, "app/port").as_deref(), Some("80"));
     etcd.delete("/app/port");
-    watch.changed("app/port");
+    watch.changed_key("app/port");
     source.refresh();
     assert_eq!(get(&*source, "app/port"), None);
     assert_eq!(
@@ -136,7 +78,7 @@ fn etcd_a_key_the_watch_does_not_cover_is_read_again() {
     let mut watch = Watch::start(source.clone(), spec(&["a/x"], &[]));
     etcd.put("/b/y", "2");
     etcd.put("/a/x", "2");
-    watch.changed("a/x");
+    watch.changed_key("a/x");
     source.refresh();
     assert_eq!(get(&*source, "a/x").as_deref(), Some("2"));
     assert_eq!(get(&*source, "b/y").as_deref(), Some("2"));
@@ -150,7 +92,7 @@ fn etcd_a_watch_that_lost_its_source_drops_the_snapshot() {
     assert_eq!(get(&*source, "app/host").as_deref(), Some("one"));
     let mut watch = Watch::start(source.clone(), spec(&["app/host"], &[]));
     etcd.put("/app/host", "two");
-    watch.changed("app/host");
+    watch.changed_key("app/host");
     etcd.restart();
     etcd.put("/app/host", "three");
     watch.until("the source back", |e| matches!(e, SourceEvent::Up { .. }));
@@ -204,9 +146,9 @@ fn consul_a_change_is_read_from_the_blocking_reply_without_asking_again() {
     assert_eq!(get(&*source, "solo").as_deref(), Some("s"));
     let mut watch = Watch::start(source.clone(), spec(&["app/host", "app/port", "solo"], &[]));
     server.put("app/host", "two");
-    watch.changed("app/host");
+    watch.changed_key("app/host");
     server.put("solo", "t");
-    watch.changed("solo");
+    watch.changed_key("solo");
     let before = plain_reads(&server);
     source.refresh();
     assert_eq!(get(&*source, "app/host").as_deref(), Some("two"));
@@ -234,7 +176,7 @@ fn consul_an_index_that_went_backwards_drops_what_it_would_replace() {
     // below the one the snapshot read.
     server.index_goes_backwards();
     server.put("app/host", "restored");
-    watch.changed("app/host");
+    watch.changed_key("app/host");
     source.refresh();
     assert_eq!(get(&*source, "app/host").as_deref(), Some("restored"));
 }
@@ -250,7 +192,7 @@ fn consul_a_key_no_query_covers_is_read_again() {
     let mut watch = Watch::start(source.clone(), spec(&["a"], &[]));
     server.put("b", "2");
     server.put("a", "2");
-    watch.changed("a");
+    watch.changed_key("a");
     source.refresh();
     assert_eq!(get(&*source, "b").as_deref(), Some("2"));
 }

@@ -18,6 +18,7 @@
 
 pub mod consul;
 pub mod etcd;
+pub mod watch;
 
 use std::ffi::OsString;
 use std::io::Write;
