@@ -1,4 +1,5 @@
-//! Build metadata for `stencil --version`: the git commit and the build date.
+//! Build metadata for `stencil --version` (the git commit and the build
+//! date), and how the binary is linked.
 //!
 //! Plain std and the `git` command, no build dependencies: a crate tarball
 //! or a tree without git gets "unknown" for the commit. SOURCE_DATE_EPOCH
@@ -9,6 +10,16 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 fn main() {
     println!("cargo:rerun-if-env-changed=SOURCE_DATE_EPOCH");
+    // A position-dependent executable: the dynamic loader has no relative
+    // relocations to apply (19,551 in the PIE, each page of .data.rel.ro
+    // written and so copied at start), which cut a one-shot render's CPU by
+    // a quarter and its page faults by a third (BENCHMARKS.md, "Start-up
+    // experiments"). The cost is ASLR of the binary's own code and data;
+    // libraries, heap and stacks stay randomised. Only on Linux, where the
+    // C compiler drives the link and understands the flag.
+    if std::env::var("CARGO_CFG_TARGET_OS").as_deref() == Ok("linux") {
+        println!("cargo:rustc-link-arg-bins=-no-pie");
+    }
     // Rerun when HEAD moves: HEAD itself (a branch switch) and the branch's
     // ref (a commit). In a worktree both live outside ./.git, so ask git.
     for path in ["HEAD", "packed-refs"] {
