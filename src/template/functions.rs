@@ -111,48 +111,51 @@ fn env_or_default(name: &str, default: Value) -> Result<Value, Error> {
     Ok(read_env(name)?.map_or(default, Value::from))
 }
 
-/// The process environment, copied once at the first read. Nothing can
-/// change it under a running stencil but stencil itself, which never does;
-/// looking each read up with getenv instead scanned the whole environment
-/// per `env.X`, and 5,000 reads of a 1,000-variable environment spent most
-/// of a render there.
-fn environment() -> &'static HashMap<OsString, OsString> {
-    static ENVIRONMENT: OnceLock<HashMap<OsString, OsString>> = OnceLock::new();
-    ENVIRONMENT.get_or_init(|| std::env::vars_os().collect())
+/// The process environment, copied once at the first read, each variable
+/// with its place in it (which `RenderState::record_env` keys on).
+/// Nothing can change the environment under a running stencil but stencil
+/// itself, which never does; looking each read up with getenv instead
+/// scanned the whole environment per `env.X`, and 5,000 reads of a
+/// 1,000-variable environment spent most of a render there.
+fn environment() -> &'static HashMap<OsString, (usize, OsString)> {
+    static ENVIRONMENT: OnceLock<HashMap<OsString, (usize, OsString)>> = OnceLock::new();
+    ENVIRONMENT.get_or_init(|| {
+        std::env::vars_os()
+            .enumerate()
+            .map(|(index, (name, value))| (name, (index, value)))
+            .collect()
+    })
 }
 
-/// One environment variable.
+/// One environment variable, with its place in the environment.
 ///
 /// A value that is not UTF-8 is an error naming the variable, never
 /// "unset": `env.X | default("d")` must not quietly render the default.
-fn env_var(name: &str) -> Result<Option<&'static str>, Error> {
-    let Some(value) = environment().get(OsStr::new(name)) else {
-        return Ok(None);
-    };
-    match value.to_str() {
-        Some(text) => Ok(Some(text)),
-        None => Err(Error::new(
+fn env_entry(name: &str) -> Option<(usize, Result<&'static str, Error>)> {
+    let (index, value) = environment().get(OsStr::new(name))?;
+    let text = value.to_str().ok_or_else(|| {
+        Error::new(
             ErrorKind::InvalidOperation,
             format!("environment variable {name:?} is set but its value is not UTF-8 text"),
-        )),
-    }
+        )
+    });
+    Some((*index, text))
 }
 
-/// [`env_var`], with the read recorded for the render in progress: a set
+/// [`env_entry`]'s value, with the read recorded for the render in progress: a set
 /// (or unreadable) variable as read, an unset one as missing, so watch
 /// mode knows it. Every read of the environment goes through here.
-fn read_env(name: &str) -> Result<Option<&'static str>, Error> {
-    let value = env_var(name);
+pub(super) fn read_env(name: &str) -> Result<Option<&'static str>, Error> {
+    let entry = env_entry(name);
     if let Ok(state) = current() {
-        let dep = Dep::Env {
-            name: name.to_string(),
-        };
-        match &value {
-            Ok(None) => state.record_missing(dep),
-            _ => state.record(dep),
+        match &entry {
+            Some((index, _)) => state.record_env(*index, name),
+            None => state.record_missing(Dep::Env {
+                name: name.to_string(),
+            }),
         }
     }
-    value
+    entry.map(|(_, value)| value).transpose()
 }
 
 /// `env.NAME`: records the read; an unset variable is undefined, so strict

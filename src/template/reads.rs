@@ -92,10 +92,22 @@ pub(super) struct RenderState {
     pub(super) dir: PathBuf,
     /// What the functions may build (`tree()`'s depth, a value's size).
     pub(super) limits: super::Limits,
-    deps: Mutex<Deps>,
+    deps: Mutex<Recording>,
     /// The default source's typed document as a template value, converted
     /// at its first use in the render (most templates never use it).
     document: OnceLock<Result<Option<(String, Value)>, String>>,
+}
+
+/// What the render in progress has read so far.
+#[derive(Default)]
+struct Recording {
+    deps: Deps,
+    /// Which environment variables (by their place in the process
+    /// environment) are already in `deps`: a template that reads one
+    /// variable many times records it once without building a `Dep` and
+    /// searching the set each time (5,000 `env.X` reads spent a sixth of
+    /// their render there).
+    env_seen: Vec<bool>,
 }
 
 thread_local! {
@@ -131,7 +143,7 @@ impl RenderState {
             scope,
             dir,
             limits,
-            deps: Mutex::new(Deps::default()),
+            deps: Mutex::new(Recording::default()),
             document: OnceLock::new(),
         })
     }
@@ -146,23 +158,37 @@ impl RenderState {
             current.replace(previous);
             result
         });
-        let deps = std::mem::take(&mut *lock(&state.deps));
+        let deps = std::mem::take(&mut *lock(&state.deps)).deps;
         (result, deps)
     }
 
     pub(super) fn record(&self, dep: Dep) {
-        lock(&self.deps).read.insert(dep);
+        lock(&self.deps).deps.read.insert(dep);
+    }
+
+    /// A read of the set environment variable `name`, the `index`th of the
+    /// process environment.
+    pub(super) fn record_env(&self, index: usize, name: &str) {
+        let mut recording = lock(&self.deps);
+        if recording.env_seen.len() <= index {
+            recording.env_seen.resize(index + 1, false);
+        }
+        if !std::mem::replace(&mut recording.env_seen[index], true) {
+            recording.deps.read.insert(Dep::Env {
+                name: name.to_string(),
+            });
+        }
     }
 
     pub(super) fn record_missing(&self, dep: Dep) {
-        let mut deps = lock(&self.deps);
+        let deps = &mut lock(&self.deps).deps;
         deps.read.insert(dep.clone());
         deps.missing.insert(dep);
     }
 
     /// A key whose absence fails the render: watch mode waits for it.
     pub(super) fn record_waiting(&self, dep: Dep) {
-        lock(&self.deps).waiting_for.insert(dep);
+        lock(&self.deps).deps.waiting_for.insert(dep);
     }
 
     /// The source a KV function reads: `source="name"`, else the template's
@@ -343,7 +369,7 @@ impl RenderState {
 
     /// Records that `name` failed; the message for the error.
     fn source_failed(&self, name: &str, src: &Arc<dyn Source>, err: &anyhow::Error) -> String {
-        lock(&self.deps).failed.insert(name.to_string());
+        lock(&self.deps).deps.failed.insert(name.to_string());
         format!("source {name:?} ({}) failed: {err:#}", src.describe())
     }
 }
