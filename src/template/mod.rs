@@ -23,6 +23,7 @@ mod gofmt;
 mod gotime;
 mod limits;
 mod reads;
+mod substitution;
 mod tz;
 mod vars;
 
@@ -82,6 +83,9 @@ pub struct Template {
     limits: Limits,
     /// The environment's globals, which a data file's keys do not hide.
     globals: Arc<BTreeSet<String>>,
+    /// A template of only text and `{{ env.NAME }}` renders from this, and
+    /// is compiled only if it must be rendered the ordinary way.
+    substitution: Option<substitution::Plan>,
 }
 
 impl fmt::Debug for Template {
@@ -112,14 +116,49 @@ impl Template {
         source: String,
         whitespace: Whitespace,
     ) -> Result<Template> {
+        match substitution::Plan::of(&source, whitespace.keep_trailing_newline) {
+            // Compiled by the loader if ever needed: it has no syntax error.
+            Some(plan) => Ok(Template::build(path, Some((source, plan)), whitespace)),
+            None => Template::compiled(path, source, whitespace),
+        }
+    }
+
+    /// A template compiled now, whatever its shape: a syntax error is a
+    /// usage error naming file, line and column.
+    fn compiled(path: &Path, source: String, whitespace: Whitespace) -> Result<Template> {
+        let mut template = Template::build(path, None, whitespace);
+        let name = path.display().to_string();
+        template.env.add_template_owned(name, source).map_err(|e| {
+            anyhow::Error::new(e).context(UsageError(format!(
+                "template {} has a syntax error",
+                path.display()
+            )))
+        })?;
+        Ok(template)
+    }
+
+    /// The environment, with a loader for the files the template includes
+    /// and, for a substitution-only template, for the template itself.
+    fn build(
+        path: &Path,
+        substitution: Option<(String, substitution::Plan)>,
+        whitespace: Whitespace,
+    ) -> Template {
         let dir = path.parent().unwrap_or(Path::new("")).to_path_buf();
         let included = Arc::new(Mutex::new(BTreeSet::new()));
         let limits = Limits::default();
         let mut env = new_environment(whitespace);
         apply_limits(&mut env, &limits);
         let loader_included = included.clone();
-        env.set_loader(move |name| {
-            let file = dir.join(name);
+        let name = path.display().to_string();
+        let (own_source, plan) = substitution.unzip();
+        env.set_loader(move |requested| {
+            if requested == name
+                && let Some(source) = &own_source
+            {
+                return Ok(Some(source.clone()));
+            }
+            let file = dir.join(requested);
             match std::fs::read_to_string(&file) {
                 Ok(text) => {
                     lock(&loader_included).insert(file);
@@ -132,21 +171,15 @@ impl Template {
                 )),
             }
         });
-        let name = path.display().to_string();
-        env.add_template_owned(name, source).map_err(|e| {
-            anyhow::Error::new(e).context(UsageError(format!(
-                "template {} has a syntax error",
-                path.display()
-            )))
-        })?;
         let globals = Arc::new(env.globals().map(|(name, _)| name.to_string()).collect());
-        Ok(Template {
+        Template {
             path: path.to_path_buf(),
             env,
             included,
             limits,
             globals,
-        })
+            substitution: plan,
+        }
     }
 
     /// Renders from now on within `limits` (the defaults until then).
@@ -188,6 +221,18 @@ impl Template {
     /// Renders with the reads recorded.
     pub fn render(&self, scope: &Scope) -> Rendered {
         let dir = self.path.parent().unwrap_or(Path::new("")).to_path_buf();
+        if let Some(plan) = &self.substitution {
+            let state = RenderState::new(scope.clone(), dir.clone(), self.limits);
+            if let (Some(text), mut deps) = RenderState::run(state, || plan.render(&self.limits)) {
+                deps.read.insert(Dep::File {
+                    path: self.path.clone(),
+                });
+                return Rendered {
+                    result: Ok(text),
+                    deps,
+                };
+            }
+        }
         let state = RenderState::new(scope.clone(), dir, self.limits);
         let context = Value::from_object(vars::DataContext {
             state: state.clone(),
