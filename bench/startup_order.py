@@ -1,0 +1,135 @@
+#!/usr/bin/env python3
+"""Writes packaging/startup-order.txt: the functions start-up runs, for the
+linker to lay out together (build.rs, issue 15 items 1 and 5).
+
+    python3 bench/startup_order.py [--target-dir DIR] [--no-build]
+
+Builds the release binary with its symbols (STENCIL_KEEP_SYMBOLS=1: same
+profile, so the same mangled names as the shipped build, which the linker
+strips) into DIR (/work/target-release by default), runs each start-up
+workload below under `valgrind --tool=callgrind --demangle=no`, and writes
+every function of the binary that ran, workload by workload, one mangled
+name per line. Run it again after a change of dependencies, of the release
+profile or of the crate's version (all change the names' hashes) and before
+measuring start-up: names that no longer exist are skipped by the linker,
+and the functions they named fall back to the default layout.
+
+Workloads (the environment of the nginx one-shot render benchmark):
+  render -t nginx.conf.j2              a loop, filters, 15 env reads
+  render -t refs.j2                    text and {{ env.X }} only (no compiler)
+  render TEMPLATE DATA.yaml            a data file, key()/typed values
+  subst '$VARS' < nginx.conf.envsubst  the envsubst drop-in
+  watch --once -t T:DEST --data F      the watch loop's start-up, no network
+  --version, render --help
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+FIXTURES = ROOT / "bench" / "fixtures"
+ORDER = ROOT / "packaging" / "startup-order.txt"
+
+
+def nginx_env() -> dict[str, str]:
+    data = json.loads((FIXTURES / "nginx.data.json").read_text())["env"]
+    env = {"PATH": "/usr/bin:/bin", "HOME": os.environ.get("HOME", "/root")}
+    env.update(data)
+    for i, s in enumerate(data["APP_UPSTREAM_SERVERS"].split(","), 1):
+        env[f"APP_UPSTREAM_{i}"] = s
+    return env
+
+
+def workloads(work: Path) -> list[tuple[list[str], str | None]]:
+    """(arguments after the binary, stdin file) of each start-up run."""
+    env = nginx_env()
+    shell_format = " ".join(f"${{{k}}}" for k in sorted(env) if k.startswith(("NGINX_", "APP_")))
+    refs = work / "refs.j2"
+    refs.write_text("".join(f"line {i} {{{{ env.NGINX_SERVER_NAME }}}}\n" for i in range(50)))
+    data = work / "app.yaml"
+    data.write_text("db:\n  host: db.internal\n  port: 5432\nfeatures: [a, b]\ndebug: false\n")
+    tmpl = work / "app.j2"
+    tmpl.write_text('host={{ key("db/host") }}\nport={{ db.port }}\n'
+                    '{% for f in features %}feature={{ f | upper }}\n{% endfor %}debug={{ debug }}\n')
+    return [
+        (["render", "-t", str(FIXTURES / "nginx.conf.j2")], None),
+        (["render", "-t", str(refs)], None),
+        (["render", str(tmpl), str(data)], None),
+        (["subst", shell_format], str(FIXTURES / "nginx.conf.envsubst")),
+        (["watch", "--once", "-t", f"{tmpl}:{work / 'app.conf'}", "--data", str(data)], None),
+        (["--version"], None),
+        (["render", "--help"], None),
+    ]
+
+
+def functions_run(callgrind_out: Path, binary: str) -> list[str]:
+    """The functions of `binary` in a callgrind profile, in file order."""
+    objects: dict[str, str] = {}
+    names: dict[str, str] = {}
+    current = None
+    seen: list[str] = []
+    for line in callgrind_out.read_text(errors="replace").splitlines():
+        m = re.match(r"^(c?ob)=\((\d+)\)(?: (.*))?$", line)
+        if m:
+            kind, ident, name = m.groups()
+            if name:
+                objects[ident] = name
+            if kind == "ob":
+                current = objects.get(ident)
+            continue
+        m = re.match(r"^(c?fn)=\((\d+)\)(?: (.*))?$", line)
+        if m:
+            kind, ident, name = m.groups()
+            if name:
+                names[ident] = name
+            # A function's own cost lines follow fn=, under the current ob=.
+            if kind == "fn" and current == binary and names[ident].startswith("_"):
+                seen.append(names[ident])
+    return seen
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--target-dir", default="/work/target-release")
+    ap.add_argument("--no-build", action="store_true",
+                    help="use DIR/release/stencil as it is (built with STENCIL_KEEP_SYMBOLS=1)")
+    args = ap.parse_args()
+    binary = Path(args.target_dir).resolve() / "release" / "stencil"
+    if not args.no_build:
+        env = dict(os.environ, STENCIL_KEEP_SYMBOLS="1")
+        subprocess.run(["cargo", "build", "--release", "--target-dir", args.target_dir],
+                       cwd=ROOT, env=env, check=True)
+    symbols = subprocess.run(["nm", str(binary)], capture_output=True, text=True).stdout
+    if not symbols.strip():
+        sys.exit(f"{binary} has no symbols: build it with STENCIL_KEEP_SYMBOLS=1 (or drop --no-build)")
+    order: list[str] = []
+    known: set[str] = set()
+    with tempfile.TemporaryDirectory(prefix="stencil-order-") as tmp:
+        work = Path(tmp)
+        for argv, stdin in workloads(work):
+            out = work / "callgrind.out"
+            with open(stdin or os.devnull, "rb") as inp:
+                run = subprocess.run(["valgrind", "--tool=callgrind", "--demangle=no",
+                                      f"--callgrind-out-file={out}", str(binary), *argv],
+                                     stdin=inp, env=nginx_env(), capture_output=True)
+            if run.returncode != 0:
+                sys.exit(f"stencil {' '.join(argv)} failed:\n{run.stderr.decode(errors='replace')}")
+            names = functions_run(out, str(binary))
+            new = [n for n in names if n not in known]
+            known.update(new)
+            order += new
+            print(f"{argv[0]}: {len(names)} functions, {len(new)} new", file=sys.stderr)
+    ORDER.write_text("\n".join(order) + "\n")
+    print(f"wrote {len(order)} functions to {ORDER.relative_to(ROOT)}", file=sys.stderr)
+
+
+if __name__ == "__main__":
+    main()
