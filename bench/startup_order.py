@@ -21,18 +21,27 @@ Workloads (the environment of the nginx one-shot render benchmark):
   subst '$VARS' < nginx.conf.envsubst  the envsubst drop-in
   watch --once -t T:DEST --data F      the watch loop's start-up, no network
   --version, render --help
+  watch -c CONFIG --listen ADDR        10 templates on a real etcd (started
+                                       here, as bench/watch_bench.py does):
+                                       start-up, /healthz, /status, a change,
+                                       2 s of the idle loop, SIGTERM
 """
 
 from __future__ import annotations
 
 import argparse
+import http.client
 import json
 import os
 import re
 import subprocess
 import sys
 import tempfile
+import time
 from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import watch_bench as wb  # noqa: E402  (the etcd server, the file waiter)
 
 ROOT = Path(__file__).resolve().parent.parent
 FIXTURES = ROOT / "bench" / "fixtures"
@@ -68,6 +77,44 @@ def workloads(work: Path) -> list[tuple[list[str], str | None]]:
         (["--version"], None),
         (["render", "--help"], None),
     ]
+
+
+def etcd_watch(binary: Path, work: Path, out: Path) -> None:
+    """`stencil watch` of 10 etcd templates under callgrind, through
+    start-up, the status endpoints, one change and the idle loop."""
+    etcd = wb.Etcd()
+    try:
+        cfg = ["[sources.kv]", etcd.source_toml()]
+        for i in range(10):
+            etcd.put(f"order/k{i}", f"v{i}")
+            (work / f"t{i}.j2").write_text(f'{{{{ key("order/k{i}") }}}}\n')
+            cfg += ["[[templates]]", f'source = "{work / f"t{i}.j2"}"',
+                    f'destination = "{work / "out" / f"t{i}.conf"}"', ""]
+        (work / "out").mkdir()
+        config = work / "stencil.toml"
+        config.write_text("\n".join(cfg))
+        port = wb.free_port()
+        proc = subprocess.Popen(["valgrind", "--tool=callgrind", "--demangle=no",
+                                 f"--callgrind-out-file={out}", str(binary), "watch", "-c", str(config),
+                                 "--listen", f"127.0.0.1:{port}"],
+                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        try:
+            waiter = wb.FileWaiter(str(work / "out" / "t0.conf"))
+            waiter.wait_for(b"v0\n", timeout=120)
+            for path in ("/healthz", "/status"):
+                conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+                conn.request("GET", path)
+                conn.getresponse().read()
+                conn.close()
+            etcd.put("order/k0", "changed")
+            waiter.wait_for(b"changed\n", timeout=60)
+            waiter.close()
+            time.sleep(2)
+        finally:
+            proc.terminate()
+            proc.wait(timeout=60)
+    finally:
+        etcd.close()
 
 
 def functions_run(callgrind_out: Path, binary: str) -> list[str]:
@@ -127,6 +174,12 @@ def main() -> None:
             known.update(new)
             order += new
             print(f"{argv[0]}: {len(names)} functions, {len(new)} new", file=sys.stderr)
+        out = work / "callgrind.watch"
+        etcd_watch(binary, work, out)
+        names = functions_run(out, str(binary))
+        new = [n for n in names if n not in known]
+        order += new
+        print(f"watch on etcd: {len(names)} functions, {len(new)} new", file=sys.stderr)
     ORDER.write_text("\n".join(order) + "\n")
     print(f"wrote {len(order)} functions to {ORDER.relative_to(ROOT)}", file=sys.stderr)
 
