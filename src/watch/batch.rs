@@ -251,6 +251,10 @@ impl Coordinator {
             self.debouncer.retry_at(i, Instant::now() + delay);
         }
         let reads_changed = self.templates[i].deps.read != unit.deps.read;
+        if reads_changed {
+            let old = &self.templates[i].deps.read;
+            self.key_index.update(i, old, &unit.deps.read);
+        }
         self.templates[i].deps = unit.deps;
         self.set_state(i, state, detail);
         reads_changed

@@ -52,6 +52,8 @@ pub(super) struct Coordinator {
     pub(super) tx: UnboundedSender<Event>,
     pub(super) rx: UnboundedReceiver<Event>,
     pub(super) watches: SourceWatches,
+    /// Which templates read each key (from `templates`' reads).
+    pub(super) key_index: sources::KeyIndex,
     files: FileWatch,
     pub(super) debouncer: Debouncer,
     pub(super) status: Shared,
@@ -88,6 +90,7 @@ impl Coordinator {
             tx,
             rx,
             watches: SourceWatches::default(),
+            key_index: sources::KeyIndex::default(),
             files,
             debouncer: Debouncer::default(),
             status: Shared::default(),
@@ -108,6 +111,7 @@ impl Coordinator {
         self.templates = std::iter::repeat_with(TemplateInfo::default)
             .take(count)
             .collect();
+        self.key_index = sources::KeyIndex::default();
         self.debouncer = Debouncer::default();
         for i in 0..self.templates.len() {
             self.debouncer.touch(i, now, None);
@@ -330,7 +334,7 @@ impl Coordinator {
     fn source_event(&mut self, event: SourceEvent) {
         match event {
             SourceEvent::Changed { source, keys } => {
-                let mut affected = sources::reading_keys(self.deps(), &source, &keys);
+                let mut affected = self.key_index.reading(&source, &keys);
                 affected.extend(self.first_renders_running());
                 tracing::debug!(source = %source, "{} key(s) changed; {} template(s) affected", keys.len(), affected.len());
                 self.mark(affected, "data changed");
