@@ -656,3 +656,27 @@ fn an_edited_include_is_picked_up_and_a_broken_template_is_reported_not_rendered
     run.wait_file("out/a.conf", "fixed: part two\n");
     wait_ready(&mut run, addr);
 }
+
+/// Start-up is one large batch, split over render threads: templates that
+/// share a reload command stay in one part, so the command runs once, after
+/// every one of their files is in place.
+#[test]
+fn a_large_start_up_batch_runs_each_shared_reload_once_after_all_its_files() {
+    let mut t = Test::new();
+    let mut config = String::new();
+    for i in 0..100 {
+        let group = format!("g{}", i % 3);
+        t = t.file(&format!("t{i}.j2"), format!("{i}\n"));
+        config += &format!(
+            "[[templates]]\nsource = \"t{i}.j2\"\ndestination = \"{group}-{i}.conf\"\n\
+             reload = \"ls {group}-*.conf | wc -l >> {group}-reloads\"\n\n"
+        );
+    }
+    t.file("stencil.toml", config)
+        .args(["watch", "--once", "-c", "stencil.toml"])
+        .run()
+        .success()
+        .file_is("g0-reloads", "34\n")
+        .file_is("g1-reloads", "33\n")
+        .file_is("g2-reloads", "33\n");
+}
