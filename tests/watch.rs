@@ -657,9 +657,8 @@ fn an_edited_include_is_picked_up_and_a_broken_template_is_reported_not_rendered
     wait_ready(&mut run, addr);
 }
 
-/// Start-up is one large batch, split over render threads: templates that
-/// share a reload command stay in one part, so the command runs once, after
-/// every one of their files is in place.
+/// Start-up is one large batch: each reload command the templates share
+/// runs once, after every one of their files is in place.
 #[test]
 fn a_large_start_up_batch_runs_each_shared_reload_once_after_all_its_files() {
     let mut t = Test::new();

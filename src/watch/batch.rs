@@ -31,9 +31,6 @@ const RENDER_STACK: usize = 16 << 20;
 /// their commands are killed and their staged files removed.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
 
-/// A batch of at least this many templates is split over render threads.
-const SPLIT_FROM: usize = 64;
-
 /// The batches in progress.
 #[derive(Default)]
 pub(super) struct Batches {
@@ -80,56 +77,7 @@ impl Coordinator {
         for (_, source) in self.pipeline.sources.iter() {
             source.refresh();
         }
-        for chunk in self.split(which) {
-            self.spawn_batch(chunk);
-        }
-    }
-
-    /// A batch of many templates (start-up, a config reload, a shared key)
-    /// is split over a render thread per core: installing is mostly the
-    /// kernel's work (creating and fsyncing files), which then overlaps.
-    /// Templates that share a reload command stay in one part, so it still
-    /// runs once for all of them.
-    fn split(&self, which: Vec<usize>) -> Vec<Vec<usize>> {
-        let threads = std::thread::available_parallelism()
-            .map_or(1, usize::from)
-            .min(4);
-        if threads < 2 || which.len() < SPLIT_FROM {
-            return vec![which];
-        }
-        let mut groups: Vec<Vec<usize>> = Vec::new();
-        let mut by_reload = std::collections::HashMap::new();
-        for i in which {
-            match &self.pipeline.units[i].spec.reload {
-                Some(reload) => {
-                    let at = *by_reload.entry(reload.clone()).or_insert_with(|| {
-                        groups.push(Vec::new());
-                        groups.len() - 1
-                    });
-                    groups[at].push(i);
-                }
-                None => groups.push(vec![i]),
-            }
-        }
-        // The largest groups first, each to the part with fewest templates.
-        groups.sort_by_key(|g| std::cmp::Reverse(g.len()));
-        let mut parts: Vec<Vec<usize>> = vec![Vec::new(); threads];
-        for group in groups {
-            if let Some(part) = parts.iter_mut().min_by_key(|p| p.len()) {
-                part.extend(group);
-            }
-        }
-        parts.retain(|p| !p.is_empty());
-        for part in &mut parts {
-            part.sort_unstable();
-        }
-        parts
-    }
-
-    /// Runs one batch of `which` on a render thread of its own.
-    fn spawn_batch(&mut self, which: Vec<usize>) {
         tracing::debug!("starting a batch of {} template(s)", which.len());
-        let free = which.clone();
         self.batches.running.extend(which.iter().copied());
         let mut pipeline = self.pipeline.snapshot();
         let options = Options {
