@@ -39,7 +39,8 @@ fn main() {
 }
 
 /// The release binary's functions that start-up runs (a one-shot render,
-/// subst) are laid out together, first in .text, in the order of
+/// subst, a watch's start and idle loop) are laid out together, first in
+/// .text, in the order of
 /// `packaging/startup-order.txt` (written by `bench/startup_order.py` from
 /// the release build itself). Kernel fault-around maps the binary in 64 KiB
 /// windows, so start-up code spread over the whole 7 MiB .text made peak
@@ -54,18 +55,25 @@ fn main() {
 /// "debuginfo"`) and the linker strips them here, unless
 /// STENCIL_KEEP_SYMBOLS is set (as the script does).
 ///
-/// Only where the linker is LLD, the default of Rust 1.90 and later on
-/// x86_64 Linux (GNU ld has no `--symbol-ordering-file`), and not when the
-/// build picks its own linker.
+/// The layout only where the linker is LLD, the default of Rust 1.90 and
+/// later on x86_64 Linux (GNU ld has no `--symbol-ordering-file`), and not
+/// when the build picks its own linker; the stripping on any Linux.
 fn start_up_layout() {
     println!("cargo:rerun-if-env-changed=STENCIL_KEEP_SYMBOLS");
     println!("cargo:rerun-if-changed=packaging/startup-order.txt");
     let release = std::env::var("PROFILE").as_deref() == Ok("release");
+    if !release || std::env::var("CARGO_CFG_TARGET_OS").as_deref() != Ok("linux") {
+        return;
+    }
+    // GNU ld and LLD both take it; the symbols are for the two scripts.
+    if std::env::var_os("STENCIL_KEEP_SYMBOLS").is_none() {
+        println!("cargo:rustc-link-arg-bins=-Wl,--strip-all");
+    }
     let target = std::env::var("TARGET").unwrap_or_default();
     let own_linker = std::env::var("CARGO_ENCODED_RUSTFLAGS")
         .is_ok_and(|flags| flags.contains("linker"))
         || std::env::var_os("RUSTC_LINKER").is_some();
-    if !release || target != "x86_64-unknown-linux-gnu" || own_linker || !rustc_links_with_lld() {
+    if target != "x86_64-unknown-linux-gnu" || own_linker || !rustc_links_with_lld() {
         return;
     }
     let order = std::path::Path::new(&std::env::var("CARGO_MANIFEST_DIR").unwrap_or_default())
@@ -76,9 +84,6 @@ fn start_up_layout() {
             order.display()
         );
         println!("cargo:rustc-link-arg-bins=-Wl,--no-warn-symbol-ordering");
-    }
-    if std::env::var_os("STENCIL_KEEP_SYMBOLS").is_none() {
-        println!("cargo:rustc-link-arg-bins=-Wl,--strip-all");
     }
 }
 
