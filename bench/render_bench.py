@@ -230,15 +230,28 @@ def ensure_floor() -> None:
                    env=env, check=True)
 
 
-def nginx_workload(floor: bool) -> tuple[dict[str, str], dict[str, dict]]:
-    """The 68-line nginx config: the child environment and the tools."""
+def nginx_env() -> dict[str, str]:
+    """The nginx workload's environment: the fixture's variables plus
+    APP_UPSTREAM_1..3 for the envsubst version, whose loop is unrolled."""
     data = json.loads((FIXTURES / "nginx.data.json").read_text())["env"]
     env = {"PATH": "/usr/bin:/bin", "HOME": os.environ.get("HOME", "/root")}
     env.update(data)
     servers = data["APP_UPSTREAM_SERVERS"].split(",")
     for i, s in enumerate(servers, 1):
         env[f"APP_UPSTREAM_{i}"] = s
-    shell_format = " ".join(f"${{{k}}}" for k in sorted(env) if k.startswith(("NGINX_", "APP_")))
+    return env
+
+
+def nginx_shell_format(env: dict[str, str]) -> str:
+    """envsubst's SHELL-FORMAT for the nginx workload, as the nginx image
+    passes it (only the template's own variables, not nginx's $host)."""
+    return " ".join(f"${{{k}}}" for k in sorted(env) if k.startswith(("NGINX_", "APP_")))
+
+
+def nginx_workload(floor: bool) -> tuple[dict[str, str], dict[str, dict]]:
+    """The 68-line nginx config: the child environment and the tools."""
+    env = nginx_env()
+    shell_format = nginx_shell_format(env)
     tools = peers(FIXTURES / "nginx.conf.j2", FIXTURES / "nginx.conf.envsubst", FIXTURES / "nginx.data.json",
                   [shell_format])
     if floor:

@@ -31,7 +31,6 @@ from __future__ import annotations
 
 import argparse
 import http.client
-import json
 import os
 import re
 import subprocess
@@ -42,25 +41,16 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import watch_bench as wb  # noqa: E402  (the etcd server, the file waiter)
+from render_bench import nginx_env, nginx_shell_format  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 FIXTURES = ROOT / "bench" / "fixtures"
 ORDER = ROOT / "packaging" / "startup-order.txt"
 
 
-def nginx_env() -> dict[str, str]:
-    data = json.loads((FIXTURES / "nginx.data.json").read_text())["env"]
-    env = {"PATH": "/usr/bin:/bin", "HOME": os.environ.get("HOME", "/root")}
-    env.update(data)
-    for i, s in enumerate(data["APP_UPSTREAM_SERVERS"].split(","), 1):
-        env[f"APP_UPSTREAM_{i}"] = s
-    return env
-
-
 def workloads(work: Path) -> list[tuple[list[str], str | None]]:
     """(arguments after the binary, stdin file) of each start-up run."""
-    env = nginx_env()
-    shell_format = " ".join(f"${{{k}}}" for k in sorted(env) if k.startswith(("NGINX_", "APP_")))
+    shell_format = nginx_shell_format(nginx_env())
     refs = work / "refs.j2"
     refs.write_text("".join(f"line {i} {{{{ env.NGINX_SERVER_NAME }}}}\n" for i in range(50)))
     data = work / "app.yaml"
