@@ -162,6 +162,17 @@ mod tests {
             .collect()
     }
 
+    const PATH: &str = "/nonexistent/t.j2";
+
+    /// A render scope with no sources: these templates read the
+    /// environment only.
+    fn scope() -> Scope {
+        Scope {
+            sources: Sources::default(),
+            default_source: None,
+        }
+    }
+
     #[test]
     fn only_text_and_env_references_have_a_plan() {
         let plan = Plan::of("a={{ env.HOME }}\nb={{env.PATH}}{{\tenv._X1\t}}}\n", true).unwrap();
@@ -193,11 +204,8 @@ mod tests {
         source: &str,
         whitespace: Whitespace,
     ) -> (Option<Result<String, String>>, Result<String, String>) {
-        let path = Path::new("/nonexistent/t.j2");
-        let scope = Scope {
-            sources: Sources::default(),
-            default_source: None,
-        };
+        let path = Path::new(PATH);
+        let scope = scope();
         let fast = Template::with_whitespace(path, source.to_string(), whitespace)
             .ok()
             .filter(|t| t.substitution.is_some())
@@ -279,11 +287,8 @@ mod tests {
 
     #[test]
     fn small_limits_hand_over_to_minijinja_and_its_errors() {
-        let path = Path::new("/nonexistent/t.j2");
-        let scope = Scope {
-            sources: Sources::default(),
-            default_source: None,
-        };
+        let path = Path::new(PATH);
+        let scope = scope();
         let source = "x={{ env.HOME }}\n".repeat(50);
         let mut template = Template::with_whitespace(path, source, Whitespace::default()).unwrap();
         assert!(template.substitution.is_some());
@@ -311,14 +316,11 @@ mod tests {
 
     #[test]
     fn an_unset_variable_is_minijinjas_error_and_recorded_missing() {
-        let path = Path::new("/nonexistent/t.j2");
+        let path = Path::new(PATH);
         let source = "a={{ env.HOME }}\nb={{ env.STENCIL_UNSET_VAR }}\n".to_string();
         let template = Template::with_whitespace(path, source, Whitespace::default()).unwrap();
         assert!(template.substitution.is_some());
-        let scope = Scope {
-            sources: Sources::default(),
-            default_source: None,
-        };
+        let scope = scope();
         let rendered = template.render(&scope);
         let error = format!("{:#}", rendered.result.unwrap_err());
         assert!(
