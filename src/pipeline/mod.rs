@@ -9,11 +9,13 @@ use std::io::Write;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
-use anyhow::{Result, anyhow};
+use anyhow::Result;
 
 mod deliver;
+mod rollback;
 
 use deliver::deliver;
+use rollback::Rollback;
 
 use crate::command;
 use crate::config::{Config, Destination, OnReloadFailure, TemplateSpec};
@@ -494,72 +496,6 @@ pub(crate) struct Rejected(pub(crate) String);
 
 pub(crate) fn is_rejected(e: &anyhow::Error) -> bool {
     e.downcast_ref::<Rejected>().is_some()
-}
-
-/// A reload that failed and the files put back after it.
-struct Rollback<'a> {
-    spec: &'a CommandSpec,
-    /// The templates restored.
-    names: &'a [String],
-    first: &'a anyhow::Error,
-    /// The run on the restored files.
-    second: Option<&'a Result<()>>,
-}
-
-impl Rollback<'_> {
-    /// One line for `/status` and `/readyz`: statuses, no output.
-    fn summary(&self) -> String {
-        let first = status_line(self.first);
-        match self.second {
-            Some(Err(e)) => format!(
-                "{first} on this content; the previous file was restored, and the reload \
-                 failed on it too ({}); the restored file stays",
-                status_line(e)
-            ),
-            _ => format!(
-                "{first} on this content; the previous file was restored and the reload ran \
-                 again on it, successfully"
-            ),
-        }
-    }
-
-    /// The error for stderr and the log: both runs, with their output.
-    fn error(&self) -> anyhow::Error {
-        let names = self.names.join(", ");
-        let (what, file, it) = if self.names.len() == 1 {
-            ("file was", "file", "it")
-        } else {
-            ("files were", "files", "them")
-        };
-        let first = format!("first run, on the new {file}: {:#}", self.first);
-        match self.second {
-            Some(Err(e)) => anyhow!("second run, on the restored {file}: {e:#}")
-                .context(first)
-                .context(format!(
-                    "reload command `{}` failed on the new {names}, and again after the \
-                     previous {what} restored; the restored {what} kept",
-                    self.spec
-                )),
-            _ => anyhow!(first).context(format!(
-                "reload command `{}` failed on the new {names}; the previous {what} restored \
-                 and the reload ran again on {it}: it succeeded",
-                self.spec
-            )),
-        }
-    }
-}
-
-/// A command's failure in one line: its status, without its output.
-fn status_line(e: &anyhow::Error) -> String {
-    match e.downcast_ref::<command::CommandFailed>() {
-        Some(failed) => {
-            let line = failed.0.lines().next().unwrap_or_default();
-            line.trim_end_matches("; its output:")
-                .trim_end_matches("; it printed nothing")
-                .to_string()
-        }
-        None => format!("{e:#}"),
-    }
 }
 
 /// Replaces the result a template had in the batch.
