@@ -15,6 +15,7 @@ fn request<'a>(dest: &'a Path, content: &'a [u8]) -> Request<'a> {
         create_dirs: false,
         label: "test",
         create_dirs_hint: "set create_dirs = true to create it",
+        defer_dir_sync: false,
     }
 }
 

@@ -39,6 +39,8 @@ pub(super) fn deliver(
         create_dirs: spec.create_dirs,
         label: &label,
         create_dirs_hint: "set create_dirs = true, or --create-dirs for -t, to create it",
+        // Pipeline::run fsyncs each directory once, before the reloads.
+        defer_dir_sync: true,
     };
     let context = || format!("cannot install {}", dest.display());
     if opts.dry_run || opts.diff {

@@ -6,6 +6,7 @@
 //! rendering, so what the tests prove about `render` holds for the daemon.
 
 use std::io::Write;
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
@@ -171,10 +172,10 @@ impl Pipeline {
     /// was reloading onto ([`Pipeline::run_reload`]).
     pub(crate) fn run(&mut self, which: &[usize], opts: &Options, out: &mut dyn Write) -> Report {
         let mut report = Report::default();
-        let mut reloads: Vec<Reload> = Vec::new();
+        let mut owed = Owed::default();
         if opts.wait_for_data.is_some() {
             for rendered in self.render_waiting(which, opts) {
-                self.deliver_rendered(rendered, opts, out, &mut report, &mut reloads);
+                self.deliver_rendered(rendered, opts, out, &mut report, &mut owed);
             }
         } else {
             // Each file is installed as soon as its template renders: of a
@@ -184,15 +185,34 @@ impl Pipeline {
                 let started = Instant::now();
                 let (result, deps) = self.render_one(index);
                 tracing::debug!(template = %self.units[index].spec.source.display(), "rendered in {:?}", started.elapsed());
-                self.deliver_rendered((index, result, deps), opts, out, &mut report, &mut reloads);
+                self.deliver_rendered((index, result, deps), opts, out, &mut report, &mut owed);
             }
         }
+        // The renames are durable before anything reloads onto them.
+        self.sync_dirs(std::mem::take(&mut owed.dirs), &mut report);
         if !opts.dry_run && !opts.no_reload {
-            for reload in reloads {
+            for reload in owed.reloads {
                 self.run_reload(reload, &mut report);
             }
         }
         report
+    }
+
+    /// fsyncs each directory the batch renamed files into, once. When one
+    /// fails, the templates written there fail: their new files are in
+    /// place (and are reloaded onto) but may not survive a crash.
+    fn sync_dirs(&self, dirs: Vec<(PathBuf, Vec<usize>)>, report: &mut Report) {
+        for (dir, written) in dirs {
+            if let Err(e) = install::sync_dir(&dir) {
+                for index in written {
+                    let e = anyhow::anyhow!(
+                        "installed {}, but {e:#}: the new file may not survive a crash",
+                        self.name(index)
+                    );
+                    set_result(report, index, Err(e));
+                }
+            }
+        }
     }
 
     /// Renders one template from the sources as they are.
@@ -213,11 +233,11 @@ impl Pipeline {
         opts: &Options,
         out: &mut dyn Write,
         report: &mut Report,
-        reloads: &mut Vec<Reload>,
+        owed: &mut Owed,
     ) {
         let started = Instant::now();
         let result = result
-            .and_then(|text| self.install_one(index, text.as_bytes(), opts, out, report, reloads));
+            .and_then(|text| self.install_one(index, text.as_bytes(), opts, out, report, owed));
         match &result {
             Err(e) => tracing::debug!("{e:#}"),
             Ok(outcome) => {
@@ -239,7 +259,7 @@ impl Pipeline {
         opts: &Options,
         out: &mut dyn Write,
         report: &mut Report,
-        reloads: &mut Vec<Reload>,
+        owed: &mut Owed,
     ) -> Result<Outcome> {
         let unit = &self.units[index];
         let restore = match (&unit.spec.reload, &unit.spec.destination) {
@@ -274,6 +294,10 @@ impl Pipeline {
             }
         }
         let (outcome, previous) = delivered?;
+        if let Some(previous) = &previous {
+            owed.wrote_in(previous.directory(), index);
+        }
+        let reloads = &mut owed.reloads;
         if let (Outcome::Written, Some(reload), Destination::File(dest)) =
             (outcome, &unit.spec.reload, &unit.spec.destination)
         {
@@ -471,6 +495,24 @@ impl Pipeline {
             if let Destination::File(dest) = &unit.spec.destination {
                 install::remove_stale(dest);
             }
+        }
+    }
+}
+
+/// What a batch owes once each of its files is in place: the directories
+/// to fsync, then the reload commands.
+#[derive(Default)]
+struct Owed {
+    /// Each directory files were renamed into, with those templates.
+    dirs: Vec<(PathBuf, Vec<usize>)>,
+    reloads: Vec<Reload>,
+}
+
+impl Owed {
+    fn wrote_in(&mut self, dir: &Path, index: usize) {
+        match self.dirs.iter_mut().find(|(d, _)| d == dir) {
+            Some((_, written)) => written.push(index),
+            None => self.dirs.push((dir.to_path_buf(), vec![index])),
         }
     }
 }

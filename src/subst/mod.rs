@@ -194,6 +194,7 @@ fn write_file(path: &Path, content: &[u8]) -> Result<()> {
         label: "subst",
         // subst has no create_dirs: mkdir -p is the user's.
         create_dirs_hint: "",
+        defer_dir_sync: false,
     };
     install::install(&req).with_context(|| format!("cannot write {}", path.display()))?;
     Ok(())
