@@ -107,6 +107,71 @@ reload = "cat a.conf b.conf >> reloads"
 }
 
 #[test]
+fn a_batch_makes_its_renames_durable_before_its_reload_runs() {
+    // Three files into one directory: the directory is fsynced after the
+    // last rename (a crash after that keeps all three), once for the batch
+    // (not once per file: the start-up of a thousand templates), and before
+    // the reload command starts, so the service is never reloaded onto a
+    // rename a crash could undo. scripts/test installs strace.
+    let mut t = Test::new();
+    let mut config = String::new();
+    for name in ["a", "b", "c"] {
+        t = t.file(&format!("{name}.j2"), &format!("{name}\n"));
+        config.push_str(&format!(
+            "[[templates]]\nsource = \"{name}.j2\"\ndestination = \"out/{name}.conf\"\n\
+             create_dirs = true\nreload = \"touch reloaded\"\n\n"
+        ));
+    }
+    let t = t.file("stencil.toml", &config);
+    let trace = t.path("trace");
+    let out = t
+        .via([
+            "strace",
+            "-f",
+            "-qq",
+            "-o",
+            trace.to_str().unwrap(),
+            "-e",
+            "trace=openat,rename,renameat,renameat2,fsync,execve",
+        ])
+        .args(["render", "-c", "stencil.toml"])
+        .run();
+    let trace = std::fs::read_to_string(&trace).unwrap();
+    out.success()
+        .file_is("out/a.conf", "a\n")
+        .file_is("out/c.conf", "c\n")
+        .file_is("reloaded", "");
+    // The calls in order, each fsync named by the path its descriptor
+    // was opened on.
+    let mut open: std::collections::HashMap<String, String> = Default::default();
+    let mut calls = Vec::new();
+    for line in trace.lines() {
+        let call = line.split_whitespace().nth(1).unwrap_or_default();
+        let result = line.rsplit("= ").next().unwrap_or_default().trim();
+        if call.starts_with("openat(") {
+            if let Some(path) = line.split('"').nth(1) {
+                open.insert(result.to_string(), path.to_string());
+            }
+        } else if let Some(fd) = call.strip_prefix("fsync(") {
+            let path = &open[fd.trim_end_matches(')')];
+            if path == "out" {
+                calls.push("fsync out");
+            }
+        } else if call.starts_with("rename") {
+            calls.push("rename");
+        } else if line.contains("execve(") && line.contains("touch reloaded") {
+            calls.push("reload");
+            break;
+        }
+    }
+    assert_eq!(
+        calls,
+        ["rename", "rename", "rename", "fsync out", "reload"],
+        "rename, rename, rename, directory fsync, reload:\n{trace}"
+    );
+}
+
+#[test]
 fn reload_as_an_array_runs_without_a_shell() {
     Test::new()
         .file("a.j2", "a\n")
