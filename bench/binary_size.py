@@ -54,7 +54,8 @@ def main() -> None:
     binary = target / "release" / "stencil"
     if not args.no_build:
         env = dict(os.environ, STENCIL_KEEP_SYMBOLS="1")
-        subprocess.run(["cargo", "build", "--release", "--target-dir", str(target)], cwd=ROOT, env=env, check=True)
+        subprocess.run([str(ROOT / "scripts" / "build-release"), "--target-dir", str(target)],
+                       cwd=ROOT, env=env, check=True)
     nm = subprocess.run(["nm", "-S", "-C", "--size-sort", str(binary)], capture_output=True, text=True, check=True)
     sizes: collections.Counter[str] = collections.Counter()
     total = 0

@@ -74,7 +74,7 @@ def main():
 
     if not os.path.exists("/usr/bin/time"):
         sys.exit("needs /usr/bin/time: apt-get install time")
-    subprocess.run(["cargo", "build", "--release", "--quiet"], cwd=ROOT, check=True)
+    subprocess.run([os.path.join(ROOT, "scripts", "build-release"), "--quiet"], cwd=ROOT, check=True)
     stencil = os.path.join(ROOT, "target/release/stencil")
     etcd_bin = find_etcd()
     version = subprocess.run([etcd_bin, "--version"], capture_output=True, text=True).stdout.splitlines()[0]

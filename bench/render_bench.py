@@ -20,7 +20,7 @@ Run from anywhere:
   python3 bench/render_bench.py [--target-dir DIR] [--iterations 300]
                                 [--workloads nginx,refs] [--update-benchmarks]
 
-The release build is `cargo build --release --target-dir DIR` (DIR:
+The release build is `scripts/build-release --target-dir DIR`, as shipped (DIR:
 --target-dir, else $CARGO_TARGET_DIR, else target/); --stencil PATH times
 a binary built elsewhere instead. minijinja-cli is installed with `cargo
 install` into DIR/bench-tools on first use. --update-benchmarks rewrites
@@ -174,8 +174,8 @@ def build_stencil(skip: bool) -> None:
     if skip:
         log(f"--no-build: using the existing {STENCIL}")
     else:
-        log(f"cargo build --release --target-dir {TARGET}")
-        subprocess.run(["cargo", "build", "--release", "--locked", "--quiet", "--bin", "stencil",
+        log(f"scripts/build-release --target-dir {TARGET}")
+        subprocess.run([str(ROOT / "scripts" / "build-release"), "--quiet",
                         "--target-dir", str(TARGET)], cwd=ROOT, check=True)
     if not STENCIL.exists():
         sys.exit(f"{STENCIL} missing")

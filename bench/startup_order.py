@@ -4,12 +4,12 @@ linker to lay out together (build.rs, issue 15 items 1 and 5).
 
     python3 bench/startup_order.py [--target-dir DIR] [--no-build]
 
-Builds the release binary with its symbols (STENCIL_KEEP_SYMBOLS=1: same
-profile, so the same mangled names as the shipped build, which the linker
-strips) into DIR (/work/target-release by default), runs each start-up
+Builds the release binary as it ships (scripts/build-release) with its
+symbols (STENCIL_KEEP_SYMBOLS=1: same profile and flags, so the same
+mangled names as the shipped build, which the linker strips) into DIR (/work/target-release by default), runs each start-up
 workload below under `valgrind --tool=callgrind --demangle=no`, and writes
 every function of the binary that ran, workload by workload, one mangled
-name per line. Run it again after a change of dependencies, of the release
+name per line (C names too: the static build's libc functions). Run it again after a change of dependencies, of the release
 profile or of the crate's version (all change the names' hashes) and before
 measuring start-up: names that no longer exist are skipped by the linker,
 and the functions they named fall back to the default layout.
@@ -128,7 +128,9 @@ def functions_run(callgrind_out: Path, binary: str) -> list[str]:
             if name:
                 names[ident] = name
             # A function's own cost lines follow fn=, under the current ob=.
-            if kind == "fn" and current == binary and names[ident].startswith("_"):
+            # Rust's mangled names and, in the static build, libc's C names;
+            # not callgrind's "0x..." for code it has no name for.
+            if kind == "fn" and current == binary and not names[ident].startswith("0x"):
                 seen.append(names[ident])
     return seen
 
@@ -142,7 +144,7 @@ def main() -> None:
     binary = Path(args.target_dir).resolve() / "release" / "stencil"
     if not args.no_build:
         env = dict(os.environ, STENCIL_KEEP_SYMBOLS="1")
-        subprocess.run(["cargo", "build", "--release", "--target-dir", args.target_dir],
+        subprocess.run([str(ROOT / "scripts" / "build-release"), "--target-dir", args.target_dir],
                        cwd=ROOT, env=env, check=True)
     symbols = subprocess.run(["nm", str(binary)], capture_output=True, text=True).stdout
     if not symbols.strip():

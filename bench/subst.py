@@ -205,7 +205,7 @@ def main() -> None:
 
     envsubst = shutil.which("envsubst") or sys.exit("envsubst not found: apt-get install gettext-base")
     if not args.no_build:
-        subprocess.run(["cargo", "build", "--release", "--quiet"], cwd=ROOT, check=True)
+        subprocess.run([os.path.join(ROOT, "scripts", "build-release"), "--quiet"], cwd=ROOT, check=True)
     stencil = os.path.join(ROOT, "target", "release", "stencil")
 
     env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "HOME": "/root", **VARS}

@@ -893,7 +893,7 @@ def main():
     backends = args.backends.split(",")
 
     if not args.no_build:
-        subprocess.run(["cargo", "build", "--release", "--quiet"], cwd=ROOT, check=True)
+        subprocess.run([os.path.join(ROOT, "scripts", "build-release"), "--quiet"], cwd=ROOT, check=True)
         if "consul" in backends:
             built = subprocess.run(["cargo", "test", "--release", "--quiet", "--test", "main",
                                     "--no-run", "--message-format=json"],
