@@ -116,7 +116,7 @@ fn a_batch_makes_its_renames_durable_before_its_reload_runs() {
     let mut t = Test::new();
     let mut config = String::new();
     for name in ["a", "b", "c"] {
-        t = t.file(&format!("{name}.j2"), &format!("{name}\n"));
+        t = t.file(&format!("{name}.j2"), format!("{name}\n"));
         config.push_str(&format!(
             "[[templates]]\nsource = \"{name}.j2\"\ndestination = \"out/{name}.conf\"\n\
              create_dirs = true\nreload = \"touch reloaded\"\n\n"
@@ -169,6 +169,45 @@ fn a_batch_makes_its_renames_durable_before_its_reload_runs() {
         ["rename", "rename", "rename", "fsync out", "reload"],
         "rename, rename, rename, directory fsync, reload:\n{trace}"
     );
+}
+
+#[test]
+fn a_large_batch_keeps_each_failure_to_its_template_and_reports_in_order() {
+    // Twelve templates: enough for the batch to install on several
+    // threads. Two fail to render: they keep their old files and are
+    // reported in the config's order; the other ten are installed before
+    // the shared reload runs, once.
+    let mut t = Test::new();
+    let mut config = String::new();
+    for i in 0..12 {
+        let body = if i == 3 || i == 7 {
+            format!("{{{{ env.MISSING_{i} }}}}\n")
+        } else {
+            format!("{i}\n")
+        };
+        t = t
+            .file(&format!("t{i}.j2"), body)
+            .file(&format!("out/t{i}.conf"), "old\n");
+        config += &format!(
+            "[[templates]]\nsource = \"t{i}.j2\"\ndestination = \"out/t{i}.conf\"\n\
+             reload = \"cat out/*.conf | grep -vc old >> reloads\"\n\n"
+        );
+    }
+    let out = t
+        .file("stencil.toml", config)
+        .args(["render", "-c", "stencil.toml"])
+        .run();
+    let stderr = out.stderr.clone();
+    let first = stderr.find("t3.j2").expect("t3 reported");
+    let second = stderr.find("t7.j2").expect("t7 reported");
+    assert!(first < second, "reported in the config's order:\n{stderr}");
+    out.code(1)
+        .file_is("out/t0.conf", "0\n")
+        .file_is("out/t3.conf", "old\n")
+        .file_is("out/t7.conf", "old\n")
+        .file_is("out/t11.conf", "11\n")
+        .file_is("reloads", "10\n")
+        .no_staged_files("out");
 }
 
 #[test]

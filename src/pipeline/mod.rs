@@ -13,7 +13,9 @@ use std::time::{Duration, Instant};
 use anyhow::Result;
 
 mod deliver;
+mod parallel;
 mod rollback;
+mod waiting;
 
 use deliver::deliver;
 use rollback::Rollback;
@@ -174,18 +176,22 @@ impl Pipeline {
         let mut report = Report::default();
         let mut owed = Owed::default();
         if opts.wait_for_data.is_some() {
-            for rendered in self.render_waiting(which, opts) {
-                self.deliver_rendered(rendered, opts, out, &mut report, &mut owed);
+            for (index, result, deps) in self.render_waiting(which, opts) {
+                let delivered =
+                    result.map(|text| self.deliver_unit(index, text.as_bytes(), opts, out));
+                self.record((index, delivered, deps), opts, &mut report, &mut owed);
+            }
+        } else if parallel::suits(self, which, opts) {
+            for delivered in parallel::render_and_deliver(self, which, opts) {
+                self.record(delivered, opts, &mut report, &mut owed);
             }
         } else {
             // Each file is installed as soon as its template renders: of a
             // thousand templates, the first lands long before the last is
             // rendered.
             for &index in which {
-                let started = Instant::now();
-                let (result, deps) = self.render_one(index);
-                tracing::debug!(template = %self.units[index].spec.source.display(), "rendered in {:?}", started.elapsed());
-                self.deliver_rendered((index, result, deps), opts, out, &mut report, &mut owed);
+                let delivered = self.render_and_deliver(index, opts, out);
+                self.record(delivered, opts, &mut report, &mut owed);
             }
         }
         // The renames are durable before anything reloads onto them.
@@ -215,6 +221,23 @@ impl Pipeline {
         }
     }
 
+    /// Renders one template and delivers it.
+    fn render_and_deliver(
+        &self,
+        index: usize,
+        opts: &Options,
+        out: &mut dyn Write,
+    ) -> (usize, Result<Delivered>, Deps) {
+        let started = Instant::now();
+        let (result, deps) = self.render_one(index);
+        tracing::debug!(template = %self.units[index].spec.source.display(), "rendered in {:?}", started.elapsed());
+        (
+            index,
+            result.map(|text| self.deliver_unit(index, text.as_bytes(), opts, out)),
+            deps,
+        )
+    }
+
     /// Renders one template from the sources as they are.
     fn render_one(&self, index: usize) -> (Result<String>, Deps) {
         let unit = &self.units[index];
@@ -226,41 +249,18 @@ impl Pipeline {
         (r.result, r.deps)
     }
 
-    /// Installs one rendered template (or records why not) in `report`.
-    fn deliver_rendered(
-        &mut self,
-        (index, result, deps): (usize, Result<String>, Deps),
-        opts: &Options,
-        out: &mut dyn Write,
-        report: &mut Report,
-        owed: &mut Owed,
-    ) {
-        let started = Instant::now();
-        let result = result
-            .and_then(|text| self.install_one(index, text.as_bytes(), opts, out, report, owed));
-        match &result {
-            Err(e) => tracing::debug!("{e:#}"),
-            Ok(outcome) => {
-                tracing::debug!(template = %self.units[index].spec.source.display(), "{outcome:?} in {:?}", started.elapsed());
-            }
-        }
-        report.units.push(UnitReport {
-            index,
-            result,
-            deps,
-        });
-    }
-
-    /// Delivers one rendered template and notes the reload it needs.
-    fn install_one(
-        &mut self,
+    /// Delivers one rendered template (to its file, stdout or the
+    /// dry-run report) without touching the batch's books: what
+    /// [`Pipeline::record`] then does, so installs can run on several
+    /// threads ([`parallel`]).
+    fn deliver_unit(
+        &self,
         index: usize,
         content: &[u8],
         opts: &Options,
         out: &mut dyn Write,
-        report: &mut Report,
-        owed: &mut Owed,
-    ) -> Result<Outcome> {
+    ) -> Delivered {
+        let started = Instant::now();
         let unit = &self.units[index];
         let restore = match (&unit.spec.reload, &unit.spec.destination) {
             (Some(_), Destination::File(_)) => {
@@ -278,10 +278,51 @@ impl Pipeline {
                      again until it renders differently or the configuration is reloaded"
                 );
                 tracing::warn!(template = %unit.spec.source.display(), "{msg}");
-                return Err(Rejected(msg).into());
+                return Delivered {
+                    result: Err(Rejected(msg).into()),
+                    hash: None,
+                };
             }
         }
-        let delivered = deliver(unit, content, opts, out);
+        let result = deliver(unit, content, opts, out);
+        if let Ok((outcome, _)) = &result {
+            tracing::debug!(template = %unit.spec.source.display(), "{outcome:?} in {:?}", started.elapsed());
+        }
+        Delivered { result, hash }
+    }
+
+    /// Enters one template's outcome (a render error, or its delivery) in
+    /// the batch's report, and what the batch owes for it.
+    fn record(
+        &mut self,
+        (index, delivered, deps): (usize, Result<Delivered>, Deps),
+        opts: &Options,
+        report: &mut Report,
+        owed: &mut Owed,
+    ) {
+        let result = delivered.and_then(|d| self.note(index, d, opts, report, owed));
+        if let Err(e) = &result {
+            tracing::debug!("{e:#}");
+        }
+        report.units.push(UnitReport {
+            index,
+            result,
+            deps,
+        });
+    }
+
+    /// Counts a delivered template's check, notes its directory and the
+    /// reload it needs.
+    fn note(
+        &mut self,
+        index: usize,
+        Delivered { result, hash }: Delivered,
+        opts: &Options,
+        report: &mut Report,
+        owed: &mut Owed,
+    ) -> Result<Outcome> {
+        let unit = &self.units[index];
+        let delivered = result;
         // A check runs exactly when the file changed (or it failed).
         if unit.spec.check.is_some() && !opts.dry_run {
             match &delivered {
@@ -439,56 +480,6 @@ impl Pipeline {
         format!("{} (from {})", spec.destination, spec.source.display())
     }
 
-    /// Renders the templates; while some lack data and `wait_for_data`
-    /// allows, re-reads the sources with backoff and renders those again.
-    fn render_waiting(
-        &mut self,
-        which: &[usize],
-        opts: &Options,
-    ) -> Vec<(usize, Result<String>, Deps)> {
-        let deadline = opts.wait_for_data.map(|d| Instant::now() + d);
-        let mut backoff = crate::runtime::Backoff::default();
-        loop {
-            let results: Vec<_> = which
-                .iter()
-                .map(|&i| {
-                    let (result, deps) = self.render_one(i);
-                    (i, result, deps)
-                })
-                .collect();
-            let waiting: Vec<_> = results
-                .iter()
-                .filter(|(_, r, deps)| r.is_err() && deps.may_appear())
-                .collect();
-            let Some(deadline) = deadline else {
-                return results;
-            };
-            let now = Instant::now();
-            if waiting.is_empty() || now >= deadline {
-                return results;
-            }
-            for (i, _, deps) in &waiting {
-                let mut waiting_for: Vec<String> =
-                    deps.waiting_for.iter().map(|d| d.to_string()).collect();
-                waiting_for.extend(
-                    deps.failed
-                        .iter()
-                        .map(|s| format!("source {s:?} to answer")),
-                );
-                tracing::info!(
-                    template = %self.units[*i].spec.source.display(),
-                    "waiting for data: {}",
-                    waiting_for.join(", ")
-                );
-            }
-            std::thread::sleep(backoff.next_delay().min(deadline - now));
-            match Sources::open(&self.config.sources) {
-                Ok(s) => self.sources = s,
-                Err(e) => tracing::warn!("cannot re-read the sources: {e:#}"),
-            }
-        }
-    }
-
     /// Removes staged files left beside the destinations by a crashed run.
     pub(crate) fn remove_stale(&self) {
         for unit in &self.units {
@@ -497,6 +488,14 @@ impl Pipeline {
             }
         }
     }
+}
+
+/// A template delivered by [`Pipeline::deliver_unit`], not yet entered in
+/// the batch's books.
+struct Delivered {
+    result: Result<(Outcome, Option<Previous>)>,
+    /// Its content's SHA-256, when a failed reload may restore it.
+    hash: Option<String>,
 }
 
 /// What a batch owes once each of its files is in place: the directories
