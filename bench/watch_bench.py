@@ -220,6 +220,9 @@ class Stencil:
         self.port = free_port()
         self.stderr_path = os.path.join(workdir, "log", "stencil.log")
         self.stderr = open(self.stderr_path, "w")
+        # Start-up is timed from here: writing the templates and the config
+        # above is the benchmark's own work, not stencil's.
+        self.started = time.perf_counter()
         self.proc = subprocess.Popen(
             [*wrap, STENCIL, "--log-level", log_level, "watch", "-c", self.config,
              "--listen", f"127.0.0.1:{self.port}"],
@@ -760,10 +763,9 @@ def part_fanout(backend, args, work):
     for t in range(nt):
         body = "".join(f'k{k}={{{{ key("bench/fan/t{t:04d}/k{k}") }}}}\n' for k in range(nk))
         templates.append((f"t{t:04d}", body))
-    start = time.perf_counter()
     st = Stencil(backend, templates, work)
     st.wait_ready(timeout=900)
-    startup = time.perf_counter() - start
+    startup = time.perf_counter() - st.started
     time.sleep(1.0)
     results, traced = [], None
     try:
