@@ -173,13 +173,13 @@ fn a_batch_makes_its_renames_durable_before_its_reload_runs() {
 
 #[test]
 fn a_large_batch_keeps_each_failure_to_its_template_and_reports_in_order() {
-    // Twelve templates: enough for the batch to install on several
+    // Forty templates: enough for the batch to install on several
     // threads. Two fail to render: they keep their old files and are
-    // reported in the config's order; the other ten are installed before
+    // reported in the config's order; the other 38 are installed before
     // the shared reload runs, once.
     let mut t = Test::new();
     let mut config = String::new();
-    for i in 0..12 {
+    for i in 0..40 {
         let body = if i == 3 || i == 7 {
             format!("{{{{ env.MISSING_{i} }}}}\n")
         } else {
@@ -205,8 +205,8 @@ fn a_large_batch_keeps_each_failure_to_its_template_and_reports_in_order() {
         .file_is("out/t0.conf", "0\n")
         .file_is("out/t3.conf", "old\n")
         .file_is("out/t7.conf", "old\n")
-        .file_is("out/t11.conf", "11\n")
-        .file_is("reloads", "10\n")
+        .file_is("out/t39.conf", "39\n")
+        .file_is("reloads", "38\n")
         .no_staged_files("out");
 }
 
