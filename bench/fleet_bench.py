@@ -178,8 +178,12 @@ def run_backend(backend, args):
         pids = [p.pid for p, _ in procs]
         conns = sorted(wb.established_to(pid, backend.port) for pid in pids)
         metrics_before = etcd_watch_metrics(backend.url) if backend.kind == "etcd" else {}
-        server_pid = backend.proc.pid if backend.kind == "etcd" else None
+        # The Consul test server's own process when its test executable runs
+        # directly (not through cargo, whose process is not the server).
+        direct = backend.kind == "etcd" or wb.Consul.executable
+        server_pid = backend.proc.pid if direct else None
         cpu0 = wb.proc_cpu_ticks(server_pid) if server_pid else 0
+        fleet_cpu0 = sum(wb.proc_cpu_ticks(pid) for pid in pids)
         targets = [os.path.join(work, f"i{i:03d}", "out", "t0.conf") for i in range(args.instances)]
         waiter = FleetWaiter(targets)
         lat = []
@@ -193,6 +197,7 @@ def run_backend(backend, args):
             time.sleep(args.gap_ms / 1000)
         phase = time.perf_counter() - t_phase
         cpu = (wb.proc_cpu_ticks(server_pid) - cpu0) / wb.CLK_TCK if server_pid else float("nan")
+        fleet_cpu = (sum(wb.proc_cpu_ticks(pid) for pid in pids) - fleet_cpu0) / wb.CLK_TCK
         waiter.close()
         rss, pss = rss_totals(pids)
         dead = [i for i, (p, _) in enumerate(procs) if p.poll() is not None]
@@ -201,7 +206,7 @@ def run_backend(backend, args):
             "startup": startup, "n": len(lat), "p50": wb.pct(lat, 50), "p90": wb.pct(lat, 90),
             "p99": wb.pct(lat, 99), "max": lat[-1], "conns": conns,
             "server_conns": server_connections(backend.port), "metrics": metrics_before,
-            "cpu": cpu, "phase": phase, "rss": rss, "pss": pss, "dead": dead,
+            "cpu": cpu, "fleet_cpu": fleet_cpu, "phase": phase, "rss": rss, "pss": pss, "dead": dead,
         }
     finally:
         for p, log in procs:
@@ -254,8 +259,8 @@ def main():
            f"{args.puts} puts of one key every instance reads, {args.gap_ms:g} ms apart", "",
            "| server | put -> all files, p50 | p90 | p99 | max | start-up (all files) | "
            "connections per instance | server connections | watch streams / watchers (etcd) | "
-           "server CPU over the puts | total RSS / PSS |",
-           "|---|---|---|---|---|---|---|---|---|---|---|"]
+           "server CPU over the puts | instance CPU per put (mean, 10 ms ticks) | total RSS / PSS |",
+           "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     lead = []
     try:
         for b in args.backends.split(","):
@@ -275,6 +280,7 @@ def main():
                 f"| {srv.version} | {wb.ms(r['p50'])} ms | {wb.ms(r['p90'])} ms | {wb.ms(r['p99'])} ms | "
                 f"{wb.ms(r['max'])} ms | {r['startup']:.1f} s | {wb.span(r['conns'])} | "
                 f"{r['server_conns']} | {streams} | {cpu} | "
+                f"{r['fleet_cpu'] * 1000 / r['n'] / args.instances:.2f} ms | "
                 f"{r['rss'] / 1024:.0f} / {r['pss'] / 1024:.0f} MiB |")
             lead.append(lead_table.row(
                 f"fleet: {args.instances} `stencil watch` on one {b} server, put -> all "

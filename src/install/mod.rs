@@ -57,8 +57,8 @@ pub(crate) struct Request<'a> {
     pub(crate) create_dirs_hint: &'a str,
     /// The caller fsyncs the directory after the rename
     /// ([`Previous::directory`]): a batch of a thousand files in one
-    /// directory then pays one directory fsync, not a thousand (each is a
-    /// journal commit: a third of a start-up's install time).
+    /// directory then pays one directory fsync, not a thousand (a third of
+    /// a start-up's install time, measured).
     pub(crate) defer_dir_sync: bool,
 }
 

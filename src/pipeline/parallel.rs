@@ -1,11 +1,11 @@
 //! A large batch renders and installs on a few threads.
 //!
-//! Each install fsyncs its staged file before the rename: a journal commit,
-//! most of an install's time, spent waiting on the disk, not the CPU. One
-//! thread waits for a thousand commits in turn (≈ 1 s at start-up with a
-//! thousand templates); a few threads' fsyncs share commits (ext4's journal
-//! groups concurrent ones), a quarter of the time on this project's
-//! machine (BENCHMARKS.md, issue 15). Each file still lands as soon as its
+//! Each install fsyncs its staged file before the rename: most of an
+//! install's time, spent waiting on the disk, not the CPU. One thread waits
+//! for a thousand fsyncs in turn (≈ 1 s at start-up with a thousand
+//! templates); the fsyncs of a few threads overlap on the disk (and on a
+//! journaling filesystem share its commits): a quarter of the time on this
+//! project's machine (BENCHMARKS.md, issue 15). Each file still lands as soon as its
 //! own template is rendered and its content is durable, and the batch's
 //! books (report, directories to fsync, reloads) are kept on the calling
 //! thread, in the batch's order, once every install is done.
@@ -27,8 +27,8 @@ use crate::template::Deps;
 /// 4–6 connections per instance instead of 2).
 const MIN_TEMPLATES: usize = 32;
 
-/// Threads installing at once: enough for the journal to group their
-/// commits (4 and 16 measured alike), few enough for two cores.
+/// Threads installing at once: enough for their fsyncs to overlap (4 and
+/// 16 measured alike), few enough for two cores.
 const THREADS: usize = 4;
 
 /// Whether the batch may run on several threads: many templates, each
