@@ -147,6 +147,49 @@ fn templates_sharing_a_reload_are_restored_together_and_reloaded_once() {
 }
 
 #[test]
+fn a_large_batch_restores_every_file_its_shared_reload_rejected() {
+    // Forty templates (a batch that installs on several threads), each
+    // replacing an old file; the shared reload fails because one of them
+    // holds `bad`: every restorable file is put back, the one with
+    // `keep` stays new, and the reload runs twice in all.
+    let mut t = Test::new().file(
+        "reload.sh",
+        RELOAD.replace("a.conf b.conf out.conf", "*.conf"),
+    );
+    let mut templates = String::new();
+    let mut data = Vec::new();
+    for i in 0..40 {
+        let name = format!("t{i:02}.conf");
+        let extra = if i == 39 {
+            "on_reload_failure = \"keep\""
+        } else {
+            ""
+        };
+        templates += &template(&name, extra);
+        t = t
+            .file(&format!("{name}.j2"), format!("{{{{ key('v{i}') }}}}\n"))
+            .file(&name, "old\n");
+        let value = if i == 17 { "bad" } else { "new" };
+        data.push(format!("\"v{i}\": \"{value}\""));
+    }
+    let out = t
+        .file("d.json", format!("{{{}}}", data.join(", ")))
+        .file(
+            "stencil.toml",
+            config(&templates, "on_reload_failure = \"restore\""),
+        )
+        .args(["render", "-c", "stencil.toml"])
+        .run()
+        .code(1)
+        .file_is("t00.conf", "old\n")
+        .file_is("t17.conf", "old\n")
+        .file_is("t38.conf", "old\n")
+        .file_is("t39.conf", "new\n")
+        .stderr_has("the previous files were restored");
+    assert_eq!(runs(&out), 2, "{}", out.stderr);
+}
+
+#[test]
 fn a_file_that_did_not_exist_before_is_removed() {
     let out = Test::new()
         .file("reload.sh", RELOAD)

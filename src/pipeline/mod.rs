@@ -6,7 +6,7 @@
 //! rendering, so what the tests prove about `render` holds for the daemon.
 
 use std::io::Write;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
@@ -284,8 +284,11 @@ impl Pipeline {
                 };
             }
         }
-        let result = deliver(unit, content, opts, out);
-        if let Ok((outcome, _)) = &result {
+        let result = deliver(unit, content, opts, out).map(|(outcome, previous)| {
+            let dir = previous.as_ref().map(|p| p.directory().to_path_buf());
+            (outcome, dir, previous.filter(|_| hash.is_some()))
+        });
+        if let Ok((outcome, _, _)) = &result {
             tracing::debug!(template = %unit.spec.source.display(), "{outcome:?} in {:?}", started.elapsed());
         }
         Delivered { result, hash }
@@ -326,7 +329,7 @@ impl Pipeline {
         // A check runs exactly when the file changed (or it failed).
         if unit.spec.check.is_some() && !opts.dry_run {
             match &delivered {
-                Ok((Outcome::Written, _)) => report.commands_run += 1,
+                Ok((Outcome::Written, _, _)) => report.commands_run += 1,
                 Err(e) if command::is_command_failure(e) => {
                     report.commands_run += 1;
                     report.command_failures += 1;
@@ -334,9 +337,9 @@ impl Pipeline {
                 _ => {}
             }
         }
-        let (outcome, previous) = delivered?;
-        if let Some(previous) = &previous {
-            owed.wrote_in(previous.directory(), index);
+        let (outcome, dir, previous) = delivered?;
+        if let Some(dir) = dir {
+            owed.wrote_in(dir, index);
         }
         let reloads = &mut owed.reloads;
         if let (Outcome::Written, Some(reload), Destination::File(dest)) =
@@ -493,7 +496,10 @@ impl Pipeline {
 /// A template delivered by [`Pipeline::deliver_unit`], not yet entered in
 /// the batch's books.
 struct Delivered {
-    result: Result<(Outcome, Option<Previous>)>,
+    /// The outcome, the directory renamed into (to fsync), and the file
+    /// replaced when a failed reload may put it back (only then: a large
+    /// batch holds every template's until its end).
+    result: Result<(Outcome, Option<PathBuf>, Option<Previous>)>,
     /// Its content's SHA-256, when a failed reload may restore it.
     hash: Option<String>,
 }
@@ -508,10 +514,10 @@ struct Owed {
 }
 
 impl Owed {
-    fn wrote_in(&mut self, dir: &Path, index: usize) {
-        match self.dirs.iter_mut().find(|(d, _)| d == dir) {
+    fn wrote_in(&mut self, dir: PathBuf, index: usize) {
+        match self.dirs.iter_mut().find(|(d, _)| *d == dir) {
             Some((_, written)) => written.push(index),
-            None => self.dirs.push((dir.to_path_buf(), vec![index])),
+            None => self.dirs.push((dir, vec![index])),
         }
     }
 }

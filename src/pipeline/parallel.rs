@@ -3,10 +3,10 @@
 //! Each install fsyncs its staged file before the rename: most of an
 //! install's time, spent waiting on the disk, not the CPU. One thread waits
 //! for a thousand fsyncs in turn (≈ 1 s at start-up with a thousand
-//! templates); the fsyncs of a few threads overlap on the disk (and on a
-//! journaling filesystem share its commits): a quarter of the time on this
-//! project's machine (BENCHMARKS.md, issue 15). Each file still lands as soon as its
-//! own template is rendered and its content is durable, and the batch's
+//! templates); the fsyncs of a few threads overlap on the disk: a quarter
+//! of the time on this project's machine (BENCHMARKS.md, issue 15). Each
+//! file still lands as soon as its own template is rendered and its
+//! content is durable, and the batch's
 //! books (report, directories to fsync, reloads) are kept on the calling
 //! thread, in the batch's order, once every install is done.
 
@@ -54,24 +54,35 @@ pub(super) fn render_and_deliver(
 ) -> Vec<(usize, Result<Delivered>, Deps)> {
     let next = AtomicUsize::new(0);
     let (tx, rx) = mpsc::channel();
+    // Takes the next template until none is left.
+    let work = |tx: mpsc::Sender<_>| {
+        // Nothing is printed (no stdout destination, no dry run).
+        let mut out = std::io::sink();
+        loop {
+            let at = next.fetch_add(1, Ordering::Relaxed);
+            let Some(&index) = which.get(at) else {
+                return;
+            };
+            let done = pipeline.render_and_deliver(index, opts, &mut out as &mut dyn Write);
+            if tx.send((at, done)).is_err() {
+                return;
+            }
+        }
+    };
+    let work = &work;
     std::thread::scope(|scope| {
         for _ in 0..THREADS.min(which.len()) {
-            let tx = tx.clone();
-            let next = &next;
-            scope.spawn(move || {
-                // Nothing is printed (no stdout destination, no dry run).
-                let mut out = std::io::sink();
-                loop {
-                    let at = next.fetch_add(1, Ordering::Relaxed);
-                    let Some(&index) = which.get(at) else {
-                        return;
-                    };
-                    let done = pipeline.render_and_deliver(index, opts, &mut out as &mut dyn Write);
-                    if tx.send((at, done)).is_err() {
-                        return;
-                    }
-                }
-            });
+            let worker_tx = tx.clone();
+            let spawned = std::thread::Builder::new()
+                .name("stencil-install".into())
+                .spawn_scoped(scope, move || work(worker_tx));
+            if let Err(e) = spawned {
+                // The templates still get done, by the threads that started
+                // or by this one.
+                tracing::debug!("cannot start an install thread: {e}");
+                work(tx.clone());
+                break;
+            }
         }
     });
     drop(tx);
