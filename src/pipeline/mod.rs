@@ -319,13 +319,15 @@ impl Pipeline {
     fn note(
         &mut self,
         index: usize,
-        Delivered { result, hash }: Delivered,
+        Delivered {
+            result: delivered,
+            hash,
+        }: Delivered,
         opts: &Options,
         report: &mut Report,
         owed: &mut Owed,
     ) -> Result<Outcome> {
         let unit = &self.units[index];
-        let delivered = result;
         // A check runs exactly when the file changed (or it failed).
         if unit.spec.check.is_some() && !opts.dry_run {
             match &delivered {

@@ -71,7 +71,8 @@ pub(super) fn render_and_deliver(
     };
     let work = &work;
     std::thread::scope(|scope| {
-        for _ in 0..THREADS.min(which.len()) {
+        // A thread that finds no template left ends at once.
+        for _ in 0..THREADS {
             let worker_tx = tx.clone();
             let spawned = std::thread::Builder::new()
                 .name("stencil-install".into())
