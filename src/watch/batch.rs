@@ -1,5 +1,5 @@
-//! Batches run beside the loop: each on a render thread of its own, with a
-//! snapshot of the pipeline (the parsed templates shared), reporting back
+//! Batches run beside the loop: each on a render thread of its own
+//! ([`workers`](super::workers): kept between batches), with a snapshot of the pipeline (the parsed templates shared), reporting back
 //! as an [`Event::Batch`]. The loop never waits for a render, a check or a
 //! reload: signals, source events and the endpoints are answered while
 //! they run.
@@ -22,11 +22,6 @@ use crate::install::Outcome;
 use crate::pipeline::{Options, Rejection, Report, UnitReport, is_rejected};
 use crate::serve::{self, TemplateState};
 
-/// A render thread's stack: minijinja recurses per nesting level (up to
-/// `max_depth`, at most 500) and the default 2 MiB is not enough for that
-/// in a debug build. Only touched pages cost memory.
-const RENDER_STACK: usize = 16 << 20;
-
 /// How long SIGTERM or SIGINT waits for the batches in progress before
 /// their commands are killed and their staged files removed.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
@@ -41,6 +36,8 @@ pub(super) struct Batches {
     running: BTreeSet<usize>,
     /// Templates that fell due while their batch ran.
     deferred: BTreeSet<usize>,
+    /// The threads batches run on.
+    workers: super::workers::Workers,
 }
 
 impl Batches {
@@ -102,11 +99,7 @@ impl Coordinator {
             };
             let _ = tx.send(Event::Batch(Box::new(done)));
         };
-        if let Err(e) = std::thread::Builder::new()
-            .name("stencil-render".into())
-            .stack_size(RENDER_STACK)
-            .spawn(run)
-        {
+        if let Err(e) = self.batches.workers.run(Box::new(run)) {
             tracing::error!("cannot start a render thread: {e}; retrying");
             // Only this batch's templates: other batches are still running.
             for i in &free {

@@ -57,6 +57,7 @@ mod debounce;
 mod files;
 mod reload;
 mod sources;
+mod workers;
 
 use std::path::PathBuf;
 
