@@ -332,6 +332,77 @@ class FileWaiter:
             os.close(self.fd)
 
 
+# ------------------------------------------------------------------ the servers' own delivery
+
+
+# A bare watcher, in a process of its own like stencil: the watch as stencil
+# opens it (etcd: the gateway's /v3/watch stream; Consul: blocking GETs with
+# the last index), printing each new value on a line and nothing else: no
+# render, no file. Put -> that line is what the server and this machine take
+# before any client can act; stencil's latency minus it is stencil's part.
+BARE_WATCHER = r"""
+import base64, http.client, json, sys
+kind, port, key = sys.argv[1], int(sys.argv[2]), sys.argv[3]
+conn = http.client.HTTPConnection("127.0.0.1", port)
+out = sys.stdout
+if kind == "etcd":
+    body = {"create_request": {"key": base64.b64encode(("/" + key).encode()).decode()}}
+    conn.request("POST", "/v3/watch", body=json.dumps(body))
+    resp = conn.getresponse()
+    out.write("ready\n"); out.flush()
+    while True:
+        line = resp.readline()
+        if not line:
+            break
+        for ev in json.loads(line).get("result", {}).get("events", []):
+            out.write(base64.b64decode(ev["kv"].get("value", "")).decode() + "\n")
+        out.flush()
+else:
+    index = 0
+    while True:
+        conn.request("GET", f"/v1/kv/{key}?index={index}&wait=60s")
+        resp = conn.getresponse()
+        body = resp.read()
+        index = int(resp.getheader("X-Consul-Index"))
+        if index and body and resp.status == 200:
+            value = base64.b64decode(json.loads(body)[0]["Value"] or "").decode()
+            out.write(value + "\n")
+            out.flush()
+"""
+
+
+def part_floor(backend, args):
+    """Put sent -> a bare watcher has the value (BARE_WATCHER), the same
+    loop as part_latency."""
+    key = "bench/floor/value"
+    backend.put(key, "ready")
+    proc = subprocess.Popen([sys.executable, "-c", BARE_WATCHER, backend.kind, str(backend.port), key],
+                            stdout=subprocess.PIPE, text=True, bufsize=1)
+    try:
+        if proc.stdout.readline().strip() != "ready":
+            raise RuntimeError("the bare watcher did not start")
+        time.sleep(0.5)
+        lat = []
+        for i in range(1, args.changes + 1):
+            value = f"f{i}"
+            t0 = time.perf_counter()
+            backend.put(key, value)
+            while True:
+                line = proc.stdout.readline()
+                if not line:
+                    raise RuntimeError("the bare watcher ended")
+                if line.strip() == value:
+                    break
+            lat.append(time.perf_counter() - t0)
+            if args.gap_ms:
+                time.sleep(args.gap_ms / 1000)
+    finally:
+        proc.kill()
+        proc.wait()
+    lat.sort()
+    return {"n": len(lat), "p50": pct(lat, 50), "p90": pct(lat, 90), "p99": pct(lat, 99)}
+
+
 # ------------------------------------------------------------------ /proc
 
 
@@ -556,7 +627,7 @@ def part_breakdown(backend, args, work, changes=50):
     return timeline(lines, marks)
 
 
-TRACE_SET = "trace=openat,fsync,fdatasync,rename,renameat,renameat2,sendto,recvfrom,write,writev,read"
+TRACE_SET = os.environ.get("TRACE_SET", "trace=openat,fsync,fdatasync,rename,renameat,renameat2,sendto,recvfrom,write,writev,read")
 PHASES = ("event", "reread_sent", "reread_back", "staged", "fsync_file_start", "fsync_file",
           "renamed", "fsync_dir", "visible", "rereads")
 
@@ -939,6 +1010,8 @@ def main():
                 with tempfile.TemporaryDirectory(prefix="stencil-bench-") as w:
                     lat_rows[b] = part_latency(srv, args, w)
                 log(f"  {lat_rows[b]}")
+                lat_rows[b]["floor"] = part_floor(srv, args)
+                log(f"  bare watcher: {lat_rows[b]['floor']}")
         if lat_rows:
             out += [f"### Put -> file renamed, one template, one key, no debounce "
                     f"({args.changes} changes, {args.gap_ms:g} ms pause after each)", "",
@@ -947,10 +1020,19 @@ def main():
             for b, r in lat_rows.items():
                 out.append(f"| {b} | {ms(r['p50'])} ms | {ms(r['p90'])} ms | {ms(r['p99'])} ms | "
                            f"{ms(r['max'])} ms | {ms(r['min'])} ms | {ms(r['put_p50'])} ms | {r['renders']} |")
+            out += ["", "The same puts to a bare watcher (a Python process holding the watch "
+                    "as stencil does, printing each value: no render, no file), in the same run: "
+                    "what the server and this machine take before any client can act.", "",
+                    "| source | bare watcher p50 | p90 | p99 | stencil's part, p50 (stencil − bare) |",
+                    "|---|---|---|---|---|"]
+            for b, r in lat_rows.items():
+                f = r["floor"]
+                out.append(f"| {b} | {ms(f['p50'])} ms | {ms(f['p90'])} ms | {ms(f['p99'])} ms | "
+                           f"{ms(r['p50'] - f['p50'])} ms |")
             out += ["", "Target (issue 15): etcd p50 ≤ 1.5 ms and p99 ≤ 3.5 ms, "
                     "Consul p50 ≤ 1.3 ms and p99 ≤ 2.2 ms, on a quiet machine.", ""]
             for b, r in lat_rows.items():
-                lead.append(lead_row_latency(b, r, servers[b].version, args))
+                lead.append(lead_row_latency(b, r, servers[b].version, args, m["fs"]))
         if "trace" in parts:
             for b, srv in servers.items():
                 log(f"trace on {b}")
@@ -1072,11 +1154,15 @@ PEER_LATENCY = {
 }
 
 
-def lead_row_latency(backend, r, version, args):
+def lead_row_latency(backend, r, version, args, fs):
     peers, p50_target, p99_target = PEER_LATENCY[backend]
+    if "floor" in r:
+        f = r["floor"]
+        peers += (f"; this run's bare watcher (the server's own put -> news): "
+                  f"{ms(f['p50'])} / {ms(f['p99'])} ms")
     return lead_table.row(
         f"watch latency on {backend}, put -> file holds the value ({version}; "
-        f"{r['n']} changes, {args.gap_ms:g} ms apart): p50 / p99",
+        f"{r['n']} changes, {args.gap_ms:g} ms apart; files on {fs}): p50 / p99",
         f"{ms(r['p50'])} / {ms(r['p99'])} ms", peers,
         f"≤ {p50_target * 1000:g} / ≤ {p99_target * 1000:g} ms",
         r["p50"] <= p50_target and r["p99"] <= p99_target)
