@@ -84,6 +84,16 @@ fn start_up_layout() {
             order.display()
         );
         println!("cargo:rustc-link-arg-bins=-Wl,--no-warn-symbol-ordering");
+        // scripts/build-release asks for the link map, to count how many of
+        // the file's names this build still has: a stale file does not fail
+        // the link, it only makes start-up slower and larger.
+        println!("cargo:rerun-if-env-changed=STENCIL_LINK_MAP");
+        if let Some(map) = std::env::var_os("STENCIL_LINK_MAP") {
+            println!(
+                "cargo:rustc-link-arg-bins=-Wl,-Map,{}",
+                std::path::Path::new(&map).display()
+            );
+        }
     }
 }
 

@@ -131,7 +131,11 @@ def functions_run(callgrind_out: Path, binary: str) -> list[str]:
             # Rust's mangled names and, in the static build, libc's C names;
             # not callgrind's "0x..." for code it has no name for.
             if kind == "fn" and current == binary and not names[ident].startswith("0x"):
-                seen.append(names[ident])
+                # "NAME'2": callgrind's mark for a recursion level (with
+                # --separate-recs), not a symbol the linker knows.
+                name = re.sub(r"'\d+$", "", names[ident])
+                if name not in seen:
+                    seen.append(name)
     return seen
 
 
