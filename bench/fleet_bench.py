@@ -284,7 +284,7 @@ def main():
                 f"{r['rss'] / 1024:.0f} / {r['pss'] / 1024:.0f} MiB |")
             lead.append(lead_table.row(
                 f"fleet: {args.instances} `stencil watch` on one {b} server, put -> all "
-                f"{args.instances} files hold the value ({r['n']} puts): p50 / p99",
+                f"{args.instances} files hold the value ({r['n']} puts; files on {m['fs']}): p50 / p99",
                 f"{wb.ms(r['p50'])} / {wb.ms(r['p99'])} ms"
                 + (f"; {len(r['dead'])} instances exited" if r["dead"] else ""),
                 f"{srv.version}; {r['server_conns']} server connections; instances' PSS "
