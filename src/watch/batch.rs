@@ -1,6 +1,7 @@
 //! Batches run beside the loop: each on a render thread of its own
-//! ([`workers`](super::workers): kept between batches), with a snapshot of the pipeline (the parsed templates shared), reporting back
-//! as an [`Event::Batch`]. The loop never waits for a render, a check or a
+//! ([`workers`](super::workers): kept between batches), with a snapshot
+//! of the pipeline (the parsed templates shared), reporting back as an
+//! [`Event::Batch`]. The loop never waits for a render, a check or a
 //! reload: signals, source events and the endpoints are answered while
 //! they run.
 //!
@@ -83,7 +84,7 @@ impl Coordinator {
         };
         let (tx, generation) = (self.tx.clone(), self.batches.generation);
         let started = SystemTime::now();
-        let run = move || {
+        let run = move |ready: &super::workers::Ready| {
             let report = pipeline.run(&which, &options, &mut std::io::stdout());
             let rejected = which
                 .iter()
@@ -97,6 +98,7 @@ impl Coordinator {
                 rejected,
                 started,
             };
+            ready.now();
             let _ = tx.send(Event::Batch(Box::new(done)));
         };
         if let Err(e) = self.batches.workers.run(Box::new(run)) {

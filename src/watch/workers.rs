@@ -6,14 +6,35 @@
 //! are a key each, that is a tenth of stencil's part of the latency. A
 //! thread that has had nothing to do for [`IDLE_EXIT`] ends, so a quiet
 //! sidecar holds no render stacks; batches that overlap (a slow check
-//! beside a quick template) each get a thread, as before.
+//! beside a quick template) each get a thread, as before. A batch offers
+//! its thread again just before it reports ([`Ready::now`]), so the batch
+//! the coordinator starts on that report finds the thread waiting, not
+//! still busy, and needs no second one.
 
+use std::cell::Cell;
 use std::sync::mpsc::{self, RecvTimeoutError};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
-/// One batch: renders, installs, and reports back by itself.
-pub(super) type Job = Box<dyn FnOnce() + Send + 'static>;
+/// One batch: renders, installs, and reports back by itself, calling
+/// [`Ready::now`] just before it does.
+pub(super) type Job = Box<dyn FnOnce(&Ready) + Send + 'static>;
+
+/// Offers the running batch's thread for the next batch.
+pub(super) struct Ready<'a> {
+    offered: Cell<bool>,
+    offer: &'a dyn Fn(),
+}
+
+impl Ready<'_> {
+    /// The batch is done but for its report: its thread may be handed the
+    /// next batch now (it runs it once this one returns).
+    pub(super) fn now(&self) {
+        if !self.offered.replace(true) {
+            (self.offer)();
+        }
+    }
+}
 
 /// How long a render thread waits for another batch before it ends.
 const IDLE_EXIT: Duration = Duration::from_secs(30);
@@ -76,12 +97,20 @@ impl Workers {
             .stack_size(RENDER_STACK)
             .spawn(move || {
                 let mut job = first;
-                loop {
-                    job();
+                let offer = || {
                     lock(&idle).push(Waiting {
                         id,
                         jobs: tx.clone(),
                     });
+                };
+                loop {
+                    let ready = Ready {
+                        offered: Cell::new(false),
+                        offer: &offer,
+                    };
+                    job(&ready);
+                    // A batch that did not say it was done is done now.
+                    ready.now();
                     job = match rx.recv_timeout(idle_exit) {
                         Ok(next) => next,
                         Err(RecvTimeoutError::Disconnected) => return,
@@ -121,33 +150,34 @@ mod tests {
     fn run_and_wait(workers: &mut Workers) -> ThreadId {
         let (tx, rx) = mpsc::channel();
         workers
-            .run(Box::new(move || {
-                tx.send(std::thread::current().id()).unwrap()
+            .run(Box::new(move |ready: &Ready| {
+                ready.now();
+                tx.send(std::thread::current().id()).unwrap();
             }))
             .unwrap();
         rx.recv_timeout(Duration::from_secs(10)).unwrap()
     }
 
-    fn waiting(workers: &Workers) -> usize {
-        // The thread puts itself on the list just after its job reports.
+    #[test]
+    fn a_batch_that_does_not_offer_its_thread_still_frees_it() {
+        let mut workers = Workers::default();
+        let (tx, rx) = mpsc::channel();
+        workers
+            .run(Box::new(move |_: &Ready| {
+                tx.send(std::thread::current().id()).unwrap();
+            }))
+            .unwrap();
+        let first = rx.recv_timeout(Duration::from_secs(10)).unwrap();
+        let mut listed = false;
         for _ in 0..1000 {
-            let n = lock(&workers.idle).len();
-            if n > 0 {
-                return n;
+            listed = !lock(&workers.idle).is_empty();
+            if listed {
+                break;
             }
             std::thread::sleep(Duration::from_millis(1));
         }
-        0
-    }
-
-    #[test]
-    fn a_batch_after_another_runs_on_the_same_thread() {
-        let mut workers = Workers::default();
-        let first = run_and_wait(&mut workers);
-        assert_eq!(waiting(&workers), 1);
-        let second = run_and_wait(&mut workers);
-        assert_eq!(first, second);
-        assert_ne!(first, std::thread::current().id());
+        assert!(listed, "the thread never offered itself");
+        assert_eq!(run_and_wait(&mut workers), first);
     }
 
     #[test]
@@ -156,7 +186,7 @@ mod tests {
         let (release, hold) = mpsc::channel::<()>();
         let (started, is_started) = mpsc::channel();
         workers
-            .run(Box::new(move || {
+            .run(Box::new(move |_: &Ready| {
                 started.send(()).unwrap();
                 hold.recv().unwrap();
             }))
@@ -164,7 +194,9 @@ mod tests {
         is_started.recv().unwrap();
         // The first batch still runs: the second may not wait for it.
         let (tx, rx) = mpsc::channel();
-        workers.run(Box::new(move || tx.send(()).unwrap())).unwrap();
+        workers
+            .run(Box::new(move |_: &Ready| tx.send(()).unwrap()))
+            .unwrap();
         rx.recv_timeout(Duration::from_secs(10))
             .expect("the second batch ran beside the first");
         release.send(()).unwrap();
@@ -189,25 +221,51 @@ mod tests {
 
     #[test]
     fn a_thread_handed_a_batch_as_its_idle_time_ends_runs_it() {
-        let mut workers = Workers::with_idle_exit(Duration::from_millis(1));
-        run_and_wait(&mut workers);
-        let mut list = loop {
-            let list = lock(&workers.idle);
-            if !list.is_empty() {
-                break list;
-            }
+        let idle_exit = Duration::from_millis(200);
+        for _ in 0..20 {
+            let mut workers = Workers::with_idle_exit(idle_exit);
+            run_and_wait(&mut workers);
+            let mut list = lock(&workers.idle);
+            // The thread offered itself before its report; if this thread
+            // was held up past the idle time, it is gone: again.
+            let Some(waiting) = list.pop() else {
+                continue;
+            };
+            // Held past the thread's idle time: it times out and waits for
+            // the list, while the batch is handed to it as `run` does.
+            std::thread::sleep(idle_exit * 2);
+            let (tx, rx) = mpsc::channel();
+            let sent = waiting
+                .jobs
+                .send(Box::new(move |_: &Ready| tx.send(()).unwrap()));
+            assert!(sent.is_ok(), "the thread ended with its sender listed");
             drop(list);
-            std::thread::sleep(Duration::from_millis(1));
-        };
-        // Held past the thread's idle time: it times out and waits for the
-        // list, while the batch is handed to it as `run` does.
-        std::thread::sleep(Duration::from_millis(50));
-        let waiting = list.pop().expect("listed");
+            rx.recv_timeout(Duration::from_secs(10))
+                .expect("the batch handed over as the thread's idle time ended ran");
+            return;
+        }
+        panic!("never got to the list before the thread's idle time ended");
+    }
+
+    #[test]
+    fn a_batch_started_on_the_last_ones_report_finds_its_thread_free() {
+        let mut workers = Workers::default();
         let (tx, rx) = mpsc::channel();
-        let sent = waiting.jobs.send(Box::new(move || tx.send(()).unwrap()));
-        assert!(sent.is_ok(), "the thread ended with its sender listed");
-        drop(list);
-        rx.recv_timeout(Duration::from_secs(10))
-            .expect("the batch handed over as the thread's idle time ended ran");
+        workers
+            .run(Box::new(move |ready: &Ready| {
+                ready.now();
+                tx.send(std::thread::current().id()).unwrap();
+                // What a batch does after its report (dropping its
+                // snapshot), drawn out.
+                std::thread::sleep(Duration::from_millis(200));
+            }))
+            .unwrap();
+        let first = rx.recv_timeout(Duration::from_secs(10)).unwrap();
+        assert_eq!(
+            lock(&workers.idle).len(),
+            1,
+            "not offered before the report"
+        );
+        assert_eq!(run_and_wait(&mut workers), first);
     }
 }
