@@ -12,6 +12,10 @@ latency    one template reading one key, no debounce; for each of --changes
            changes: put a new value, wait (inotify on the directory, then
            read the file) until the destination has it; put sent -> content
            visible; p50/p90/p99/max. Against etcd and the Consul test server.
+           Then the same puts to a bare watcher (a Python process holding
+           the same watch, printing each value; no render, no file): the
+           server's own delivery on this machine, and stencil's part
+           (stencil minus it). TMPDIR decides the files' filesystem.
 trace      the same with stencil's debug log on (--trace-changes): from its
            own timestamped lines, when the watch's news was read, the
            template marked, rendered and installed; and how the latencies
