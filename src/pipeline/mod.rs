@@ -176,10 +176,9 @@ impl Pipeline {
         let mut report = Report::default();
         let mut owed = Owed::default();
         if opts.wait_for_data.is_some() {
-            for (index, result, deps) in self.render_waiting(which, opts) {
-                let delivered =
-                    result.map(|text| self.deliver_unit(index, text.as_bytes(), opts, out));
-                self.record((index, delivered, deps), opts, &mut report, &mut owed);
+            for rendered in self.render_waiting(which, opts) {
+                let delivered = self.deliver_rendered(rendered, opts, out);
+                self.record(delivered, opts, &mut report, &mut owed);
             }
         } else if parallel::suits(self, which, opts) {
             for delivered in parallel::render_and_deliver(self, which, opts) {
@@ -231,11 +230,18 @@ impl Pipeline {
         let started = Instant::now();
         let (result, deps) = self.render_one(index);
         tracing::debug!(template = %self.units[index].spec.source.display(), "rendered in {:?}", started.elapsed());
-        (
-            index,
-            result.map(|text| self.deliver_unit(index, text.as_bytes(), opts, out)),
-            deps,
-        )
+        self.deliver_rendered((index, result, deps), opts, out)
+    }
+
+    /// Delivers a template's render, when it succeeded.
+    fn deliver_rendered(
+        &self,
+        (index, result, deps): (usize, Result<String>, Deps),
+        opts: &Options,
+        out: &mut dyn Write,
+    ) -> (usize, Result<Delivered>, Deps) {
+        let delivered = result.map(|text| self.deliver_unit(index, text.as_bytes(), opts, out));
+        (index, delivered, deps)
     }
 
     /// Renders one template from the sources as they are.
